@@ -1,0 +1,306 @@
+//! The validated runtime configuration, loaded from `gateway.toml`.
+//!
+//! Owns: the runtime types every other module reads ([`Config`], [`RouteRule`],
+//! [`PaymentOption`]), loading a file, and the list of problems found in it ([`ConfigError`]).
+//! The file schema and its reader live in `config/file.rs`; the meaning of each key and every
+//! check in `config/validate.rs`, which reports *all* problems at once with their TOML key paths.
+//! Does not own: route lookup (`pricing`), or anything that does IO beyond reading the file.
+
+pub mod assets;
+mod file;
+pub mod money;
+pub mod secret;
+mod validate;
+
+pub use validate::parse_pattern;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use http::{HeaderName, Method};
+
+pub use assets::Asset;
+pub use secret::Secret;
+
+use crate::protocol::Network;
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// TOML key path, e.g. `route[2].price`.
+    pub key: String,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax {
+        /// The path given.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file is TOML but has problems; every one is listed.
+    #[error("{path} has {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The path given.
+        path: String,
+        /// Every problem found.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// When the facilitator's `/settle` is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettlementMode {
+    /// Default: forward, and settle when the upstream's response headers arrive with a status
+    /// below 400, before any byte reaches the client. Upstream errors are not charged.
+    AfterResponse,
+    /// Settle before forwarding: for expensive or streaming upstreams. The client is charged
+    /// even if the upstream then fails.
+    BeforeUpstream,
+}
+
+impl SettlementMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettlementMode::AfterResponse => "after_response",
+            SettlementMode::BeforeUpstream => "before_upstream",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[upstream]`.
+    pub upstream: UpstreamConfig,
+    /// `[facilitator]`.
+    pub facilitator: FacilitatorConfig,
+    /// `[verification]`.
+    pub verification: VerificationConfig,
+    /// `[logging]`.
+    pub logging: LoggingConfig,
+    /// `[[route]]`, in file order (first match wins).
+    pub routes: Vec<RouteRule>,
+}
+
+/// `[server]`: the listening side.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8402`.
+    pub listen: String,
+    /// Origin (and optional path prefix) used in resource URLs, without a trailing `/`.
+    /// `None`: the request's `Host` header and scheme.
+    pub public_url: Option<String>,
+    /// Worker threads.
+    pub threads: usize,
+    /// `Access-Control-Allow-Origin` added to priced responses when the upstream sets none;
+    /// `None` disables the gateway's CORS headers.
+    pub cors_allow_origin: Option<String>,
+    /// Seconds a client may take to send its request headers and body.
+    pub client_timeout: Duration,
+}
+
+/// `[upstream]`: where paid and free requests go.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// The URL as written.
+    pub url: String,
+    /// `host:port` to connect to.
+    pub address: String,
+    /// Whether to use TLS.
+    pub tls: bool,
+    /// TLS server name (the host).
+    pub sni: String,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next read from the upstream.
+    pub read_timeout: Duration,
+    /// Longest wait for the next write to the upstream.
+    pub write_timeout: Duration,
+}
+
+/// `[facilitator]`: who verifies and settles payments.
+#[derive(Clone, Debug)]
+pub struct FacilitatorConfig {
+    /// Base URL without a trailing `/`.
+    pub url: String,
+    /// Timeout of `/verify` and `/supported`.
+    pub timeout: Duration,
+    /// Timeout of `/settle` (an on-chain transaction: longer).
+    pub settle_timeout: Duration,
+    /// Extra headers on every facilitator call, `${VAR}` already expanded.
+    pub headers: Vec<(HeaderName, Secret)>,
+    /// How often `/supported` is fetched again.
+    pub supported_refresh: Duration,
+}
+
+/// `[verification]`: the local fast path and the verdict cache.
+#[derive(Clone, Debug)]
+pub struct VerificationConfig {
+    /// How long a facilitator verdict is reused for the same payload (capped at `validBefore`).
+    pub cache_ttl: Duration,
+    /// Most verdicts kept.
+    pub cache_capacity: u64,
+}
+
+/// `[logging]`.
+#[derive(Clone, Debug)]
+pub struct LoggingConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// Default filter when `RUST_LOG` is unset.
+    pub level: String,
+}
+
+/// A route pattern, compiled from `path`: literal segments, `*` for one segment, and an
+/// optional `/**` suffix for any remainder. Literals are stored lowercase: matching is
+/// case-insensitive, so a case-insensitive upstream cannot be reached unpaid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePattern {
+    /// Segments before any `/**`.
+    pub segments: Vec<Segment>,
+    /// Whether the pattern ends in `/**`.
+    pub rest: bool,
+}
+
+/// One segment of a [`RoutePattern`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Exactly this text (lowercase).
+    Literal(String),
+    /// Any one non-empty segment.
+    Star,
+}
+
+/// One `[[route]]`.
+#[derive(Clone, Debug)]
+pub struct RouteRule {
+    /// Position in the file, from 0.
+    pub index: usize,
+    /// `path` as written.
+    pub path: String,
+    /// Compiled `path`.
+    pub pattern: RoutePattern,
+    /// Methods it applies to; `None` means every method.
+    pub methods: Option<Vec<Method>>,
+    /// Human description for challenges.
+    pub description: String,
+    /// MIME type of the resource for challenges.
+    pub mime_type: String,
+    /// Fixed resource URL; `None`: computed per request.
+    pub resource: Option<String>,
+    /// When to settle.
+    pub settlement: SettlementMode,
+    /// Payment options in order of preference; empty means free.
+    pub options: Vec<PaymentOption>,
+}
+
+impl RouteRule {
+    /// Whether the route is free.
+    pub fn is_free(&self) -> bool {
+        self.options.is_empty()
+    }
+
+    /// Whether the route applies to `method`.
+    pub fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+/// One way to pay for a route: the `exact` scheme on an EVM network.
+#[derive(Clone, Debug)]
+pub struct PaymentOption {
+    /// The network.
+    pub network: Network,
+    /// The token.
+    pub asset: Asset,
+    /// The price, atomic units.
+    pub amount: U256,
+    /// The recipient.
+    pub pay_to: Address,
+    /// `maxTimeoutSeconds` of the requirement.
+    pub max_timeout_seconds: u64,
+    /// EIP-712 domain separator of `asset`, computed once.
+    pub domain_separator: B256,
+}
+
+impl PaymentOption {
+    /// The price for humans: `$0.001` for USD stablecoins, `0.5 TKN` otherwise.
+    pub fn display_price(&self) -> String {
+        let units = money::format_units(self.amount, self.asset.decimals);
+        if self.asset.usd_stable {
+            format!("${units}")
+        } else {
+            format!("{units} {}", self.asset.symbol)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file, with `${VAR}` taken from the process
+    /// environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`], listing every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), &|k| std::env::var(k).ok())
+    }
+
+    /// Validates configuration text. `origin` names it in errors; `env` resolves `${VAR}`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] or [`ConfigError::Invalid`] with every problem found.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate::validate(&table, env).map_err(|issues| ConfigError::Invalid {
+            path: origin.to_owned(),
+            issues,
+        })
+    }
+}

@@ -1,0 +1,622 @@
+//! `gateway.toml` → [`Config`]: the meaning of every key, its default, and every check.
+//!
+//! Owns: defaults, cross-key rules (route options inherit `[payment]`), price conversion and
+//! route pattern compilation. Reports every problem found, each with its TOML key path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use http::{HeaderName, Method};
+
+use super::file::{Issues, Section};
+use super::money::{self, Price};
+use super::{
+    assets, Asset, Config, ConfigIssue, FacilitatorConfig, LogFormat, LoggingConfig,
+    PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode,
+    UpstreamConfig, VerificationConfig,
+};
+use crate::protocol::{self, evm, Network};
+
+/// Default `maxTimeoutSeconds` (the v2 reference servers' default).
+const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
+
+type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
+pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<ConfigIssue>> {
+    let issues = Issues::default();
+    let r = Section::root(root, &issues);
+    let server = server(&r.table("server"));
+    let upstream = upstream(&r.table("upstream"));
+    let facilitator = facilitator(&r.table("facilitator"), env);
+    let verification = verification(&r.table("verification"));
+    let logging = logging(&r.table("logging"));
+    let defaults = Defaults::read(&r.table("payment"));
+    let route_sections = r.tables("route");
+    if route_sections.is_empty() && !r.has("route") {
+        r.issue(
+            "route",
+            "no [[route]] tables: every request would pass through free",
+        );
+    }
+    let routes: Vec<RouteRule> = route_sections
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| route(i, s, &defaults))
+        .collect();
+    r.finish();
+    match (server, upstream, facilitator) {
+        (Some(server), Some(upstream), Some(facilitator)) if issues.is_empty() => Ok(Config {
+            server,
+            upstream,
+            facilitator,
+            verification,
+            logging,
+            routes,
+        }),
+        _ => {
+            if issues.is_empty() {
+                issues.push("(root)", "internal: incomplete configuration without a reported problem");
+            }
+            Err(issues.into_vec())
+        }
+    }
+}
+
+// === [server] ===
+
+fn server(s: &Section<'_>) -> Option<ServerConfig> {
+    let listen = s.str("listen").unwrap_or("0.0.0.0:8402").to_owned();
+    if listen.parse::<SocketAddr>().is_err() {
+        s.issue("listen", format!("`{listen}` is not an address like \"0.0.0.0:8402\""));
+    }
+    let public_url = s.str("public_url").and_then(|u| match parse_http_url(u) {
+        Ok(p) if p.query_or_fragment => {
+            s.issue("public_url", "must not have a query or fragment");
+            None
+        }
+        Ok(p) => Some(format!("{}://{}{}", p.scheme, p.authority, p.path.trim_end_matches('/'))),
+        Err(e) => {
+            s.issue("public_url", e);
+            None
+        }
+    });
+    let default_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match s.uint("threads") {
+        Some(0) => {
+            s.issue("threads", "must be at least 1");
+            1
+        }
+        Some(n) => n as usize,
+        None => default_threads,
+    };
+    let cors_allow_origin = match s.str("cors_allow_origin") {
+        Some("") => None,
+        Some(o) => Some(o.to_owned()),
+        None => Some("*".to_owned()),
+    };
+    if let Some(o) = &cors_allow_origin {
+        if http::HeaderValue::from_str(o).is_err() {
+            s.issue("cors_allow_origin", "is not a valid header value");
+        }
+    }
+    let client_timeout = s.duration("client_timeout").unwrap_or(Duration::from_secs(60));
+    s.finish();
+    Some(ServerConfig {
+        listen,
+        public_url,
+        threads,
+        cors_allow_origin,
+        client_timeout,
+    })
+}
+
+// === [upstream] ===
+
+fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
+    let connect_timeout = s.duration("connect_timeout").unwrap_or(Duration::from_secs(5));
+    let read_timeout = s.duration("read_timeout").unwrap_or(Duration::from_secs(60));
+    let write_timeout = s.duration("write_timeout").unwrap_or(Duration::from_secs(60));
+    let url = s.str("url");
+    s.finish();
+    let Some(url) = url else {
+        s.issue("url", "missing: the upstream API to protect, e.g. \"http://127.0.0.1:3000\"");
+        return None;
+    };
+    let p = match parse_http_url(url) {
+        Ok(p) => p,
+        Err(e) => {
+            s.issue("url", e);
+            return None;
+        }
+    };
+    if !(p.path.is_empty() || p.path == "/") || p.query_or_fragment {
+        s.issue(
+            "url",
+            "must be an origin only (scheme, host, port): paths are forwarded as requested",
+        );
+        return None;
+    }
+    let tls = p.scheme == "https";
+    let address = if p.has_port {
+        p.authority.clone()
+    } else {
+        format!("{}:{}", p.authority, if tls { 443 } else { 80 })
+    };
+    Some(UpstreamConfig {
+        url: url.to_owned(),
+        address,
+        tls,
+        sni: p.host,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+    })
+}
+
+// === [facilitator] ===
+
+fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
+    let timeout = s.duration("timeout").unwrap_or(Duration::from_secs(10));
+    let settle_timeout = s.duration("settle_timeout").unwrap_or(Duration::from_secs(30));
+    let supported_refresh = s.duration("supported_refresh").unwrap_or(Duration::from_secs(300));
+    let mut headers = Vec::new();
+    for (name, value) in s.str_map("headers").unwrap_or_default() {
+        let key = format!("headers.{name}");
+        let Ok(hname) = HeaderName::from_bytes(name.as_bytes()) else {
+            s.issue(&key, "is not a valid header name");
+            continue;
+        };
+        match super::secret::expand_env(value, env) {
+            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => headers.push((hname, Secret::new(v))),
+            Ok(_) => s.issue(&key, "the expanded value is not a valid header value"),
+            Err(e) => s.issue(&key, e),
+        }
+    }
+    let url = s.str("url");
+    s.finish();
+    let Some(url) = url else {
+        s.issue("url", "missing: the facilitator base URL, e.g. \"https://x402.org/facilitator\"");
+        return None;
+    };
+    match parse_http_url(url) {
+        Ok(p) if !p.query_or_fragment => Some(FacilitatorConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            timeout,
+            settle_timeout,
+            headers,
+            supported_refresh,
+        }),
+        Ok(_) => {
+            s.issue("url", "must not have a query or fragment");
+            None
+        }
+        Err(e) => {
+            s.issue("url", e);
+            None
+        }
+    }
+}
+
+// === [verification], [logging] ===
+
+fn verification(s: &Section<'_>) -> VerificationConfig {
+    let v = VerificationConfig {
+        cache_ttl: s.duration("cache_ttl").unwrap_or(Duration::from_secs(30)),
+        cache_capacity: s.uint("cache_capacity").unwrap_or(10_000),
+    };
+    s.finish();
+    v
+}
+
+fn logging(s: &Section<'_>) -> LoggingConfig {
+    let format = match s.str("format") {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            s.issue("format", format!("`{other}` is not \"text\" or \"json\""));
+            LogFormat::Text
+        }
+    };
+    let level = s.str("level").unwrap_or("info").to_owned();
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        s.issue("level", format!("`{level}` is not a log filter like \"info\""));
+    }
+    s.finish();
+    LoggingConfig { format, level }
+}
+
+// === [payment] and routes ===
+
+/// An asset as written, before a network gives it meaning.
+#[derive(Clone)]
+enum AssetSpec {
+    Symbol(String),
+    Address(Address),
+    Custom(Asset),
+}
+
+/// Option fields at one level (`[payment]`, a route, or a `[[route.accept]]`).
+#[derive(Clone, Default)]
+struct Level {
+    network: Option<Network>,
+    asset: Option<AssetSpec>,
+    pay_to: Option<Address>,
+    max_timeout_seconds: Option<u64>,
+    price: Option<Price>,
+}
+
+impl Level {
+    /// Reads the option keys of a section; invalid values are reported and left unset.
+    fn read(s: &Section<'_>) -> Level {
+        let network = s.str("network").and_then(|n| {
+            let net = Network::parse(n);
+            if net.is_none() {
+                s.issue(
+                    "network",
+                    format!("`{n}` is not an EVM network: use a v1 name like \"base-sepolia\" or a CAIP-2 id like \"eip155:84532\""),
+                );
+            }
+            net
+        });
+        let pay_to = s.str("pay_to").and_then(|a| {
+            let addr = protocol::parse_address(a);
+            if addr.is_none() {
+                s.issue("pay_to", format!("`{a}` is not an address (0x + 40 hex digits)"));
+            } else if addr == Some(Address::ZERO) {
+                s.issue("pay_to", "the zero address would burn every payment");
+                return None;
+            }
+            addr
+        });
+        let max_timeout_seconds = s.uint("max_timeout_seconds").and_then(|t| {
+            if (1..=86_400).contains(&t) {
+                Some(t)
+            } else {
+                s.issue("max_timeout_seconds", "must be between 1 and 86400");
+                None
+            }
+        });
+        let price = s.str_or_int("price").and_then(|p| match money::parse_price(&p) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                s.issue("price", e);
+                None
+            }
+        });
+        Level {
+            network,
+            asset: read_asset(s),
+            pay_to,
+            max_timeout_seconds,
+            price,
+        }
+    }
+
+    /// `self` with unset fields taken from `parent`.
+    fn over(&self, parent: &Level) -> Level {
+        Level {
+            network: self.network.clone().or_else(|| parent.network.clone()),
+            asset: self.asset.clone().or_else(|| parent.asset.clone()),
+            pay_to: self.pay_to.or(parent.pay_to),
+            max_timeout_seconds: self.max_timeout_seconds.or(parent.max_timeout_seconds),
+            price: self.price.clone().or_else(|| parent.price.clone()),
+        }
+    }
+}
+
+fn read_asset(s: &Section<'_>) -> Option<AssetSpec> {
+    match s.raw("asset")? {
+        toml::Value::String(a) if a.starts_with("0x") => match protocol::parse_address(a) {
+            Some(addr) => Some(AssetSpec::Address(addr)),
+            None => {
+                s.issue("asset", format!("`{a}` is not a token address"));
+                None
+            }
+        },
+        toml::Value::String(sym) => Some(AssetSpec::Symbol(sym.clone())),
+        toml::Value::Table(t) => {
+            let a = s.sub("asset", t);
+            let address = a.str("address").and_then(|x| {
+                let addr = protocol::parse_address(x);
+                if addr.is_none() {
+                    a.issue("address", format!("`{x}` is not a token address"));
+                }
+                addr
+            });
+            let decimals = a.uint("decimals").and_then(|d| {
+                if d <= 36 {
+                    Some(d as u8)
+                } else {
+                    a.issue("decimals", "must be at most 36");
+                    None
+                }
+            });
+            let name = a.str("name");
+            let version = a.str("version");
+            let symbol = a.str("symbol");
+            for (key, present) in [
+                ("address", a.has("address")),
+                ("decimals", a.has("decimals")),
+                ("name", a.has("name")),
+                ("version", a.has("version")),
+            ] {
+                if !present {
+                    a.issue(key, "missing: a custom asset needs address, decimals, and its EIP-712 name and version");
+                }
+            }
+            a.finish();
+            let (address, decimals, name, version) = (address?, decimals?, name?, version?);
+            let symbol = symbol.unwrap_or(name).to_owned();
+            Some(AssetSpec::Custom(Asset {
+                usd_stable: name.to_ascii_uppercase().contains("USD")
+                    || symbol.to_ascii_uppercase().contains("USD"),
+                symbol,
+                address,
+                decimals,
+                name: name.to_owned(),
+                version: version.to_owned(),
+            }))
+        }
+        other => {
+            s.issue(
+                "asset",
+                format!("expected a symbol, an address or a table, found {}", other.type_str()),
+            );
+            None
+        }
+    }
+}
+
+struct Defaults {
+    level: Level,
+    settlement: SettlementMode,
+}
+
+impl Defaults {
+    fn read(s: &Section<'_>) -> Defaults {
+        let mut level = Level::read(s);
+        if level.price.is_some() {
+            s.issue("price", "prices belong to routes, not to [payment]");
+            level.price = None;
+        }
+        let settlement = settlement(s).unwrap_or(SettlementMode::AfterResponse);
+        s.finish();
+        Defaults { level, settlement }
+    }
+}
+
+fn settlement(s: &Section<'_>) -> Option<SettlementMode> {
+    match s.str("settlement")? {
+        "after_response" => Some(SettlementMode::AfterResponse),
+        "before_upstream" => Some(SettlementMode::BeforeUpstream),
+        other => {
+            s.issue(
+                "settlement",
+                format!("`{other}` is not \"after_response\" or \"before_upstream\""),
+            );
+            None
+        }
+    }
+}
+
+fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule> {
+    let path = s.str("path");
+    if path.is_none() && !s.has("path") {
+        s.issue("path", "missing: the request path this price applies to, e.g. \"/weather/*\"");
+    }
+    let pattern = path.and_then(|p| match parse_pattern(p) {
+        Ok(pat) => Some(pat),
+        Err(e) => {
+            s.issue("path", e);
+            None
+        }
+    });
+    let methods = s.str_array("methods").map(|ms| {
+        ms.iter()
+            .filter_map(|m| {
+                let up = m.to_ascii_uppercase();
+                match Method::from_bytes(up.as_bytes()) {
+                    Ok(method) if !up.is_empty() => Some(method),
+                    _ => {
+                        s.issue("methods", format!("`{m}` is not an HTTP method"));
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let description = s.str("description").unwrap_or("").to_owned();
+    let mime_type = s.str("mime_type").unwrap_or("").to_owned();
+    let resource = s.str("resource").and_then(|u| match parse_http_url(u) {
+        Ok(_) => Some(u.to_owned()),
+        Err(e) => {
+            s.issue("resource", e);
+            None
+        }
+    });
+    let settlement = settlement(s).unwrap_or(defaults.settlement);
+    let own = Level::read(s);
+    let accepts = s.tables("accept");
+    let route_level = own.over(&defaults.level);
+    let options = if accepts.is_empty() {
+        match &own.price {
+            None => {
+                if !s.has("accept") {
+                    s.issue("price", "missing: a price like \"$0.001\", or \"free\"");
+                }
+                Vec::new()
+            }
+            Some(Price::Free) => Vec::new(),
+            Some(_) => option(s, &route_level).into_iter().collect(),
+        }
+    } else {
+        if matches!(own.price, Some(Price::Free)) {
+            s.issue("price", "a free route cannot also list [[route.accept]] options");
+        }
+        accepts
+            .iter()
+            .filter_map(|a| {
+                let level = Level::read(a).over(&route_level);
+                let opt = if matches!(level.price, Some(Price::Free)) {
+                    a.issue("price", "an accepted payment option cannot be free");
+                    None
+                } else if level.price.is_none() {
+                    a.issue("price", "missing: set it here or on the route");
+                    None
+                } else {
+                    option(a, &level)
+                };
+                a.finish();
+                opt
+            })
+            .collect()
+    };
+    s.finish();
+    Some(RouteRule {
+        index,
+        path: path?.to_owned(),
+        pattern: pattern?,
+        methods,
+        description,
+        mime_type,
+        resource,
+        settlement,
+        options,
+    })
+}
+
+/// Resolves one payment option; reports what is missing at `s`.
+fn option(s: &Section<'_>, level: &Level) -> Option<PaymentOption> {
+    let network = level.network.clone().or_else(|| {
+        s.issue("network", "missing: set it here, on the route, or in [payment]");
+        None
+    });
+    let pay_to = level.pay_to.or_else(|| {
+        s.issue("pay_to", "missing: the address that receives payments; set it here or in [payment]");
+        None
+    });
+    let spec = level.asset.clone().unwrap_or(AssetSpec::Symbol("USDC".into()));
+    let network = network?;
+    let chain = network.chain_id();
+    let asset = match spec {
+        AssetSpec::Symbol(sym) => assets::by_symbol(chain, &sym).or_else(|| {
+            let known = assets::symbols_on(chain);
+            s.issue(
+                "asset",
+                if known.is_empty() {
+                    format!("no built-in assets on {network}: give asset = {{ address, decimals, name, version }}")
+                } else {
+                    format!("`{sym}` is not a built-in asset on {network} (known: {})", known.join(", "))
+                },
+            );
+            None
+        }),
+        AssetSpec::Address(addr) => assets::by_address(chain, addr).or_else(|| {
+            s.issue(
+                "asset",
+                format!("{addr} is not a built-in asset on {network}: give asset = {{ address, decimals, name, version }}"),
+            );
+            None
+        }),
+        AssetSpec::Custom(a) => Some(a),
+    }?;
+    let price = level.price.as_ref()?;
+    let amount = match money::resolve(price, &asset) {
+        Ok(a) => a,
+        Err(e) => {
+            s.issue("price", e);
+            return None;
+        }
+    };
+    Some(PaymentOption {
+        domain_separator: evm::domain_separator(&asset.name, &asset.version, chain, asset.address),
+        network,
+        asset,
+        amount,
+        pay_to: pay_to?,
+        max_timeout_seconds: level.max_timeout_seconds.unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS),
+    })
+}
+
+/// Compiles a route `path`.
+pub fn parse_pattern(p: &str) -> Result<RoutePattern, String> {
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` must start with `/`"));
+    }
+    if let Some(c) = p.chars().find(|c| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{p}` contains `{}`: write the decoded path without query or escapes", c.escape_default()));
+    }
+    let trimmed = p.trim_end_matches('/');
+    let mut segments = Vec::new();
+    let mut rest = false;
+    let parts: Vec<&str> = if trimmed.is_empty() { Vec::new() } else { trimmed[1..].split('/').collect() };
+    for (i, seg) in parts.iter().enumerate() {
+        match *seg {
+            "" => return Err(format!("`{p}` has an empty segment (`//`)")),
+            "." | ".." => return Err(format!("`{p}` has a `{seg}` segment")),
+            "**" if i + 1 == parts.len() => rest = true,
+            "**" => return Err(format!("`{p}`: `**` is only allowed as the last segment")),
+            "*" => segments.push(Segment::Star),
+            s if s.contains('*') => {
+                return Err(format!("`{p}`: `*` must be a whole segment (`/a/*/b`), not part of `{s}`"))
+            }
+            s => segments.push(Segment::Literal(s.to_lowercase())),
+        }
+    }
+    Ok(RoutePattern { segments, rest })
+}
+
+struct HttpUrl {
+    scheme: String,
+    authority: String,
+    host: String,
+    has_port: bool,
+    path: String,
+    query_or_fragment: bool,
+}
+
+/// A small, strict `http(s)://host[:port][/path]` parser for config values.
+fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
+    let (scheme, rest) = u
+        .split_once("://")
+        .ok_or_else(|| format!("`{u}` is not a URL like \"http://127.0.0.1:3000\""))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("`{u}`: only http and https are supported"));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(format!("`{u}` has no valid host"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{u}` has an unclosed IPv6 bracket"))?;
+        (h.to_owned(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("`{u}` has no host"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("`{u}` has an invalid port"));
+        }
+    }
+    let qf = tail.find(['?', '#']);
+    Ok(HttpUrl {
+        scheme,
+        authority: authority.to_owned(),
+        host,
+        has_port: port.is_some(),
+        path: tail[..qf.unwrap_or(tail.len())].to_owned(),
+        query_or_fragment: qf.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use super::*;
+use crate::config::ConfigError;
+use alloy::primitives::U256;
+
+fn env(name: &str) -> Option<String> {
+    (name == "FACILITATOR_TOKEN").then(|| "s3cret".to_owned())
+}
+
+fn load(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+    match Config::from_toml(text, "test.toml", &env) {
+        Ok(c) => Ok(c),
+        Err(ConfigError::Invalid { issues, .. }) => Err(issues),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[upstream]
+url = "http://127.0.0.1:3000"
+[facilitator]
+url = "http://127.0.0.1:9000/"
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+network = "base-sepolia"
+[[route]]
+path = "/weather/*"
+price = "$0.001"
+"#;
+
+#[test]
+fn shipped_gateway_toml_is_valid() {
+    let text = include_str!("../../../gateway.toml");
+    let c = load(text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.routes.len(), 4);
+    assert_eq!(c.routes[0].options[0].amount, U256::from(1000));
+    assert_eq!(c.routes[1].settlement, SettlementMode::BeforeUpstream);
+    assert_eq!(c.routes[2].options.len(), 2);
+    assert_eq!(c.routes[2].options[1].network.caip2(), "eip155:8453");
+    assert_eq!(c.routes[2].options[1].asset.name, "USD Coin");
+    assert!(c.routes[3].is_free());
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.server.listen, "0.0.0.0:8402");
+    assert_eq!(c.facilitator.url, "http://127.0.0.1:9000");
+    assert_eq!(c.facilitator.timeout, Duration::from_secs(10));
+    assert_eq!(c.upstream.address, "127.0.0.1:3000");
+    assert!(!c.upstream.tls);
+    let r = &c.routes[0];
+    assert_eq!(r.settlement, SettlementMode::AfterResponse);
+    assert!(r.methods.is_none());
+    let o = &r.options[0];
+    assert_eq!(o.max_timeout_seconds, 300);
+    assert_eq!(o.asset.symbol, "USDC");
+    assert_eq!(
+        o.domain_separator,
+        evm::domain_separator("USDC", "2", 84532, o.asset.address)
+    );
+}
+
+#[test]
+fn broken_file_reports_every_problem_at_once() {
+    let text = r#"
+[server]
+listen = "nowhere"
+threads = "two"
+[upstream]
+url = "ftp://example.com"
+[facilitator]
+timeout = "soon"
+headers = { Authorization = "Bearer ${MISSING_TOKEN}" }
+[payment]
+pay_to = "0x1234"
+network = "solana"
+settlement = "eventually"
+colour = "blue"
+[[route]]
+path = "weather"
+price = "$0.0000001"
+[[route]]
+path = "/a/**/b"
+price = 0.5
+methods = ["GET", ""]
+[[route]]
+path = "/ok"
+price = "1 DAI"
+network = "base"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+"#;
+    let issues = load(text).unwrap_err();
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for want in [
+        "server.listen",
+        "server.threads",
+        "upstream.url",
+        "facilitator.timeout",
+        "facilitator.headers.Authorization",
+        "facilitator.url",
+        "payment.pay_to",
+        "payment.network",
+        "payment.settlement",
+        "payment.colour",
+        "route[0].path",
+        "route[0].network",
+        "route[1].path",
+        "route[1].price",
+        "route[1].methods",
+        "route[2].price",
+    ] {
+        assert!(keys.contains(&want), "missing {want} in {keys:?}");
+    }
+    let msg = |k: &str| issues.iter().find(|i| i.key == k).unwrap().message.clone();
+    assert!(msg("facilitator.headers.Authorization").contains("MISSING_TOKEN"));
+    assert!(msg("route[2].price").contains("DAI"));
+    assert!(msg("payment.colour").contains("unknown key"));
+}
+
+#[test]
+fn inexact_price_is_a_config_error() {
+    let text = MINIMAL.replace("$0.001", "$0.0000001");
+    let issues = load(&text).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "route[0].price");
+    assert!(issues[0].message.contains("cannot be paid exactly"));
+}
+
+#[test]
+fn custom_asset_and_env_headers() {
+    let text = MINIMAL.replace(
+        "network = \"base-sepolia\"",
+        "network = \"eip155:31337\"\nasset = { address = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", decimals = 6, name = \"USDC\", version = \"2\" }",
+    ) + "\n";
+    let text = text.replace(
+        "url = \"http://127.0.0.1:9000/\"",
+        "url = \"http://127.0.0.1:9000/\"\nheaders = { Authorization = \"Bearer ${FACILITATOR_TOKEN}\" }",
+    );
+    let c = load(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.routes[0].options[0].asset.decimals, 6);
+    assert_eq!(c.routes[0].options[0].amount, U256::from(1000));
+    assert_eq!(c.facilitator.headers[0].1.expose(), "Bearer s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"), "secrets leak into Debug");
+}
+
+#[test]
+fn unknown_asset_symbol_lists_known_ones() {
+    let text = MINIMAL.replace("network = \"base-sepolia\"", "network = \"base-sepolia\"\nasset = \"DAI\"");
+    let issues = load(&text).unwrap_err();
+    assert!(issues[0].message.contains("known: USDC"), "{issues:?}");
+}
+
+#[test]
+fn route_patterns_compile() {
+    let p = parse_pattern("/Weather/*/").unwrap();
+    assert_eq!(p.segments, vec![Segment::Literal("weather".into()), Segment::Star]);
+    assert!(!p.rest);
+    let p = parse_pattern("/**").unwrap();
+    assert!(p.segments.is_empty() && p.rest);
+    assert_eq!(parse_pattern("/").unwrap(), RoutePattern { segments: vec![], rest: false });
+    for bad in ["weather", "/a//b", "/a/**/b", "/a*", "/a/../b", "/a%20b", "/a?x=1", "/a b"] {
+        assert!(parse_pattern(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn no_routes_is_reported() {
+    let text = MINIMAL.split("[[route]]").next().unwrap();
+    let issues = load(text).unwrap_err();
+    assert_eq!(issues[0].key, "route");
+}
+
+#[test]
+fn syntax_errors_are_reported_with_position() {
+    let err = Config::from_toml("[server\nlisten=", "x.toml", &env).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }));
+    assert!(err.to_string().contains("line"), "{err}");
+}

@@ -1,0 +1,268 @@
+//! Prepared 402 challenges: each route's `PAYMENT-REQUIRED` JSON, v1 body and facilitator
+//! requirement objects are serialised once at start. A request only fills in the resource URL
+//! and the error text.
+//!
+//! Owns: [`Challenge`], [`PreparedOption`] and the [`Template`] they render from.
+//! Which options go into the v1 body: only those on a network a legacy client's schema accepts,
+//! since one unreadable entry makes legacy `x402-fetch` throw on the whole challenge.
+
+use bytes::Bytes;
+
+use crate::config::{PaymentOption, RouteRule};
+use crate::protocol::{self, json_string, v1, v2};
+
+/// The v2 `error` when no payment was sent (as the reference servers write it).
+pub const V2_PAYMENT_REQUIRED: &str = "Payment required";
+/// The v1 `error` when no payment was sent (as the legacy servers write it).
+pub const V1_PAYMENT_REQUIRED: &str = "X-PAYMENT header is required";
+
+const URL_SENTINEL: &str = "\u{0}x402-url\u{0}";
+const ERROR_SENTINEL: &str = "\u{0}x402-error\u{0}";
+
+#[derive(Debug)]
+enum Piece {
+    Lit(String),
+    Url,
+    Error,
+}
+
+/// JSON text with slots for the resource URL and the error string.
+#[derive(Debug)]
+pub struct Template {
+    pieces: Vec<Piece>,
+    len: usize,
+}
+
+impl Template {
+    /// Splits serialised JSON at the (quoted) sentinels.
+    fn from_json(json: &str) -> Template {
+        let url_q = json_string(URL_SENTINEL);
+        let err_q = json_string(ERROR_SENTINEL);
+        let mut pieces = Vec::new();
+        let mut rest = json;
+        loop {
+            let u = rest.find(&url_q);
+            let e = rest.find(&err_q);
+            let (pos, qlen, piece) = match (u, e) {
+                (Some(u), Some(e)) if e < u => (e, err_q.len(), Piece::Error),
+                (Some(u), _) => (u, url_q.len(), Piece::Url),
+                (None, Some(e)) => (e, err_q.len(), Piece::Error),
+                (None, None) => {
+                    if !rest.is_empty() {
+                        pieces.push(Piece::Lit(rest.to_owned()));
+                    }
+                    break;
+                }
+            };
+            if pos > 0 {
+                pieces.push(Piece::Lit(rest[..pos].to_owned()));
+            }
+            pieces.push(piece);
+            rest = &rest[pos + qlen..];
+        }
+        let len = pieces.iter().map(|p| if let Piece::Lit(s) = p { s.len() } else { 0 }).sum();
+        Template { pieces, len }
+    }
+
+    /// Fills the slots. `url` and `error` are plain strings; they are JSON-escaped here.
+    pub fn render(&self, url: &str, error: &str) -> String {
+        let (url_q, err_q) = (json_string(url), json_string(error));
+        let mut out = String::with_capacity(self.len + 4 * url_q.len() + err_q.len());
+        for p in &self.pieces {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Url => out.push_str(&url_q),
+                Piece::Error => out.push_str(&err_q),
+            }
+        }
+        out
+    }
+}
+
+/// One option with its facilitator requirement objects ready.
+#[derive(Debug)]
+pub struct PreparedOption {
+    /// v2 `PaymentRequirements` JSON (no URL in it).
+    pub v2_requirements: String,
+    /// v1 `PaymentRequirements` JSON with a URL slot; `None` when the option is not offered
+    /// to v1 clients.
+    pub v1_requirements: Option<Template>,
+}
+
+/// Everything a route answers with before it is paid.
+#[derive(Debug)]
+pub struct Challenge {
+    v2: Template,
+    v1: Template,
+    html: String,
+    /// Per option, in route order.
+    pub options: Vec<PreparedOption>,
+    /// Pre-rendered answer for routes with a fixed `resource`: (header value, v1 body).
+    fixed: Option<(String, Bytes)>,
+}
+
+fn v2_requirements(o: &PaymentOption) -> v2::PaymentRequirements {
+    v2::PaymentRequirements {
+        scheme: "exact".into(),
+        network: o.network.caip2().into(),
+        amount: o.amount.to_string(),
+        asset: o.asset.address.to_checksum(None),
+        pay_to: o.pay_to.to_checksum(None),
+        max_timeout_seconds: o.max_timeout_seconds,
+        extra: v2::Eip712Extra {
+            name: o.asset.name.clone(),
+            version: o.asset.version.clone(),
+        },
+    }
+}
+
+fn v1_requirements(o: &PaymentOption, route: &RouteRule, v1_name: &str) -> v1::PaymentRequirements {
+    v1::PaymentRequirements {
+        scheme: "exact".into(),
+        network: v1_name.into(),
+        max_amount_required: o.amount.to_string(),
+        resource: URL_SENTINEL.into(),
+        description: route.description.clone(),
+        mime_type: route.mime_type.clone(),
+        pay_to: o.pay_to.to_checksum(None),
+        max_timeout_seconds: o.max_timeout_seconds,
+        asset: o.asset.address.to_checksum(None),
+        extra: v2::Eip712Extra {
+            name: o.asset.name.clone(),
+            version: o.asset.version.clone(),
+        },
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Plain structs of strings and integers always serialise.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Challenge {
+    /// Prepares a priced route's challenge. `v1_ok(option)` says whether the facilitator takes
+    /// v1 payments for that option's network.
+    pub fn new(route: &RouteRule, v1_ok: &dyn Fn(&PaymentOption) -> bool) -> Challenge {
+        let v2_reqs: Vec<v2::PaymentRequirements> = route.options.iter().map(v2_requirements).collect();
+        let v1_reqs: Vec<Option<v1::PaymentRequirements>> = route
+            .options
+            .iter()
+            .map(|o| {
+                let name = o.network.v1_name().filter(|_| o.network.legacy_v1_readable() && v1_ok(o))?;
+                Some(v1_requirements(o, route, name))
+            })
+            .collect();
+        let v2 = Template::from_json(&to_json(&v2::PaymentRequired {
+            x402_version: 2,
+            error: Some(ERROR_SENTINEL.into()),
+            resource: v2::ResourceInfo {
+                url: URL_SENTINEL.into(),
+                description: route.description.clone(),
+                mime_type: route.mime_type.clone(),
+            },
+            accepts: v2_reqs.clone(),
+        }));
+        let v1 = Template::from_json(&to_json(&v1::PaymentRequirementsResponse {
+            x402_version: 1,
+            error: ERROR_SENTINEL.into(),
+            accepts: v1_reqs.iter().flatten().cloned().collect(),
+        }));
+        let options = v2_reqs
+            .iter()
+            .zip(&v1_reqs)
+            .map(|(r2, r1)| PreparedOption {
+                v2_requirements: to_json(r2),
+                v1_requirements: r1.as_ref().map(|r| Template::from_json(&to_json(r))),
+            })
+            .collect();
+        let mut c = Challenge {
+            html: paywall_html(route),
+            v2,
+            v1,
+            options,
+            fixed: None,
+        };
+        if let Some(url) = &route.resource {
+            c.fixed = Some((
+                c.payment_required(url, V2_PAYMENT_REQUIRED),
+                Bytes::from(c.v1_body(url, V1_PAYMENT_REQUIRED)),
+            ));
+        }
+        c
+    }
+
+    /// `PAYMENT-REQUIRED` header value (base64 JSON) for a resource URL and error text.
+    pub fn payment_required(&self, url: &str, error: &str) -> String {
+        protocol::encode_header(self.v2.render(url, error).as_bytes())
+    }
+
+    /// The v1 JSON body.
+    pub fn v1_body(&self, url: &str, error: &str) -> String {
+        self.v1.render(url, error)
+    }
+
+    /// The unpaid answer (header value, v1 body); pre-rendered when the route has a fixed
+    /// `resource`, which is then used whatever `url` is.
+    pub fn unpaid(&self, url: &str) -> (String, Bytes) {
+        match &self.fixed {
+            Some((h, b)) => (h.clone(), b.clone()),
+            None => (
+                self.payment_required(url, V2_PAYMENT_REQUIRED),
+                Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
+            ),
+        }
+    }
+
+    /// The HTML page for browsers.
+    pub fn html(&self, url: &str) -> String {
+        self.html.replace("{{URL}}", &html_escape(url))
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn paywall_html(route: &RouteRule) -> String {
+    let rows: String = route
+        .options
+        .iter()
+        .map(|o| {
+            format!(
+                "<tr><td>{}</td><td>{} on {}</td><td><code>{}</code></td></tr>",
+                html_escape(&o.display_price()),
+                html_escape(&o.asset.symbol),
+                html_escape(o.network.v1_name().unwrap_or(o.network.caip2())),
+                o.pay_to.to_checksum(None)
+            )
+        })
+        .collect();
+    let description = if route.description.is_empty() {
+        String::new()
+    } else {
+        format!("<p>{}</p>", html_escape(&route.description))
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>402 Payment Required</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}table{{border-collapse:collapse}}td,th{{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}}code{{font-size:.85em}}</style>
+</head><body>
+<h1>Payment required</h1>
+<p>The resource <code>{{{{URL}}}}</code> is paid per request with the <a href="https://x402.org">x402</a> protocol.</p>
+{description}
+<table><tr><th>Price</th><th>Token</th><th>Pay to</th></tr>{rows}</table>
+<h2>How to pay</h2>
+<p>Use an x402 client, which reads this challenge, signs a USDC authorization and retries:</p>
+<ul><li>JavaScript: <code>@x402/fetch</code> (<code>wrapFetchWithPayment</code>)</li>
+<li>Python: <code>x402</code> (<code>x402HttpxClient</code>)</li>
+<li>Command line: <code>x402-gateway pay {{{{URL}}}}</code></li></ul>
+<p>Machine-readable requirements are in the <code>PAYMENT-REQUIRED</code> response header (x402 v2) and in the JSON body returned to non-browser clients (x402 v1).</p>
+</body></html>
+"#
+    )
+}

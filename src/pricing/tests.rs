@@ -1,0 +1,147 @@
+use super::*;
+use crate::config::Config;
+use crate::protocol::{decode_header, v1, v2};
+
+fn table(routes: &str) -> PriceTable {
+    let text = format!(
+        r#"
+[upstream]
+url = "http://127.0.0.1:3000"
+[facilitator]
+url = "http://127.0.0.1:9000"
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+network = "base-sepolia"
+{routes}"#
+    );
+    let c = Config::from_toml(&text, "t", &|_| None).unwrap();
+    PriceTable::new(c.routes, &|_| true)
+}
+
+const ROUTES: &str = r#"
+[[route]]
+path = "/health"
+price = "free"
+[[route]]
+path = "/weather/*"
+methods = ["GET"]
+price = "$0.001"
+description = "Weather"
+mime_type = "application/json"
+[[route]]
+path = "/admin/**"
+price = "$5"
+[[route]]
+path = "/api/**"
+price = "$0.01"
+"#;
+
+fn idx(t: &PriceTable, m: &Method, target: &str) -> Option<usize> {
+    t.lookup(m, target).map(|r| r.rule.index)
+}
+
+#[test]
+fn lookup_matches_normalised_paths() {
+    let t = table(ROUTES);
+    assert_eq!(idx(&t, &Method::GET, "/health"), Some(0));
+    assert_eq!(idx(&t, &Method::GET, "/weather/paris?units=metric"), Some(1));
+    assert_eq!(idx(&t, &Method::GET, "/WEATHER/Paris/"), Some(1));
+    assert_eq!(idx(&t, &Method::GET, "/health/../weather/paris"), Some(1));
+    assert_eq!(idx(&t, &Method::HEAD, "/weather/paris"), Some(1), "HEAD follows GET");
+    assert_eq!(idx(&t, &Method::POST, "/weather/paris"), None, "method filter");
+    assert_eq!(idx(&t, &Method::GET, "/elsewhere"), None);
+}
+
+#[test]
+fn malformed_escape_matches_the_strictest_route() {
+    let t = table(ROUTES);
+    assert_eq!(idx(&t, &Method::GET, "/health%zz"), Some(2));
+    assert_eq!(idx(&t, &Method::POST, "/anything/%"), Some(2));
+}
+
+#[test]
+fn encoded_slash_is_charged_if_either_reading_is_priced() {
+    let t = table(
+        r#"
+[[route]]
+path = "/files/*"
+price = "$0.01"
+[[route]]
+path = "/files/*/*"
+price = "free"
+"#,
+    );
+    // As a separator it is /files/a/b (free); as text it is /files/a%2fb (priced).
+    assert_eq!(idx(&t, &Method::GET, "/files/a%2Fb"), Some(0));
+}
+
+#[test]
+fn challenge_renders_valid_v1_and_v2() {
+    let t = table(ROUTES);
+    let r = t.lookup(&Method::GET, "/weather/paris").unwrap();
+    let c = r.challenge.as_ref().unwrap();
+    let url = "http://gw.example/weather/paris?q=\"x\"";
+    let (header, body) = c.unpaid(url);
+    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    assert_eq!(pr.x402_version, 2);
+    assert_eq!(pr.resource.url, url);
+    assert_eq!(pr.error.as_deref(), Some("Payment required"));
+    assert_eq!(pr.accepts[0].amount, "1000");
+    assert_eq!(pr.accepts[0].asset, "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+    assert_eq!(pr.accepts[0].extra.name, "USDC");
+    let b: v1::PaymentRequirementsResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b.x402_version, 1);
+    assert_eq!(b.accepts[0].network, "base-sepolia");
+    assert_eq!(b.accepts[0].resource, url);
+    assert_eq!(b.accepts[0].max_amount_required, "1000");
+    assert_eq!(b.accepts[0].mime_type, "application/json");
+    // Prepared requirement objects for the facilitator.
+    let o = &c.options[0];
+    let r2: v2::PaymentRequirements = serde_json::from_str(&o.v2_requirements).unwrap();
+    assert_eq!(r2, pr.accepts[0]);
+    let r1: v1::PaymentRequirements =
+        serde_json::from_str(&o.v1_requirements.as_ref().unwrap().render(url, "")).unwrap();
+    assert_eq!(r1, b.accepts[0]);
+    let html = c.html("http://x/<script>");
+    assert!(html.contains("$0.001") && html.contains("&lt;script&gt;") && !html.contains("<script>"));
+}
+
+#[test]
+fn networks_legacy_clients_cannot_read_stay_out_of_the_v1_body() {
+    let t = table(
+        r#"
+[[route]]
+path = "/x"
+  [[route.accept]]
+  network = "eip155:31337"
+  asset = { address = "0x5FbDB2315678afecb367f032d93F642f64180aa3", decimals = 6, name = "USDC", version = "2" }
+  price = "$0.01"
+  [[route.accept]]
+  price = "$0.01"
+"#,
+    );
+    let c = t.lookup(&Method::GET, "/x").unwrap().challenge.as_ref().unwrap();
+    let (header, body) = c.unpaid("http://h/x");
+    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    assert_eq!(pr.accepts.len(), 2);
+    let b: v1::PaymentRequirementsResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b.accepts.len(), 1);
+    assert_eq!(b.accepts[0].network, "base-sepolia");
+    assert!(c.options[0].v1_requirements.is_none());
+}
+
+#[test]
+fn fixed_resource_is_prerendered() {
+    let t = table(
+        r#"
+[[route]]
+path = "/x"
+price = "$0.01"
+resource = "https://api.example.com/x"
+"#,
+    );
+    let c = t.lookup(&Method::GET, "/x").unwrap().challenge.as_ref().unwrap();
+    let (header, _) = c.unpaid("http://ignored/x");
+    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    assert_eq!(pr.resource.url, "https://api.example.com/x");
+}

@@ -1,0 +1,176 @@
+use super::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The signature of the spec's shared EIP-3009 example (x402-protocol.md §8.1).
+pub(super) const SPEC_SIGNATURE: &str = "2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd15092f9ecab05ded3d6293af148b571c";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+#[test]
+fn v2_payment_signature_example_decodes() {
+    let p = PaymentPayload::from_header(&fixture("v2_payment_signature.b64")).unwrap();
+    assert_eq!(p.version, X402Version::V2);
+    assert_eq!(p.scheme, "exact");
+    assert_eq!(p.network, "eip155:84532");
+    assert_eq!(p.amount.as_deref(), Some("10000"));
+    assert_eq!(
+        p.asset.as_deref(),
+        Some("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
+    );
+    let a = &p.payload.authorization;
+    assert_eq!(a.from.to_checksum(None), "0x857b06519E91e3A54538791bDbb0E22373e36b66");
+    assert_eq!(a.value, U256::from(10000u64));
+    assert_eq!((a.valid_after, a.valid_before), (1740672089, 1740672154));
+    assert_eq!(p.payload.signature.len(), 65);
+    assert_eq!(alloy::primitives::hex::encode(&p.payload.signature), SPEC_SIGNATURE);
+}
+
+#[test]
+fn v1_x_payment_example_decodes() {
+    let p = PaymentPayload::from_header(&fixture("v1_x_payment.b64")).unwrap();
+    assert_eq!(p.version, X402Version::V1);
+    assert_eq!(p.network, "base-sepolia");
+    assert!(p.accepted.is_none() && p.asset.is_none());
+    assert_eq!(p.payload.authorization.value, U256::from(10000u64));
+}
+
+#[test]
+fn canonical_json_round_trips_to_the_same_payload() {
+    for name in ["v1_x_payment.b64", "v2_payment_signature.b64"] {
+        let p = PaymentPayload::from_header(&fixture(name)).unwrap();
+        let again = PaymentPayload::from_json(p.to_canonical_json().as_bytes()).unwrap();
+        assert_eq!(again.payload, p.payload, "{name}");
+        assert_eq!(again.version, p.version);
+        assert_eq!(again.network, p.network);
+        // And the canonical JSON equals the spec's JSON, field for field.
+        let spec: serde_json::Value =
+            serde_json::from_slice(&decode_header(&fixture(name)).unwrap()).unwrap();
+        let ours: serde_json::Value = serde_json::from_str(&p.to_canonical_json()).unwrap();
+        assert_eq!(ours, spec, "{name}");
+    }
+}
+
+#[test]
+fn receipts_decode_and_reencode_byte_for_byte() {
+    for name in [
+        "v2_payment_response_success.b64",
+        "v2_payment_response_failure.b64",
+        "v1_x_payment_response_success.b64",
+        "v1_x_payment_response_failure.b64",
+    ] {
+        let raw = fixture(name);
+        let json = decode_header(&raw).unwrap();
+        let r: SettleResponse = serde_json::from_slice(&json).unwrap();
+        assert_eq!(r.is_success(), name.contains("success"), "{name}");
+        // Our encoder produces the same base64 for the same JSON text.
+        assert_eq!(encode_header(&json).as_bytes(), &raw[..], "{name}");
+    }
+}
+
+#[test]
+fn our_receipt_encodes_like_the_spec_example() {
+    let r = Receipt {
+        success: true,
+        error_reason: None,
+        payer: None,
+        transaction: "0x1234567890abcdef1234567890abcdef1234567890abcdef1234567890abcdef",
+        network: "eip155:84532",
+    };
+    let decoded: SettleResponse =
+        serde_json::from_slice(&decode_header(r.to_header().as_bytes()).unwrap()).unwrap();
+    assert!(decoded.is_success());
+    assert_eq!(decoded.network.as_deref(), Some("eip155:84532"));
+}
+
+#[test]
+fn v2_payment_required_example_round_trips() {
+    let raw = fixture("v2_payment_required.b64");
+    let json = decode_header(&raw).unwrap();
+    let pr: v2::PaymentRequired = serde_json::from_slice(&json).unwrap();
+    assert_eq!(pr.x402_version, 2);
+    assert_eq!(pr.accepts[0].amount, "10000");
+    assert_eq!(pr.accepts[0].extra.name, "USDC");
+    let ours = serde_json::to_vec(&pr).unwrap();
+    assert_eq!(encode_header(&ours).as_bytes(), &raw[..]);
+}
+
+#[test]
+fn settle_response_without_success_is_a_failure() {
+    let r: SettleResponse =
+        serde_json::from_str(r#"{"transaction":"0xabc","network":"eip155:84532"}"#).unwrap();
+    assert!(!r.is_success());
+    let r: SettleResponse =
+        serde_json::from_str(r#"{"success":true,"transaction":"","network":"x"}"#).unwrap();
+    assert!(!r.is_success(), "success without a transaction is not a settlement");
+    let r: SettleResponse = serde_json::from_str(r#"{"success":null}"#).unwrap();
+    assert!(!r.is_success());
+}
+
+#[test]
+fn malformed_headers_are_errors_not_panics() {
+    let spec = String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
+    let b64 = |s: &str| encode_header(s.as_bytes());
+    let cases: Vec<(String, &str)> = vec![
+        ("not base64 at all!".into(), "base64"),
+        (format!("{}_-{}", &b64(&spec)[..8], &b64(&spec)[10..]), "base64"),
+        ("".into(), "json"),
+        (b64("{}"), "json"),
+        (b64("[1,2]"), "json"),
+        (b64(&spec.replace("\"x402Version\":2", "\"x402Version\":3")), "version"),
+        (b64(&spec.replace("\"x402Version\":2,", "")), "version"),
+        (b64(&spec.replace("0x857b06519E91e3A54538791bDbb0E22373e36b66", "0x857b")), "field"),
+        (b64(&spec.replace("\"10000\",\"validAfter\"", "\"-1\",\"validAfter\"")), "field"),
+        (b64(&spec.replace("\"1740672154\"", "\"1e9\"")), "field"),
+        (b64(&spec.replace("0xf3746613", "0xzz746613")), "field"),
+        (b64(&spec.replace("0x2d6a7588", "2d6a7588")), "field"),
+        (b64(&spec.replace(SPEC_SIGNATURE, "abcd")), "field"),
+        ("A".repeat(MAX_PAYMENT_HEADER_BYTES + 1), "large"),
+    ];
+    for (value, kind) in cases {
+        let err = PaymentPayload::from_header(value.as_bytes()).err().unwrap_or_else(|| panic!("accepted {kind}: {value}"));
+        let ok = match kind {
+            "base64" => matches!(err, CodecError::Base64(_)),
+            "json" => matches!(err, CodecError::Json(_)),
+            "version" => matches!(err, CodecError::Version(_)),
+            "field" => matches!(err, CodecError::Field { .. }),
+            "large" => matches!(err, CodecError::TooLarge(_)),
+            _ => false,
+        };
+        assert!(ok, "{kind}: got {err:?}");
+    }
+}
+
+#[test]
+fn lenient_integer_spellings_read_the_same_value() {
+    let spec = String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
+    let hex = spec.replace("\"value\":\"10000\"", "\"value\":\"0x2710\"");
+    let num = spec.replace("\"validBefore\":\"1740672154\"", "\"validBefore\":1740672154");
+    for s in [hex, num] {
+        let p = PaymentPayload::from_json(s.as_bytes()).unwrap();
+        assert_eq!(p.payload.authorization.value, U256::from(10000u64));
+        assert_eq!(p.payload.authorization.valid_before, 1740672154);
+        // The canonical form written to the facilitator uses decimal strings.
+        assert!(p.to_canonical_json().contains("\"value\":\"10000\""));
+        assert!(p.to_canonical_json().contains("\"validBefore\":\"1740672154\""));
+    }
+}
+
+#[test]
+fn unpadded_base64_is_accepted() {
+    let raw = fixture("v2_payment_signature.b64");
+    let unpadded: Vec<u8> = raw.iter().copied().filter(|b| *b != b'=').collect();
+    assert!(PaymentPayload::from_header(&unpadded).is_ok());
+}
+
+#[test]
+fn parse_uint_edges() {
+    assert_eq!(parse_uint("0"), Some(U256::ZERO));
+    assert_eq!(parse_uint("0x0"), Some(U256::ZERO));
+    for bad in ["", "0x", "-1", "1.5", " 1", "1e3", "0xg"] {
+        assert_eq!(parse_uint(bad), None, "{bad}");
+    }
+    assert_eq!(parse_uint(&"9".repeat(79)), None);
+}
