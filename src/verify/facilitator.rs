@@ -1,0 +1,235 @@
+//! Talking to a facilitator: the [`Facilitator`] trait (so tests and the embedded facilitator
+//! can stand in) and [`FacilitatorClient`], its HTTP implementation over one pooled `reqwest`
+//! client.
+//!
+//! Owns: request timeouts, auth headers, and reading answers strictly. A `/verify` answer of
+//! any status (200, 400, 500) that carries `isValid` is a *verdict*; a `/settle` answer that
+//! carries `success` is a settlement result. Anything else is a [`FacilitatorError`]: an outage,
+//! never a verdict.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::FacilitatorConfig;
+use crate::protocol::{SettleResponse, SupportedResponse, VerifyResponse};
+
+/// Why a facilitator gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FacilitatorError {
+    /// Connection refused, reset, DNS failure.
+    #[error("facilitator unreachable at {url}")]
+    Unreachable {
+        /// The endpoint.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// No answer within the timeout.
+    #[error("facilitator did not answer {url} within {timeout:?}")]
+    Timeout {
+        /// The endpoint.
+        url: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// An answer that is not the expected JSON.
+    #[error("facilitator answered {url} with HTTP {status} and no valid {expected} body: {snippet}")]
+    Malformed {
+        /// The endpoint.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What was expected.
+        expected: &'static str,
+        /// The start of the body, for the log.
+        snippet: String,
+    },
+}
+
+impl FacilitatorError {
+    /// True when the request may have been processed (so a settlement might have happened).
+    pub fn may_have_happened(&self) -> bool {
+        !matches!(self, FacilitatorError::Unreachable { source, .. } if source.is_connect())
+    }
+}
+
+/// A facilitator: verifies and settles payments. Bodies are the x402 facilitator request
+/// JSON, `{"x402Version":N,"paymentPayload":…,"paymentRequirements":…}`.
+#[async_trait]
+pub trait Facilitator: Send + Sync {
+    /// `POST /verify`.
+    async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError>;
+    /// `POST /settle`.
+    async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError>;
+    /// `GET /supported`.
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError>;
+}
+
+/// HTTP facilitator client.
+pub struct FacilitatorClient {
+    http: reqwest::Client,
+    verify_url: String,
+    settle_url: String,
+    supported_url: String,
+    timeout: Duration,
+    settle_timeout: Duration,
+}
+
+impl FacilitatorClient {
+    /// A client for `config`. Connections are pooled and kept alive.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (TLS setup).
+    pub fn new(config: &FacilitatorConfig) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            if let Ok(mut v) = HeaderValue::from_str(value.expose()) {
+                v.set_sensitive(true);
+                headers.insert(name.clone(), v);
+            }
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(FacilitatorClient {
+            http,
+            verify_url: format!("{}/verify", config.url),
+            settle_url: format!("{}/settle", config.url),
+            supported_url: format!("{}/supported", config.url),
+            timeout: config.timeout,
+            settle_timeout: config.settle_timeout,
+        })
+    }
+
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(u16, bytes::Bytes), FacilitatorError> {
+        let send = async {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Err(_) => Err(FacilitatorError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            }),
+            Ok(Err(e)) if e.is_timeout() => Err(FacilitatorError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            }),
+            Ok(Err(source)) => Err(FacilitatorError::Unreachable {
+                url: url.to_owned(),
+                source,
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    async fn post(&self, url: &str, body: &str, timeout: Duration) -> Result<(u16, bytes::Bytes), FacilitatorError> {
+        let req = self
+            .http
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned());
+        self.call(req, url, timeout).await
+    }
+}
+
+fn malformed(url: &str, status: u16, expected: &'static str, body: &[u8]) -> FacilitatorError {
+    FacilitatorError::Malformed {
+        url: url.to_owned(),
+        status,
+        expected,
+        snippet: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+/// Reads a `/verify` answer: any status whose JSON has a boolean `isValid` is a verdict.
+pub fn read_verify(url: &str, status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
+    serde_json::from_slice::<VerifyResponse>(body).map_err(|_| malformed(url, status, "verify", body))
+}
+
+/// Reads a `/settle` answer: any status whose JSON has a `success` key is a settlement result
+/// (a missing or `null` `success` is read as failure by [`SettleResponse::is_success`]).
+pub fn read_settle(url: &str, status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| malformed(url, status, "settle", body))?;
+    if v.get("success").is_none() {
+        return Err(malformed(url, status, "settle", body));
+    }
+    serde_json::from_value(v).map_err(|_| malformed(url, status, "settle", body))
+}
+
+#[async_trait]
+impl Facilitator for FacilitatorClient {
+    async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError> {
+        let (status, bytes) = self.post(&self.verify_url, body, self.timeout).await?;
+        read_verify(&self.verify_url, status, &bytes)
+    }
+
+    async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
+        let (status, bytes) = self.post(&self.settle_url, body, self.settle_timeout).await?;
+        read_settle(&self.settle_url, status, &bytes)
+    }
+
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        let url = &self.supported_url;
+        let (status, bytes) = self.call(self.http.get(url), url, self.timeout).await?;
+        if !(200..300).contains(&status) {
+            return Err(malformed(url, status, "supported", &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| malformed(url, status, "supported", &bytes))
+    }
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one compiled in.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_come_with_any_status() {
+        for status in [200, 400, 500] {
+            let v = read_verify("u", status, br#"{"isValid":false,"invalidReason":"invalid_exact_evm_signature","payer":null}"#).unwrap();
+            assert!(!v.is_valid);
+            assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_signature"));
+        }
+        assert!(read_verify("u", 200, br#"{"isValid":true}"#).unwrap().is_valid);
+    }
+
+    #[test]
+    fn garbled_answers_are_outages() {
+        for body in [&b"<html>bad gateway</html>"[..], b"{}", br#"{"isValid":"yes"}"#, b""] {
+            assert!(matches!(read_verify("u", 502, body), Err(FacilitatorError::Malformed { .. })));
+        }
+        for body in [&b"{}"[..], b"oops", br#"{"transaction":"0x1"}"#] {
+            assert!(read_settle("u", 200, body).is_err());
+        }
+    }
+
+    #[test]
+    fn settle_results_are_read_fail_closed() {
+        let r = read_settle("u", 200, br#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"eip155:84532"}"#).unwrap();
+        assert!(!r.is_success());
+        let r = read_settle("u", 500, br#"{"success":null}"#).unwrap();
+        assert!(!r.is_success());
+        let r = read_settle("u", 200, br#"{"success":true,"transaction":"0xab","network":"eip155:84532"}"#).unwrap();
+        assert!(r.is_success());
+    }
+}
