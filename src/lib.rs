@@ -183,7 +183,7 @@ pub fn build_server(config: &Config, gateway: Gateway, facilitator: Arc<dyn Faci
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "x402-gateway");
+    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "x402-gateway");
     service.add_tcp(&config.server.listen);
     server.add_service(service);
     server.add_service(background_service(

@@ -28,7 +28,7 @@ use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::{Config, SettlementMode};
 use crate::error::GatewayError;

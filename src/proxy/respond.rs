@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use pingora_proxy::Session;
+use pingora::proxy::Session;
 
 use crate::error::GatewayError;
 use crate::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};

@@ -1,0 +1,451 @@
+//! Test harness: an in-process gateway on an ephemeral port, a mock upstream and a scripted
+//! facilitator (both small HTTP/1.1 servers on `127.0.0.1:0` that record what they receive).
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use alloy::signers::local::PrivateKeySigner;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::server::configuration::ServerConf;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use x402_gateway::config::Config;
+use x402_gateway::protocol::{self, v1, v2};
+use x402_gateway::verify::{Facilitator, FacilitatorClient};
+use x402_gateway::{build_gateway, client, fetch_supported};
+
+// === Mock HTTP server ===
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+}
+
+impl Response {
+    pub fn json(status: u16, body: &str) -> Self {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl MockServer {
+    pub async fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> MockServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                let (handler, recorded) = (handler.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut r = BufReader::new(r);
+                    while let Some(req) = read_request(&mut r).await {
+                        recorded.lock().unwrap().push(req.clone());
+                        let resp = handler(&req);
+                        if !resp.delay.is_zero() {
+                            tokio::time::sleep(resp.delay).await;
+                        }
+                        let mut out = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", resp.status, resp.body.len());
+                        for (k, v) in &resp.headers {
+                            out.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        out.push_str("\r\n");
+                        let mut bytes = out.into_bytes();
+                        bytes.extend_from_slice(&resp.body);
+                        if w.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        MockServer { addr, requests }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn count_path(&self, path: &str) -> usize {
+        self.requests.lock().unwrap().iter().filter(|r| r.target == path).count()
+    }
+
+    pub fn last(&self) -> Option<Request> {
+        self.requests.lock().unwrap().last().cloned()
+    }
+}
+
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).await.ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        r.read_exact(&mut body).await.ok()?;
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).await.ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Some(Request { method, target, headers, body })
+}
+
+// === Mock upstream ===
+
+/// An upstream API: `/status/NNN` answers NNN; everything else 200 with a JSON echo.
+pub async fn mock_upstream() -> MockServer {
+    MockServer::start(|req| {
+        let status = req
+            .target
+            .strip_prefix("/status/")
+            .and_then(|s| s.split(['/', '?']).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let body = serde_json::json!({"upstream": true, "path": req.target, "method": req.method}).to_string();
+        let mut resp = Response::json(status, &body);
+        if req.target.contains("overrides") {
+            resp = resp.with_header("settlement-overrides", "{\"amount\":\"1\"}");
+        }
+        if req.target.contains("empty") {
+            resp.body.clear();
+        }
+        if req.target.contains("cacheable") {
+            resp = resp.with_header("cache-control", "public, max-age=60");
+        }
+        resp
+    })
+    .await
+}
+
+// === Scripted facilitator ===
+
+#[derive(Clone, Debug)]
+pub enum VerifyScript {
+    Valid,
+    Invalid { status: u16, reason: &'static str },
+    Garbage(u16),
+    Slow(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub enum SettleScript {
+    Success,
+    Fail(&'static str),
+    MissingSuccess,
+    Garbage,
+    Slow(Duration),
+}
+
+pub struct MockFacilitator {
+    pub server: MockServer,
+    pub verify: Arc<Mutex<VerifyScript>>,
+    pub settle: Arc<Mutex<SettleScript>>,
+    pub settled: Arc<AtomicUsize>,
+}
+
+pub const TX_HASH: &str = "0x1111111111111111111111111111111111111111111111111111111111111111";
+
+impl MockFacilitator {
+    pub async fn start() -> MockFacilitator {
+        let verify = Arc::new(Mutex::new(VerifyScript::Valid));
+        let settle = Arc::new(Mutex::new(SettleScript::Success));
+        let settled = Arc::new(AtomicUsize::new(0));
+        let (v, s, n) = (verify.clone(), settle.clone(), settled.clone());
+        let server = MockServer::start(move |req| match req.target.as_str() {
+            "/supported" => Response::json(
+                200,
+                r#"{"kinds":[{"x402Version":2,"scheme":"exact","network":"eip155:84532"},{"x402Version":1,"scheme":"exact","network":"base-sepolia"},{"x402Version":2,"scheme":"exact","network":"eip155:8453"},{"x402Version":1,"scheme":"exact","network":"base"}],"extensions":[],"signers":{}}"#,
+            ),
+            "/verify" => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                let payer = body["paymentPayload"]["payload"]["authorization"]["from"].clone();
+                match v.lock().unwrap().clone() {
+                    VerifyScript::Valid => Response::json(200, &serde_json::json!({"isValid": true, "payer": payer}).to_string()),
+                    VerifyScript::Invalid { status, reason } => Response::json(
+                        status,
+                        &serde_json::json!({"isValid": false, "invalidReason": reason, "payer": payer}).to_string(),
+                    ),
+                    VerifyScript::Garbage(status) => Response::json(status, "<html>bad gateway</html>"),
+                    VerifyScript::Slow(d) => Response::json(200, r#"{"isValid":true}"#).delayed(d),
+                }
+            }
+            "/settle" => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+                let version = body["x402Version"].as_u64().unwrap();
+                let network = if version == 1 { "base-sepolia" } else { "eip155:84532" };
+                match s.lock().unwrap().clone() {
+                    SettleScript::Success => {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        Response::json(200, &serde_json::json!({"success": true, "transaction": TX_HASH, "network": network}).to_string())
+                    }
+                    SettleScript::Fail(reason) => Response::json(
+                        200,
+                        &serde_json::json!({"success": false, "errorReason": reason, "transaction": "", "network": network}).to_string(),
+                    ),
+                    SettleScript::MissingSuccess => Response::json(200, &serde_json::json!({"transaction": TX_HASH, "network": network}).to_string()),
+                    SettleScript::Garbage => Response::json(502, "upstream connect error"),
+                    SettleScript::Slow(d) => Response::json(200, r#"{"success":true,"transaction":"0x22","network":"eip155:84532"}"#).delayed(d),
+                }
+            }
+            _ => Response::json(404, "{}"),
+        })
+        .await;
+        MockFacilitator { server, verify, settle, settled }
+    }
+
+    pub fn set_verify(&self, s: VerifyScript) {
+        *self.verify.lock().unwrap() = s;
+    }
+
+    pub fn set_settle(&self, s: SettleScript) {
+        *self.settle.lock().unwrap() = s;
+    }
+
+    pub fn verify_calls(&self) -> usize {
+        self.server.count_path("/verify")
+    }
+
+    pub fn settle_calls(&self) -> usize {
+        self.server.count_path("/settle")
+    }
+}
+
+// === The gateway ===
+
+pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// Routes used by most tests.
+pub const ROUTES: &str = r#"
+[[route]]
+path = "/health"
+price = "free"
+
+[[route]]
+path = "/weather/*"
+methods = ["GET"]
+price = "$0.001"
+description = "Current weather"
+mime_type = "application/json"
+
+[[route]]
+path = "/reports/**"
+price = "$0.05"
+settlement = "before_upstream"
+
+[[route]]
+path = "/status/**"
+price = "$0.001"
+
+[[route]]
+path = "/paid/**"
+price = "$0.001"
+"#;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub upstream: MockServer,
+    pub facilitator: MockFacilitator,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(ROUTES, "").await
+    }
+
+    /// `routes` are `[[route]]` tables; `extra` is appended to `[facilitator]`.
+    pub async fn start_with(routes: &str, facilitator_extra: &str) -> TestGateway {
+        let upstream = mock_upstream().await;
+        let facilitator = MockFacilitator::start().await;
+        let text = format!(
+            r#"
+[upstream]
+url = "{}"
+read_timeout = "5s"
+[facilitator]
+url = "{}"
+timeout = "2s"
+settle_timeout = "2s"
+{facilitator_extra}
+[payment]
+pay_to = "{PAY_TO}"
+network = "base-sepolia"
+{routes}"#,
+            upstream.url(),
+            facilitator.server.url()
+        );
+        let config = Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let client: Arc<dyn Facilitator> = Arc::new(FacilitatorClient::new(&config.facilitator).unwrap());
+        let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
+        let gateway = build_gateway(&config, client, &supported).unwrap();
+
+        let conf = Arc::new(ServerConf::default());
+        let proxy = pingora::proxy::http_proxy(&conf, gateway);
+        let app = Arc::new(proxy);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, rx) = watch::channel(false);
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let sock = tokio::select! {
+                    _ = stop.changed() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => return },
+                };
+                let (app, rx) = (app.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let mut stream: pingora::protocols::Stream = Box::new(L4Stream::from(sock));
+                    while let Some(s) = app.process_new(stream, &rx).await {
+                        stream = s;
+                    }
+                });
+            }
+        });
+        TestGateway { addr, upstream, facilitator, shutdown }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+// === Client side ===
+
+/// Anvil dev account 1 (public key material, never used off a dev chain).
+pub const PAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+pub fn payer() -> PrivateKeySigner {
+    PAYER_KEY.parse().unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn now() -> u64 {
+    x402_gateway::verify::unix_now()
+}
+
+pub fn decode_required(resp: &reqwest::Response) -> v2::PaymentRequired {
+    let h = resp.headers().get("payment-required").expect("PAYMENT-REQUIRED header");
+    serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
+}
+
+pub fn decode_receipt(resp: &reqwest::Response, name: &str) -> protocol::SettleResponse {
+    let h = resp.headers().get(name).unwrap_or_else(|| panic!("no {name} header"));
+    serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
+}
+
+/// Gets the 402 for `path` and signs a v2 payment for its first option.
+pub async fn pay_v2(gw: &TestGateway, path: &str) -> String {
+    let resp = http().get(gw.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 402);
+    let required = decode_required(&resp);
+    client::sign_v2(&payer(), &required, 0, now(), client::random_nonce()).unwrap()
+}
+
+/// Gets the 402 for `path` and signs a v1 payment for its first v1 option.
+pub async fn pay_v1(gw: &TestGateway, path: &str) -> String {
+    let resp = http().get(gw.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 402);
+    let body: v1::PaymentRequirementsResponse = resp.json().await.unwrap();
+    client::sign_v1(&payer(), &body.accepts[0], now(), client::random_nonce()).unwrap()
+}
+
+/// A v2 payment with one field of the signed requirement changed before signing.
+pub async fn pay_v2_tampered(gw: &TestGateway, path: &str, tamper: impl FnOnce(&mut v2::PaymentRequired), at: u64, nonce: B256) -> String {
+    let resp = http().get(gw.url(path)).send().await.unwrap();
+    let mut required = decode_required(&resp);
+    tamper(&mut required);
+    client::sign_v2(&payer(), &required, 0, at, nonce).unwrap()
+}
+
+/// Reads the `error` of a 402's `PAYMENT-REQUIRED`.
+pub fn challenge_error(resp: &reqwest::Response) -> String {
+    decode_required(resp).error.unwrap_or_default()
+}

@@ -1,0 +1,199 @@
+//! Settlement after the response and before the upstream: receipts, failures that withhold the
+//! content, released and burnt authorizations, replays.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
+const NONCE_USED: &str = "nonce_already_used";
+
+/// (verify calls, settle calls, upstream requests).
+fn counts(gw: &TestGateway) -> (usize, usize, usize) {
+    (gw.facilitator.verify_calls(), gw.facilitator.settle_calls(), gw.upstream.count())
+}
+
+/// GETs `path` with `payment` as `PAYMENT-SIGNATURE`, giving up after 5 s.
+async fn send(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
+    http()
+        .get(gw.url(path))
+        .header("payment-signature", payment)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs a fresh payment for `path` and sends it.
+async fn pay(gw: &TestGateway, path: &str) -> (String, reqwest::Response) {
+    let payment = pay_v2(gw, path).await;
+    let resp = send(gw, path, &payment).await;
+    (payment, resp)
+}
+
+/// Asserts a 402 whose `PAYMENT-REQUIRED` error contains `reason`.
+fn assert_rejected(resp: &reqwest::Response, reason: &str) {
+    assert_eq!(resp.status(), 402);
+    let error = challenge_error(resp);
+    assert!(error.contains(reason), "error {error:?} lacks {reason:?}");
+}
+
+/// Asserts a settled 200 with a successful v2 receipt.
+fn assert_settled(resp: &reqwest::Response) {
+    assert_eq!(resp.status(), 200);
+    let receipt = decode_receipt(resp, "payment-response");
+    assert_eq!(receipt.success, Some(true));
+    assert_eq!(receipt.transaction.as_deref(), Some(TX_HASH));
+}
+
+/// Asserts a settlement-failure 402: failed receipt with `reason` (when given), a complete body
+/// that is the gateway's, never the upstream's. Returns the receipt's reason.
+async fn assert_settle_failed(resp: reqwest::Response, reason: Option<&str>) -> String {
+    assert_eq!(resp.status(), 402);
+    let receipt = decode_receipt(&resp, "payment-response");
+    assert_eq!(receipt.success, Some(false));
+    let got = receipt.error_reason.unwrap_or_default();
+    assert!(!got.is_empty(), "failed receipt without a reason");
+    if let Some(r) = reason {
+        assert_eq!(got, r);
+    }
+    assert!(challenge_error(&resp).contains(&got));
+    let body = resp.text().await.expect("a complete 402 body");
+    assert!(!body.contains("\"upstream\""), "upstream content released: {body}");
+    assert!(body.contains(&got), "402 body lacks the reason: {body}");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_response_success() {
+    let gw = TestGateway::start().await;
+    let (_, resp) = pay(&gw, "/paid/x").await;
+    assert_settled(&resp);
+    let cc = resp.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cc.contains("private"), "cache-control {cc:?}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!((body["upstream"].as_bool(), body["path"].as_str()), (Some(true), Some("/paid/x")));
+    assert_eq!(counts(&gw), (1, 1, 1));
+    let forwarded = gw.upstream.last().unwrap();
+    assert!(forwarded.header("payment-signature").is_none());
+    assert!(forwarded.header("x-payment").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_payment_gets_a_v1_receipt() {
+    let gw = TestGateway::start().await;
+    let payment = pay_v1(&gw, "/paid/x").await;
+    let resp = http().get(gw.url("/paid/x")).header("x-payment", payment).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("payment-response").is_none());
+    let receipt = decode_receipt(&resp, "x-payment-response");
+    assert_eq!((receipt.success, receipt.network.as_deref()), (Some(true), Some("base-sepolia")));
+    assert_eq!(counts(&gw), (1, 1, 1));
+    assert!(gw.upstream.last().unwrap().header("x-payment").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_response_settle_failure_withholds_the_content() {
+    let gw = TestGateway::start().await;
+    let scripts = [
+        (SettleScript::Fail(INSUFFICIENT), Some(INSUFFICIENT)),
+        (SettleScript::MissingSuccess, None),
+        (SettleScript::Garbage, None),
+    ];
+    for (i, (script, reason)) in scripts.into_iter().enumerate() {
+        gw.facilitator.set_settle(script.clone());
+        let (_, resp) = pay(&gw, "/paid/x").await;
+        assert_settle_failed(resp, reason).await;
+        assert_eq!(counts(&gw), (i + 1, i + 1, i + 1), "{script:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_failure_on_an_empty_upstream_body_is_a_complete_402() {
+    let gw = TestGateway::start().await;
+    gw.facilitator.set_settle(SettleScript::Fail(INSUFFICIENT));
+    let (_, resp) = pay(&gw, "/paid/empty").await;
+    assert_settle_failed(resp, Some(INSUFFICIENT)).await;
+    assert_eq!(counts(&gw), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_timeout_burns_the_authorization() {
+    let gw = TestGateway::start().await;
+    gw.facilitator.set_settle(SettleScript::Slow(Duration::from_secs(3)));
+    let (payment, resp) = pay(&gw, "/paid/x").await;
+    assert_settle_failed(resp, Some("settlement_timeout")).await;
+    assert_eq!(counts(&gw), (1, 1, 1));
+
+    gw.facilitator.set_settle(SettleScript::Success);
+    assert_rejected(&send(&gw, "/paid/x", &payment).await, NONCE_USED);
+    assert_eq!(counts(&gw), (1, 1, 1), "a burnt authorization reaches neither facilitator nor upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_error_releases_the_authorization() {
+    let gw = TestGateway::start().await;
+    let (payment, resp) = pay(&gw, "/status/500").await;
+    assert_eq!(resp.status(), 500);
+    assert!(resp.headers().get("payment-response").is_none());
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["upstream"], true);
+    assert_eq!(counts(&gw), (1, 0, 1), "nothing is settled for an upstream error");
+
+    let resp = send(&gw, "/status/200", &payment).await;
+    assert_settled(&resp);
+    assert_eq!(gw.facilitator.settle_calls(), 1);
+    assert_eq!(gw.upstream.count_path("/status/200"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_upstream_settles_first() {
+    let gw = TestGateway::start().await;
+    let (_, resp) = pay(&gw, "/reports/r").await;
+    assert_settled(&resp);
+    assert_eq!(counts(&gw), (1, 1, 1));
+
+    gw.facilitator.set_settle(SettleScript::Fail(INSUFFICIENT));
+    let (_, resp) = pay(&gw, "/reports/r").await;
+    assert_settle_failed(resp, Some(INSUFFICIENT)).await;
+    assert_eq!(counts(&gw), (2, 2, 1), "a failed up-front settlement never reaches the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_overrides_are_stripped() {
+    let gw = TestGateway::start().await;
+    let (_, resp) = pay(&gw, "/paid/overrides").await;
+    assert_settled(&resp);
+    assert!(resp.headers().get("settlement-overrides").is_none());
+    assert_eq!(gw.upstream.count_path("/paid/overrides"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_replay_is_refused() {
+    let gw = TestGateway::start().await;
+    let (payment, resp) = pay(&gw, "/paid/x").await;
+    assert_settled(&resp);
+    assert_rejected(&send(&gw, "/paid/x", &payment).await, NONCE_USED);
+    assert_eq!(counts(&gw), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replay_serves_once() {
+    let gw = TestGateway::start().await;
+    let payment = pay_v2(&gw, "/paid/x").await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let req = http().get(gw.url("/paid/x")).header("payment-signature", payment.clone());
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 402, 402, 402, 402, 402, 402, 402]);
+    assert_eq!((gw.facilitator.settle_calls(), gw.upstream.count()), (1, 1));
+}
