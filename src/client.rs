@@ -92,8 +92,21 @@ pub fn sign_v2(
     now: u64,
     nonce: B256,
 ) -> Result<String, SignError> {
-    let r = required.accepts.get(index).ok_or(SignError::Field("accepts"))?;
-    let s = sign(signer, &r.network, &r.asset, &r.pay_to, &r.amount, r.max_timeout_seconds, &r.extra, now, nonce)?;
+    let r = required
+        .accepts
+        .get(index)
+        .ok_or(SignError::Field("accepts"))?;
+    let s = sign(
+        signer,
+        &r.network,
+        &r.asset,
+        &r.pay_to,
+        &r.amount,
+        r.max_timeout_seconds,
+        &r.extra,
+        now,
+        nonce,
+    )?;
     let json = serde_json::json!({
         "x402Version": 2,
         "resource": required.resource,

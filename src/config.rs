@@ -282,7 +282,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string(), &|k| std::env::var(k).ok())
+        Self::from_toml(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
     }
 
     /// Validates configuration text. `origin` names it in errors; `env` resolves `${VAR}`.
@@ -294,10 +296,12 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
         validate::validate(&table, env).map_err(|issues| ConfigError::Invalid {
             path: origin.to_owned(),
             issues,

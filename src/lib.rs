@@ -101,7 +101,10 @@ pub fn unsupported_options(config: &Config, supported: &HashSet<SupportedKind>) 
 ///
 /// # Errors
 /// The last failure.
-pub async fn fetch_supported(f: &dyn Facilitator, attempts: u32) -> Result<SupportedResponse, FacilitatorError> {
+pub async fn fetch_supported(
+    f: &dyn Facilitator,
+    attempts: u32,
+) -> Result<SupportedResponse, FacilitatorError> {
     let mut delay = Duration::from_millis(250);
     let mut n = 0;
     loop {
@@ -133,8 +136,15 @@ pub fn build_gateway(
     if !missing.is_empty() {
         return Err(StartupError::Unsupported(missing));
     }
-    let v1_ok = |o: &PaymentOption| o.network.v1_name().is_some_and(|n| kinds.contains(&kind(1, n)));
-    let table = Arc::new(ArcSwap::from_pointee(PriceTable::new(config.routes.clone(), &v1_ok)));
+    let v1_ok = |o: &PaymentOption| {
+        o.network
+            .v1_name()
+            .is_some_and(|n| kinds.contains(&kind(1, n)))
+    };
+    let table = Arc::new(ArcSwap::from_pointee(PriceTable::new(
+        config.routes.clone(),
+        &v1_ok,
+    )));
     let verifier = Arc::new(Verifier::new(facilitator, &config.verification));
     Ok(Gateway::new(config, table, verifier))
 }
@@ -171,19 +181,39 @@ impl BackgroundService for SupportedRefresh {
 ///
 /// # Errors
 /// [`StartupError::Server`].
-pub fn build_server(config: &Config, gateway: Gateway, facilitator: Arc<dyn Facilitator>) -> Result<Server, StartupError> {
-    let port = config.server.listen.rsplit(':').next().unwrap_or("0").to_owned();
+pub fn build_server(
+    config: &Config,
+    gateway: Gateway,
+    facilitator: Arc<dyn Facilitator>,
+) -> Result<Server, StartupError> {
+    let port = config
+        .server
+        .listen
+        .rsplit(':')
+        .next()
+        .unwrap_or("0")
+        .to_owned();
     let conf = ServerConf {
         threads: config.server.threads,
-        pid_file: std::env::temp_dir().join(format!("x402-gateway-{port}.pid")).display().to_string(),
-        upgrade_sock: std::env::temp_dir().join(format!("x402-gateway-{port}.sock")).display().to_string(),
+        pid_file: std::env::temp_dir()
+            .join(format!("x402-gateway-{port}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("x402-gateway-{port}.sock"))
+            .display()
+            .to_string(),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(10),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "x402-gateway");
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "x402-gateway",
+    );
     service.add_tcp(&config.server.listen);
     server.add_service(service);
     server.add_service(background_service(

@@ -46,7 +46,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("  [{}] {methods:<8} {:<24} free", r.index, r.path);
             continue;
         }
-        println!("  [{}] {methods:<8} {:<24} settle {}", r.index, r.path, r.settlement.as_str());
+        println!(
+            "  [{}] {methods:<8} {:<24} settle {}",
+            r.index,
+            r.path,
+            r.settlement.as_str()
+        );
         for o in &r.options {
             println!(
                 "        {} = {} atomic {} ({}) on {}{} -> {}",
@@ -55,7 +60,10 @@ fn check(path: &std::path::Path) -> ExitCode {
                 o.asset.symbol,
                 o.asset.address,
                 o.network.caip2(),
-                o.network.v1_name().map(|n| format!(" ({n})")).unwrap_or_default(),
+                o.network
+                    .v1_name()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
                 o.pay_to
             );
         }
@@ -84,8 +92,10 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(fetch_supported(client.as_ref(), 6)).map_err(|e| e.to_string()))
-    {
+        .and_then(|rt| {
+            rt.block_on(fetch_supported(client.as_ref(), 6))
+                .map_err(|e| e.to_string())
+        }) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot read {}/supported: {e}", c.facilitator.url);

@@ -55,7 +55,9 @@ impl PriceTable {
             .max_by(|a, b| {
                 // Highest first-option price, compared at a common 36 decimals; ties keep the
                 // earlier route (max_by returns the last maximum, so compare reversed index).
-                strictness(a).cmp(&strictness(b)).then(b.index.cmp(&a.index))
+                strictness(a)
+                    .cmp(&strictness(b))
+                    .then(b.index.cmp(&a.index))
             })
             .map(|r| r.index);
         let routes = routes

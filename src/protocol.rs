@@ -345,14 +345,18 @@ impl PaymentPayload {
         };
         let a = &wire.payload.authorization;
         let authorization = Authorization {
-            from: parse_address(&a.from)
-                .ok_or(field("payload.authorization.from", "not a 20-byte hex address"))?,
-            to: parse_address(&a.to)
-                .ok_or(field("payload.authorization.to", "not a 20-byte hex address"))?,
-            value: a
-                .value
-                .to_u256()
-                .ok_or(field("payload.authorization.value", "not a non-negative integer"))?,
+            from: parse_address(&a.from).ok_or(field(
+                "payload.authorization.from",
+                "not a 20-byte hex address",
+            ))?,
+            to: parse_address(&a.to).ok_or(field(
+                "payload.authorization.to",
+                "not a 20-byte hex address",
+            ))?,
+            value: a.value.to_u256().ok_or(field(
+                "payload.authorization.value",
+                "not a non-negative integer",
+            ))?,
             valid_after: a.valid_after.to_u64().ok_or(field(
                 "payload.authorization.validAfter",
                 "not an integer of unix seconds",

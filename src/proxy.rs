@@ -26,9 +26,9 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::{Config, SettlementMode};
 use crate::error::GatewayError;
@@ -118,20 +118,38 @@ impl Gateway {
         receipt: Option<(http::HeaderName, String)>,
     ) -> Result<()> {
         let Some(challenge) = route.challenge.as_ref() else {
-            return Err(Error::explain(pingora::ErrorType::InternalError, "free route has no challenge"));
+            return Err(Error::explain(
+                pingora::ErrorType::InternalError,
+                "free route has no challenge",
+            ));
         };
         let browser = error.is_none() && is_browser(session.req_header());
         let (header, body) = match error {
             None => challenge.unpaid(url),
             Some(e) => {
                 let text = e.challenge_error();
-                (challenge.payment_required(url, &text), Bytes::from(challenge.v1_body(url, &text)))
+                (
+                    challenge.payment_required(url, &text),
+                    Bytes::from(challenge.v1_body(url, &text)),
+                )
             }
         };
-        let body = if browser { Bytes::from(challenge.html(url)) } else { body };
+        let body = if browser {
+            Bytes::from(challenge.html(url))
+        } else {
+            body
+        };
         let answer = Answer::payment_required(header, body, browser).with_receipt(receipt);
         respond::write(session, &answer, self.cors_origin.as_ref()).await
     }
+}
+
+/// Whether an upstream response carries no body at all.
+fn ends_at_header(r: &ResponseHeader) -> bool {
+    matches!(r.status.as_u16(), 204 | 304)
+        || r.headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"0")
 }
 
 /// `Accept` has `text/html` and `User-Agent` has `Mozilla`: the reference servers' test.
@@ -153,7 +171,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
         session.set_read_timeout(Some(self.client_timeout));
         Ok(())
     }
@@ -182,7 +204,11 @@ impl ProxyHttp for Gateway {
         }
         let url = self.resource_url(req);
         // PAYMENT-SIGNATURE wins when both are sent; the version inside decides the protocol.
-        let header = req.headers.get(PAYMENT_SIGNATURE).or_else(|| req.headers.get(X_PAYMENT)).cloned();
+        let header = req
+            .headers
+            .get(PAYMENT_SIGNATURE)
+            .or_else(|| req.headers.get(X_PAYMENT))
+            .cloned();
         let Some(header) = header else {
             self.challenge(session, route, &url, None, None).await?;
             return Ok(true);
@@ -191,13 +217,19 @@ impl ProxyHttp for Gateway {
             Ok(verified) => {
                 let mut payment = Payment::new(verified, route.rule.settlement);
                 if payment.mode == SettlementMode::BeforeUpstream {
-                    self.settler.settle(&mut payment, self.verifier.replay()).await;
+                    self.settler
+                        .settle(&mut payment, self.verifier.replay())
+                        .await;
                     if !matches!(payment.state(), PaymentState::Settled { .. }) {
                         let e = GatewayError::SettlementFailed {
-                            reason: payment.failure_reason().unwrap_or("settlement_failed").to_owned(),
+                            reason: payment
+                                .failure_reason()
+                                .unwrap_or("settlement_failed")
+                                .to_owned(),
                         };
                         let receipt = payment.receipt();
-                        self.challenge(session, route, &url, Some(&e), receipt).await?;
+                        self.challenge(session, route, &url, Some(&e), receipt)
+                            .await?;
                         ctx.payment = Some(payment);
                         ctx.table = Some(table);
                         return Ok(true);
@@ -223,7 +255,11 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         if let Some(p) = ctx.payment.as_mut() {
             p.forwarded();
         }
@@ -236,7 +272,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
         upstream::prepare_request(upstream_request, ip)
     }
 
@@ -255,9 +294,12 @@ impl ProxyHttp for Gateway {
                 let status = response.status.as_u16();
                 if status >= 400 {
                     // Upstream failed: nothing is charged, the client may retry the payment.
-                    self.settler.release(&mut payment, self.verifier.replay(), "upstream_error");
+                    self.settler
+                        .release(&mut payment, self.verifier.replay(), "upstream_error");
                 } else {
-                    self.settler.settle(&mut payment, self.verifier.replay()).await;
+                    self.settler
+                        .settle(&mut payment, self.verifier.replay())
+                        .await;
                 }
             }
             match payment.state() {
@@ -268,9 +310,18 @@ impl ProxyHttp for Gateway {
                     respond::make_private(response)?;
                 }
                 PaymentState::Failed { .. } | PaymentState::Unknown { .. } => {
-                    let reason = payment.failure_reason().unwrap_or("settlement_failed").to_owned();
+                    let reason = payment
+                        .failure_reason()
+                        .unwrap_or("settlement_failed")
+                        .to_owned();
                     let e = GatewayError::SettlementFailed { reason };
-                    let answer = self.settlement_failure(ctx, &e, payment.receipt());
+                    let mut answer = self.settlement_failure(ctx, &e, payment.receipt());
+                    // A response that ends at its header (204, 304, `content-length: 0`) gets
+                    // no body-filter call to carry the replacement: answer without a body then
+                    // (the challenge and the receipt are in the headers).
+                    if ends_at_header(response) {
+                        answer.body = Bytes::new();
+                    }
                     respond::replace_header(response, &answer, self.cors_origin.as_ref())?;
                     ctx.replacement = Some(answer.body);
                 }
@@ -299,9 +350,15 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         if let Some(p) = ctx.payment.as_mut() {
-            self.settler.release(p, self.verifier.replay(), "upstream_unreachable");
+            self.settler
+                .release(p, self.verifier.replay(), "upstream_unreachable");
         }
         let receipt = ctx.payment.as_ref().and_then(Payment::receipt);
         let answer = Answer::error(&GatewayError::Upstream).with_receipt(receipt);
@@ -324,7 +381,8 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.payment.as_mut() {
             // The last safety net: a payment still unsettled here was never answered by the
             // upstream (client gone, error path): give it back.
-            self.settler.release(p, self.verifier.replay(), "not_served");
+            self.settler
+                .release(p, self.verifier.replay(), "not_served");
         }
         let Some(route) = ctx.route() else { return };
         if !route.is_priced() || (ctx.payment.is_none() && ctx.rejection.is_none()) {

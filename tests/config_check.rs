@@ -1,5 +1,7 @@
 //! `x402-gateway check`: the shipped config is valid; a broken one lists every problem at once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 fn gateway() -> Command {
@@ -9,11 +11,19 @@ fn gateway() -> Command {
 #[test]
 fn shipped_config_checks_and_prints_the_route_table() {
     let out = gateway()
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("/weather/*"));
     assert!(stdout.contains("$0.001 = 1000 atomic USDC"), "{stdout}");
     assert!(stdout.contains("eip155:8453"));
@@ -48,7 +58,11 @@ typo_key = 1
 "#,
     )
     .unwrap();
-    let out = gateway().args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = gateway()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for key in [
@@ -66,7 +80,10 @@ typo_key = 1
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let out = gateway().args(["check", "--config", "/nonexistent/gateway.toml"]).output().unwrap();
+    let out = gateway()
+        .args(["check", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/gateway.toml"));
 }

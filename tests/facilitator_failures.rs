@@ -12,19 +12,33 @@ const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
 
 /// (verify calls, settle calls, upstream requests).
 fn counts(gw: &TestGateway) -> (usize, usize, usize) {
-    (gw.facilitator.verify_calls(), gw.facilitator.settle_calls(), gw.upstream.count())
+    (
+        gw.facilitator.verify_calls(),
+        gw.facilitator.settle_calls(),
+        gw.upstream.count(),
+    )
 }
 
 /// GETs `path` with `payment` as `PAYMENT-SIGNATURE`.
 async fn send(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
-    http().get(gw.url(path)).header("payment-signature", payment).send().await.unwrap()
+    http()
+        .get(gw.url(path))
+        .header("payment-signature", payment)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Like [`send`], and asserts the upstream was not contacted.
 async fn send_unforwarded(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
     let before = gw.upstream.count();
     let resp = send(gw, path, payment).await;
-    assert_eq!(gw.upstream.count(), before, "upstream contacted for {path} ({})", resp.status());
+    assert_eq!(
+        gw.upstream.count(),
+        before,
+        "upstream contacted for {path} ({})",
+        resp.status()
+    );
     resp
 }
 
@@ -38,7 +52,11 @@ fn assert_rejected(resp: &reqwest::Response, reason: &str) {
 /// Asserts the gateway's 503 for a facilitator outage.
 async fn assert_unavailable(resp: reqwest::Response) {
     assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key("retry-after"), "no retry-after: {:?}", resp.headers());
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "no retry-after: {:?}",
+        resp.headers()
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "facilitator_unavailable", "{body}");
 }
@@ -47,26 +65,50 @@ async fn assert_unavailable(resp: reqwest::Response) {
 async fn invalid_verdict_with_any_http_status_is_a_402() {
     let gw = TestGateway::start().await;
     for (i, status) in [200, 400, 500].into_iter().enumerate() {
-        gw.facilitator.set_verify(VerifyScript::Invalid { status, reason: INSUFFICIENT });
+        gw.facilitator.set_verify(VerifyScript::Invalid {
+            status,
+            reason: INSUFFICIENT,
+        });
         let payment = pay_v2(&gw, "/paid/x").await;
         let resp = send_unforwarded(&gw, "/paid/x", &payment).await;
         assert_rejected(&resp, INSUFFICIENT);
-        assert_eq!(counts(&gw), (i + 1, 0, 0), "verdict delivered with HTTP {status}");
+        assert_eq!(
+            counts(&gw),
+            (i + 1, 0, 0),
+            "verdict delivered with HTTP {status}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_verdict_is_cached_per_payload() {
     let gw = TestGateway::start().await;
-    gw.facilitator.set_verify(VerifyScript::Invalid { status: 200, reason: INSUFFICIENT });
+    gw.facilitator.set_verify(VerifyScript::Invalid {
+        status: 200,
+        reason: INSUFFICIENT,
+    });
     let payment = pay_v2(&gw, "/paid/x").await;
     for _ in 0..2 {
-        assert_rejected(&send_unforwarded(&gw, "/paid/x", &payment).await, INSUFFICIENT);
-        assert_eq!(gw.facilitator.verify_calls(), 1, "the same payload is answered from the cache");
+        assert_rejected(
+            &send_unforwarded(&gw, "/paid/x", &payment).await,
+            INSUFFICIENT,
+        );
+        assert_eq!(
+            gw.facilitator.verify_calls(),
+            1,
+            "the same payload is answered from the cache"
+        );
     }
     let fresh = pay_v2(&gw, "/paid/x").await;
-    assert_rejected(&send_unforwarded(&gw, "/paid/x", &fresh).await, INSUFFICIENT);
-    assert_eq!(counts(&gw), (2, 0, 0), "a new payment asks the facilitator again");
+    assert_rejected(
+        &send_unforwarded(&gw, "/paid/x", &fresh).await,
+        INSUFFICIENT,
+    );
+    assert_eq!(
+        counts(&gw),
+        (2, 0, 0),
+        "a new payment asks the facilitator again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,15 +121,24 @@ async fn garbled_verify_answer_is_a_503_and_releases_the_authorization() {
 
     gw.facilitator.set_verify(VerifyScript::Valid);
     let resp = send(&gw, "/paid/x", &payment).await;
-    assert_eq!(resp.status(), 200, "the outage must not burn the authorization");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the outage must not burn the authorization"
+    );
     assert!(decode_receipt(&resp, "payment-response").success == Some(true));
-    assert_eq!(counts(&gw), (2, 1, 1), "the outage was not cached as a verdict");
+    assert_eq!(
+        counts(&gw),
+        (2, 1, 1),
+        "the outage was not cached as a verdict"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_timeout_is_a_503() {
     let gw = TestGateway::start().await;
-    gw.facilitator.set_verify(VerifyScript::Slow(Duration::from_secs(3)));
+    gw.facilitator
+        .set_verify(VerifyScript::Slow(Duration::from_secs(3)));
     let payment = pay_v2(&gw, "/paid/x").await;
     assert_unavailable(send_unforwarded(&gw, "/paid/x", &payment).await).await;
     assert_eq!(counts(&gw), (1, 0, 0));
@@ -96,7 +147,10 @@ async fn verify_timeout_is_a_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_rejections_never_reach_the_facilitator() {
     let gw = TestGateway::start().await;
-    assert_rejected(&send_unforwarded(&gw, "/paid/x", "garbage!!").await, "invalid_payload");
+    assert_rejected(
+        &send_unforwarded(&gw, "/paid/x", "garbage!!").await,
+        "invalid_payload",
+    );
 
     let tampered = pay_v2_tampered(
         &gw,
@@ -106,6 +160,9 @@ async fn local_rejections_never_reach_the_facilitator() {
         x402_gateway::client::random_nonce(),
     )
     .await;
-    assert_rejected(&send_unforwarded(&gw, "/paid/x", &tampered).await, "invalid_exact_evm_authorization_value");
+    assert_rejected(
+        &send_unforwarded(&gw, "/paid/x", &tampered).await,
+        "invalid_exact_evm_authorization_value",
+    );
     assert_eq!(counts(&gw), (0, 0, 0));
 }

@@ -44,25 +44,101 @@ const fn usdc(chain_id: u64, address: Address, name: &'static str) -> BuiltIn {
 }
 
 const BUILT_IN: &[BuiltIn] = &[
-    usdc(8453, address!("833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"), "USD Coin"),
-    usdc(84532, address!("036CbD53842c5426634e7929541eC2318f3dCF7e"), "USDC"),
-    usdc(137, address!("3c499c542cEF5E3811e1192ce70d8cC03d5c3359"), "USD Coin"),
-    usdc(80002, address!("41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582"), "USDC"),
-    usdc(42161, address!("af88d065e77c8cC2239327C5EDb3A432268e5831"), "USD Coin"),
-    usdc(421614, address!("75faf114eafb1BDbe2F0316DF893fd58CE46AA4d"), "USD Coin"),
-    usdc(43114, address!("B97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E"), "USD Coin"),
-    usdc(43113, address!("5425890298aed601595a70AB815c96711a31Bc65"), "USD Coin"),
-    usdc(1, address!("A0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"), "USD Coin"),
-    usdc(143, address!("754704Bc059F8C67012fEd69BC8A327a5aafb603"), "USDC"),
-    usdc(1328, address!("4fcf1784b31630811181f670aea7a7bef803eaed"), "USDC"),
-    usdc(1329, address!("e15fc38f6d8c56af07bbcbe3baf5708a2bf42392"), "USDC"),
-    usdc(4689, address!("cdf79194c6c285077a58da47641d4dbe51f63542"), "Bridged USDC"),
-    usdc(3338, address!("bbA60da06c2c5424f03f7434542280FCAd453d10"), "USDC"),
-    usdc(2741, address!("84a71ccd554cc1b02749b35d22f684cc8ec987e1"), "Bridged USDC"),
-    usdc(11124, address!("e4C7fBB0a626ed208021ccabA6Be1566905E2dFc"), "Bridged USDC"),
-    usdc(1514, address!("F1815bd50389c46847f0Bda824eC8da914045D14"), "Bridged USDC"),
-    usdc(41923, address!("12a272A581feE5577A5dFa371afEB4b2F3a8C2F8"), "Bridged USDC (Stargate)"),
-    usdc(324705682, address!("2e08028E3C4c2356572E096d8EF835cD5C6030bD"), "Bridged USDC (SKALE Bridge)"),
+    usdc(
+        8453,
+        address!("833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+        "USD Coin",
+    ),
+    usdc(
+        84532,
+        address!("036CbD53842c5426634e7929541eC2318f3dCF7e"),
+        "USDC",
+    ),
+    usdc(
+        137,
+        address!("3c499c542cEF5E3811e1192ce70d8cC03d5c3359"),
+        "USD Coin",
+    ),
+    usdc(
+        80002,
+        address!("41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582"),
+        "USDC",
+    ),
+    usdc(
+        42161,
+        address!("af88d065e77c8cC2239327C5EDb3A432268e5831"),
+        "USD Coin",
+    ),
+    usdc(
+        421614,
+        address!("75faf114eafb1BDbe2F0316DF893fd58CE46AA4d"),
+        "USD Coin",
+    ),
+    usdc(
+        43114,
+        address!("B97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E"),
+        "USD Coin",
+    ),
+    usdc(
+        43113,
+        address!("5425890298aed601595a70AB815c96711a31Bc65"),
+        "USD Coin",
+    ),
+    usdc(
+        1,
+        address!("A0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"),
+        "USD Coin",
+    ),
+    usdc(
+        143,
+        address!("754704Bc059F8C67012fEd69BC8A327a5aafb603"),
+        "USDC",
+    ),
+    usdc(
+        1328,
+        address!("4fcf1784b31630811181f670aea7a7bef803eaed"),
+        "USDC",
+    ),
+    usdc(
+        1329,
+        address!("e15fc38f6d8c56af07bbcbe3baf5708a2bf42392"),
+        "USDC",
+    ),
+    usdc(
+        4689,
+        address!("cdf79194c6c285077a58da47641d4dbe51f63542"),
+        "Bridged USDC",
+    ),
+    usdc(
+        3338,
+        address!("bbA60da06c2c5424f03f7434542280FCAd453d10"),
+        "USDC",
+    ),
+    usdc(
+        2741,
+        address!("84a71ccd554cc1b02749b35d22f684cc8ec987e1"),
+        "Bridged USDC",
+    ),
+    usdc(
+        11124,
+        address!("e4C7fBB0a626ed208021ccabA6Be1566905E2dFc"),
+        "Bridged USDC",
+    ),
+    usdc(
+        1514,
+        address!("F1815bd50389c46847f0Bda824eC8da914045D14"),
+        "Bridged USDC",
+    ),
+    usdc(
+        41923,
+        address!("12a272A581feE5577A5dFa371afEB4b2F3a8C2F8"),
+        "Bridged USDC (Stargate)",
+    ),
+    usdc(
+        324705682,
+        address!("2e08028E3C4c2356572E096d8EF835cD5C6030bD"),
+        "Bridged USDC (SKALE Bridge)",
+    ),
     BuiltIn {
         chain_id: 988,
         symbol: "USDT0",

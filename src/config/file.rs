@@ -107,7 +107,10 @@ impl<'a> Section<'a> {
             toml::Value::String(s) => Some(s.clone()),
             toml::Value::Integer(i) => Some(i.to_string()),
             toml::Value::Float(_) => {
-                self.issue(key, "write prices as strings (\"$0.001\"): floats are inexact");
+                self.issue(
+                    key,
+                    "write prices as strings (\"$0.001\"): floats are inexact",
+                );
                 None
             }
             other => {

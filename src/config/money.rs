@@ -80,7 +80,10 @@ pub fn to_atomic(decimal: &str, decimals: u8) -> Result<U256, String> {
             frac.len()
         ));
     }
-    let digits = format!("{int}{frac}{}", "0".repeat(usize::from(decimals) - frac.len()));
+    let digits = format!(
+        "{int}{frac}{}",
+        "0".repeat(usize::from(decimals) - frac.len())
+    );
     U256::from_str_radix(&digits, 10).map_err(|_| format!("{decimal} is too large"))
 }
 
@@ -145,34 +148,80 @@ mod tests {
 
     #[test]
     fn reference_examples_convert_exactly() {
-        assert_eq!(resolve(&parse_price("$0.01").unwrap(), &usdc()), Ok(U256::from(10000)));
-        assert_eq!(resolve(&parse_price("$0.001").unwrap(), &usdc()), Ok(U256::from(1000)));
-        assert_eq!(resolve(&parse_price("0.001 USDC").unwrap(), &usdc()), Ok(U256::from(1000)));
-        assert_eq!(resolve(&parse_price("1000").unwrap(), &usdc()), Ok(U256::from(1000)));
-        assert_eq!(resolve(&parse_price(" $ 12.5 ").unwrap(), &usdc()), Ok(U256::from(12_500_000)));
+        assert_eq!(
+            resolve(&parse_price("$0.01").unwrap(), &usdc()),
+            Ok(U256::from(10000))
+        );
+        assert_eq!(
+            resolve(&parse_price("$0.001").unwrap(), &usdc()),
+            Ok(U256::from(1000))
+        );
+        assert_eq!(
+            resolve(&parse_price("0.001 USDC").unwrap(), &usdc()),
+            Ok(U256::from(1000))
+        );
+        assert_eq!(
+            resolve(&parse_price("1000").unwrap(), &usdc()),
+            Ok(U256::from(1000))
+        );
+        assert_eq!(
+            resolve(&parse_price(" $ 12.5 ").unwrap(), &usdc()),
+            Ok(U256::from(12_500_000))
+        );
         // The float trap of the v1 SDK: 0.0079 * 10**6 = 7900.000000000001 in JS.
-        assert_eq!(resolve(&parse_price("$0.0079").unwrap(), &usdc()), Ok(U256::from(7900)));
-        assert_eq!(resolve(&parse_price("$0.0010000").unwrap(), &usdc()), Ok(U256::from(1000)));
+        assert_eq!(
+            resolve(&parse_price("$0.0079").unwrap(), &usdc()),
+            Ok(U256::from(7900))
+        );
+        assert_eq!(
+            resolve(&parse_price("$0.0010000").unwrap(), &usdc()),
+            Ok(U256::from(1000))
+        );
         assert_eq!(parse_price("FREE"), Ok(Price::Free));
     }
 
     #[test]
     fn unrepresentable_and_malformed_prices_are_errors() {
-        assert!(resolve(&parse_price("$0.0000001").unwrap(), &usdc()).unwrap_err().contains("cannot be paid exactly"));
-        assert!(resolve(&parse_price("$0").unwrap(), &usdc()).unwrap_err().contains("free"));
+        assert!(resolve(&parse_price("$0.0000001").unwrap(), &usdc())
+            .unwrap_err()
+            .contains("cannot be paid exactly"));
+        assert!(resolve(&parse_price("$0").unwrap(), &usdc())
+            .unwrap_err()
+            .contains("free"));
         assert!(resolve(&parse_price("0").unwrap(), &usdc()).is_err());
-        assert!(resolve(&parse_price("1 DAI").unwrap(), &usdc()).unwrap_err().contains("DAI"));
-        for bad in ["", "$", "$-1", "$1e-3", "$.5", "$1.", "0.001", "1,000", "abc", "$0.1 USDC", "1 US-DC"] {
+        assert!(resolve(&parse_price("1 DAI").unwrap(), &usdc())
+            .unwrap_err()
+            .contains("DAI"));
+        for bad in [
+            "",
+            "$",
+            "$-1",
+            "$1e-3",
+            "$.5",
+            "$1.",
+            "0.001",
+            "1,000",
+            "abc",
+            "$0.1 USDC",
+            "1 US-DC",
+        ] {
             assert!(parse_price(bad).is_err(), "{bad}");
         }
         let mut tok = usdc();
         tok.usd_stable = false;
-        assert!(resolve(&Price::Dollars("1".into()), &tok).unwrap_err().contains("stablecoin"));
+        assert!(resolve(&Price::Dollars("1".into()), &tok)
+            .unwrap_err()
+            .contains("stablecoin"));
     }
 
     #[test]
     fn formats_units_both_ways() {
-        for (atomic, s) in [(1000u64, "0.001"), (1, "0.000001"), (12_500_000, "12.5"), (1_000_000, "1")] {
+        for (atomic, s) in [
+            (1000u64, "0.001"),
+            (1, "0.000001"),
+            (12_500_000, "12.5"),
+            (1_000_000, "1"),
+        ] {
             assert_eq!(format_units(U256::from(atomic), 6), s);
             assert_eq!(to_atomic(s, 6), Ok(U256::from(atomic)));
         }

@@ -62,7 +62,10 @@ pub fn expand_env(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     if missing.is_empty() {
         Ok(out)
     } else {
-        Err(format!("environment variable {} is not set", missing.join(", ")))
+        Err(format!(
+            "environment variable {} is not set",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -78,7 +81,9 @@ mod tests {
     fn expands_and_reports_missing() {
         assert_eq!(expand_env("Bearer ${TOKEN}", env).unwrap(), "Bearer abc");
         assert_eq!(expand_env("no vars $HOME", env).unwrap(), "no vars $HOME");
-        assert!(expand_env("${NOPE} ${ALSO}", env).unwrap_err().contains("NOPE, ALSO"));
+        assert!(expand_env("${NOPE} ${ALSO}", env)
+            .unwrap_err()
+            .contains("NOPE, ALSO"));
         assert!(expand_env("${TOKEN", env).is_err());
         assert!(expand_env("${BAD-NAME}", env).is_err());
     }

@@ -12,9 +12,9 @@ use http::{HeaderName, Method};
 use super::file::{Issues, Section};
 use super::money::{self, Price};
 use super::{
-    assets, Asset, Config, ConfigIssue, FacilitatorConfig, LogFormat, LoggingConfig,
-    PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode,
-    UpstreamConfig, VerificationConfig,
+    assets, Asset, Config, ConfigIssue, FacilitatorConfig, LogFormat, LoggingConfig, PaymentOption,
+    RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode, UpstreamConfig,
+    VerificationConfig,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -56,7 +56,10 @@ pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<C
         }),
         _ => {
             if issues.is_empty() {
-                issues.push("(root)", "internal: incomplete configuration without a reported problem");
+                issues.push(
+                    "(root)",
+                    "internal: incomplete configuration without a reported problem",
+                );
             }
             Err(issues.into_vec())
         }
@@ -68,14 +71,22 @@ pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<C
 fn server(s: &Section<'_>) -> Option<ServerConfig> {
     let listen = s.str("listen").unwrap_or("0.0.0.0:8402").to_owned();
     if listen.parse::<SocketAddr>().is_err() {
-        s.issue("listen", format!("`{listen}` is not an address like \"0.0.0.0:8402\""));
+        s.issue(
+            "listen",
+            format!("`{listen}` is not an address like \"0.0.0.0:8402\""),
+        );
     }
     let public_url = s.str("public_url").and_then(|u| match parse_http_url(u) {
         Ok(p) if p.query_or_fragment => {
             s.issue("public_url", "must not have a query or fragment");
             None
         }
-        Ok(p) => Some(format!("{}://{}{}", p.scheme, p.authority, p.path.trim_end_matches('/'))),
+        Ok(p) => Some(format!(
+            "{}://{}{}",
+            p.scheme,
+            p.authority,
+            p.path.trim_end_matches('/')
+        )),
         Err(e) => {
             s.issue("public_url", e);
             None
@@ -100,7 +111,9 @@ fn server(s: &Section<'_>) -> Option<ServerConfig> {
             s.issue("cors_allow_origin", "is not a valid header value");
         }
     }
-    let client_timeout = s.duration("client_timeout").unwrap_or(Duration::from_secs(60));
+    let client_timeout = s
+        .duration("client_timeout")
+        .unwrap_or(Duration::from_secs(60));
     s.finish();
     Some(ServerConfig {
         listen,
@@ -114,13 +127,22 @@ fn server(s: &Section<'_>) -> Option<ServerConfig> {
 // === [upstream] ===
 
 fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
-    let connect_timeout = s.duration("connect_timeout").unwrap_or(Duration::from_secs(5));
-    let read_timeout = s.duration("read_timeout").unwrap_or(Duration::from_secs(60));
-    let write_timeout = s.duration("write_timeout").unwrap_or(Duration::from_secs(60));
+    let connect_timeout = s
+        .duration("connect_timeout")
+        .unwrap_or(Duration::from_secs(5));
+    let read_timeout = s
+        .duration("read_timeout")
+        .unwrap_or(Duration::from_secs(60));
+    let write_timeout = s
+        .duration("write_timeout")
+        .unwrap_or(Duration::from_secs(60));
     let url = s.str("url");
     s.finish();
     let Some(url) = url else {
-        s.issue("url", "missing: the upstream API to protect, e.g. \"http://127.0.0.1:3000\"");
+        s.issue(
+            "url",
+            "missing: the upstream API to protect, e.g. \"http://127.0.0.1:3000\"",
+        );
         return None;
     };
     let p = match parse_http_url(url) {
@@ -158,8 +180,12 @@ fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
 
 fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
     let timeout = s.duration("timeout").unwrap_or(Duration::from_secs(10));
-    let settle_timeout = s.duration("settle_timeout").unwrap_or(Duration::from_secs(30));
-    let supported_refresh = s.duration("supported_refresh").unwrap_or(Duration::from_secs(300));
+    let settle_timeout = s
+        .duration("settle_timeout")
+        .unwrap_or(Duration::from_secs(30));
+    let supported_refresh = s
+        .duration("supported_refresh")
+        .unwrap_or(Duration::from_secs(300));
     let mut headers = Vec::new();
     for (name, value) in s.str_map("headers").unwrap_or_default() {
         let key = format!("headers.{name}");
@@ -168,7 +194,9 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
             continue;
         };
         match super::secret::expand_env(value, env) {
-            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => headers.push((hname, Secret::new(v))),
+            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => {
+                headers.push((hname, Secret::new(v)))
+            }
             Ok(_) => s.issue(&key, "the expanded value is not a valid header value"),
             Err(e) => s.issue(&key, e),
         }
@@ -176,7 +204,10 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
     let url = s.str("url");
     s.finish();
     let Some(url) = url else {
-        s.issue("url", "missing: the facilitator base URL, e.g. \"https://x402.org/facilitator\"");
+        s.issue(
+            "url",
+            "missing: the facilitator base URL, e.g. \"https://x402.org/facilitator\"",
+        );
         return None;
     };
     match parse_http_url(url) {
@@ -220,7 +251,10 @@ fn logging(s: &Section<'_>) -> LoggingConfig {
     };
     let level = s.str("level").unwrap_or("info").to_owned();
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        s.issue("level", format!("`{level}` is not a log filter like \"info\""));
+        s.issue(
+            "level",
+            format!("`{level}` is not a log filter like \"info\""),
+        );
     }
     s.finish();
     LoggingConfig { format, level }
@@ -262,7 +296,10 @@ impl Level {
         let pay_to = s.str("pay_to").and_then(|a| {
             let addr = protocol::parse_address(a);
             if addr.is_none() {
-                s.issue("pay_to", format!("`{a}` is not an address (0x + 40 hex digits)"));
+                s.issue(
+                    "pay_to",
+                    format!("`{a}` is not an address (0x + 40 hex digits)"),
+                );
             } else if addr == Some(Address::ZERO) {
                 s.issue("pay_to", "the zero address would burn every payment");
                 return None;
@@ -277,13 +314,15 @@ impl Level {
                 None
             }
         });
-        let price = s.str_or_int("price").and_then(|p| match money::parse_price(&p) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                s.issue("price", e);
-                None
-            }
-        });
+        let price = s
+            .str_or_int("price")
+            .and_then(|p| match money::parse_price(&p) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    s.issue("price", e);
+                    None
+                }
+            });
         Level {
             network,
             asset: read_asset(s),
@@ -361,7 +400,10 @@ fn read_asset(s: &Section<'_>) -> Option<AssetSpec> {
         other => {
             s.issue(
                 "asset",
-                format!("expected a symbol, an address or a table, found {}", other.type_str()),
+                format!(
+                    "expected a symbol, an address or a table, found {}",
+                    other.type_str()
+                ),
             );
             None
         }
@@ -403,7 +445,10 @@ fn settlement(s: &Section<'_>) -> Option<SettlementMode> {
 fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule> {
     let path = s.str("path");
     if path.is_none() && !s.has("path") {
-        s.issue("path", "missing: the request path this price applies to, e.g. \"/weather/*\"");
+        s.issue(
+            "path",
+            "missing: the request path this price applies to, e.g. \"/weather/*\"",
+        );
     }
     let pattern = path.and_then(|p| match parse_pattern(p) {
         Ok(pat) => Some(pat),
@@ -452,7 +497,10 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
         }
     } else {
         if matches!(own.price, Some(Price::Free)) {
-            s.issue("price", "a free route cannot also list [[route.accept]] options");
+            s.issue(
+                "price",
+                "a free route cannot also list [[route.accept]] options",
+            );
         }
         accepts
             .iter()
@@ -489,14 +537,23 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
 /// Resolves one payment option; reports what is missing at `s`.
 fn option(s: &Section<'_>, level: &Level) -> Option<PaymentOption> {
     let network = level.network.clone().or_else(|| {
-        s.issue("network", "missing: set it here, on the route, or in [payment]");
+        s.issue(
+            "network",
+            "missing: set it here, on the route, or in [payment]",
+        );
         None
     });
     let pay_to = level.pay_to.or_else(|| {
-        s.issue("pay_to", "missing: the address that receives payments; set it here or in [payment]");
+        s.issue(
+            "pay_to",
+            "missing: the address that receives payments; set it here or in [payment]",
+        );
         None
     });
-    let spec = level.asset.clone().unwrap_or(AssetSpec::Symbol("USDC".into()));
+    let spec = level
+        .asset
+        .clone()
+        .unwrap_or(AssetSpec::Symbol("USDC".into()));
     let network = network?;
     let chain = network.chain_id();
     let asset = match spec {
@@ -535,7 +592,9 @@ fn option(s: &Section<'_>, level: &Level) -> Option<PaymentOption> {
         asset,
         amount,
         pay_to: pay_to?,
-        max_timeout_seconds: level.max_timeout_seconds.unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS),
+        max_timeout_seconds: level
+            .max_timeout_seconds
+            .unwrap_or(DEFAULT_MAX_TIMEOUT_SECONDS),
     })
 }
 
@@ -544,13 +603,23 @@ pub fn parse_pattern(p: &str) -> Result<RoutePattern, String> {
     if !p.starts_with('/') {
         return Err(format!("`{p}` must start with `/`"));
     }
-    if let Some(c) = p.chars().find(|c| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{p}` contains `{}`: write the decoded path without query or escapes", c.escape_default()));
+    if let Some(c) = p
+        .chars()
+        .find(|c| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{p}` contains `{}`: write the decoded path without query or escapes",
+            c.escape_default()
+        ));
     }
     let trimmed = p.trim_end_matches('/');
     let mut segments = Vec::new();
     let mut rest = false;
-    let parts: Vec<&str> = if trimmed.is_empty() { Vec::new() } else { trimmed[1..].split('/').collect() };
+    let parts: Vec<&str> = if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed[1..].split('/').collect()
+    };
     for (i, seg) in parts.iter().enumerate() {
         match *seg {
             "" => return Err(format!("`{p}` has an empty segment (`//`)")),
@@ -559,7 +628,9 @@ pub fn parse_pattern(p: &str) -> Result<RoutePattern, String> {
             "**" => return Err(format!("`{p}`: `**` is only allowed as the last segment")),
             "*" => segments.push(Segment::Star),
             s if s.contains('*') => {
-                return Err(format!("`{p}`: `*` must be a whole segment (`/a/*/b`), not part of `{s}`"))
+                return Err(format!(
+                    "`{p}`: `*` must be a whole segment (`/a/*/b`), not part of `{s}`"
+                ))
             }
             s => segments.push(Segment::Literal(s.to_lowercase())),
         }
@@ -591,7 +662,9 @@ fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
         return Err(format!("`{u}` has no valid host"));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{u}` has an unclosed IPv6 bracket"))?;
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{u}` has an unclosed IPv6 bracket"))?;
         (h.to_owned(), after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {

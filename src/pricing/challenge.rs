@@ -60,7 +60,10 @@ impl Template {
             pieces.push(piece);
             rest = &rest[pos + qlen..];
         }
-        let len = pieces.iter().map(|p| if let Piece::Lit(s) = p { s.len() } else { 0 }).sum();
+        let len = pieces
+            .iter()
+            .map(|p| if let Piece::Lit(s) = p { s.len() } else { 0 })
+            .sum();
         Template { pieces, len }
     }
 
@@ -143,12 +146,16 @@ impl Challenge {
     /// Prepares a priced route's challenge. `v1_ok(option)` says whether the facilitator takes
     /// v1 payments for that option's network.
     pub fn new(route: &RouteRule, v1_ok: &dyn Fn(&PaymentOption) -> bool) -> Challenge {
-        let v2_reqs: Vec<v2::PaymentRequirements> = route.options.iter().map(v2_requirements).collect();
+        let v2_reqs: Vec<v2::PaymentRequirements> =
+            route.options.iter().map(v2_requirements).collect();
         let v1_reqs: Vec<Option<v1::PaymentRequirements>> = route
             .options
             .iter()
             .map(|o| {
-                let name = o.network.v1_name().filter(|_| o.network.legacy_v1_readable() && v1_ok(o))?;
+                let name = o
+                    .network
+                    .v1_name()
+                    .filter(|_| o.network.legacy_v1_readable() && v1_ok(o))?;
                 Some(v1_requirements(o, route, name))
             })
             .collect();

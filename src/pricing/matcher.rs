@@ -134,7 +134,9 @@ mod tests {
 
     #[test]
     fn thousand_routes() {
-        let pats: Vec<String> = (0..1000).map(|i| format!("/api/v{}/item{i}/*", i % 7)).collect();
+        let pats: Vec<String> = (0..1000)
+            .map(|i| format!("/api/v{}/item{i}/*", i % 7))
+            .collect();
         let refs: Vec<&str> = pats.iter().map(String::as_str).collect();
         let t = m(&refs);
         assert_eq!(t.lookup("/api/v2/item500/x", &any), None);

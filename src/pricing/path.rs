@@ -60,7 +60,23 @@ fn is_clean(path: &str) -> bool {
     for &c in b {
         let ok = c.is_ascii_lowercase()
             || c.is_ascii_digit()
-            || matches!(c, b'-' | b'_' | b'~' | b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'+' | b',' | b';' | b'=')
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'~'
+                    | b':'
+                    | b'@'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
             || (c == b'/' && prev != b'/')
             || (c == b'.' && prev != b'/' && prev != b'.');
         if !ok {
@@ -141,10 +157,22 @@ mod tests {
 
     #[test]
     fn already_normal_paths_do_not_allocate() {
-        assert!(matches!(normalize("/weather/paris"), Normalized::Clean(Cow::Borrowed("/weather/paris"))));
-        assert!(matches!(normalize("/weather/paris?x=1"), Normalized::Clean(Cow::Borrowed(_))));
-        assert!(matches!(normalize("/"), Normalized::Clean(Cow::Borrowed("/"))));
-        assert!(matches!(normalize("/v1.2/file.json"), Normalized::Clean(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize("/weather/paris"),
+            Normalized::Clean(Cow::Borrowed("/weather/paris"))
+        ));
+        assert!(matches!(
+            normalize("/weather/paris?x=1"),
+            Normalized::Clean(Cow::Borrowed(_))
+        ));
+        assert!(matches!(
+            normalize("/"),
+            Normalized::Clean(Cow::Borrowed("/"))
+        ));
+        assert!(matches!(
+            normalize("/v1.2/file.json"),
+            Normalized::Clean(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -183,7 +211,13 @@ mod tests {
 
     #[test]
     fn malformed_escapes_fail_closed() {
-        for s in ["/weather/%", "/weather/%zz", "/weather/%e9", "/%00admin", "/a%0a"] {
+        for s in [
+            "/weather/%",
+            "/weather/%zz",
+            "/weather/%e9",
+            "/%00admin",
+            "/a%0a",
+        ] {
             assert_eq!(normalize(s), Normalized::Malformed, "{s}");
         }
     }

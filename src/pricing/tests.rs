@@ -44,11 +44,22 @@ fn idx(t: &PriceTable, m: &Method, target: &str) -> Option<usize> {
 fn lookup_matches_normalised_paths() {
     let t = table(ROUTES);
     assert_eq!(idx(&t, &Method::GET, "/health"), Some(0));
-    assert_eq!(idx(&t, &Method::GET, "/weather/paris?units=metric"), Some(1));
+    assert_eq!(
+        idx(&t, &Method::GET, "/weather/paris?units=metric"),
+        Some(1)
+    );
     assert_eq!(idx(&t, &Method::GET, "/WEATHER/Paris/"), Some(1));
     assert_eq!(idx(&t, &Method::GET, "/health/../weather/paris"), Some(1));
-    assert_eq!(idx(&t, &Method::HEAD, "/weather/paris"), Some(1), "HEAD follows GET");
-    assert_eq!(idx(&t, &Method::POST, "/weather/paris"), None, "method filter");
+    assert_eq!(
+        idx(&t, &Method::HEAD, "/weather/paris"),
+        Some(1),
+        "HEAD follows GET"
+    );
+    assert_eq!(
+        idx(&t, &Method::POST, "/weather/paris"),
+        None,
+        "method filter"
+    );
     assert_eq!(idx(&t, &Method::GET, "/elsewhere"), None);
 }
 
@@ -82,12 +93,16 @@ fn challenge_renders_valid_v1_and_v2() {
     let c = r.challenge.as_ref().unwrap();
     let url = "http://gw.example/weather/paris?q=\"x\"";
     let (header, body) = c.unpaid(url);
-    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr: v2::PaymentRequired =
+        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
     assert_eq!(pr.x402_version, 2);
     assert_eq!(pr.resource.url, url);
     assert_eq!(pr.error.as_deref(), Some("Payment required"));
     assert_eq!(pr.accepts[0].amount, "1000");
-    assert_eq!(pr.accepts[0].asset, "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+    assert_eq!(
+        pr.accepts[0].asset,
+        "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    );
     assert_eq!(pr.accepts[0].extra.name, "USDC");
     let b: v1::PaymentRequirementsResponse = serde_json::from_slice(&body).unwrap();
     assert_eq!(b.x402_version, 1);
@@ -103,7 +118,9 @@ fn challenge_renders_valid_v1_and_v2() {
         serde_json::from_str(&o.v1_requirements.as_ref().unwrap().render(url, "")).unwrap();
     assert_eq!(r1, b.accepts[0]);
     let html = c.html("http://x/<script>");
-    assert!(html.contains("$0.001") && html.contains("&lt;script&gt;") && !html.contains("<script>"));
+    assert!(
+        html.contains("$0.001") && html.contains("&lt;script&gt;") && !html.contains("<script>")
+    );
 }
 
 #[test]
@@ -120,9 +137,15 @@ path = "/x"
   price = "$0.01"
 "#,
     );
-    let c = t.lookup(&Method::GET, "/x").unwrap().challenge.as_ref().unwrap();
+    let c = t
+        .lookup(&Method::GET, "/x")
+        .unwrap()
+        .challenge
+        .as_ref()
+        .unwrap();
     let (header, body) = c.unpaid("http://h/x");
-    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr: v2::PaymentRequired =
+        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
     assert_eq!(pr.accepts.len(), 2);
     let b: v1::PaymentRequirementsResponse = serde_json::from_slice(&body).unwrap();
     assert_eq!(b.accepts.len(), 1);
@@ -140,8 +163,14 @@ price = "$0.01"
 resource = "https://api.example.com/x"
 "#,
     );
-    let c = t.lookup(&Method::GET, "/x").unwrap().challenge.as_ref().unwrap();
+    let c = t
+        .lookup(&Method::GET, "/x")
+        .unwrap()
+        .challenge
+        .as_ref()
+        .unwrap();
     let (header, _) = c.unpaid("http://ignored/x");
-    let pr: v2::PaymentRequired = serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr: v2::PaymentRequired =
+        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
     assert_eq!(pr.resource.url, "https://api.example.com/x");
 }

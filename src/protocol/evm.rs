@@ -200,8 +200,11 @@ mod tests {
         // Wrong length.
         assert_eq!(recover_signer(&digest, &good[..64]), None);
         // A different message recovers to someone else.
-        let mut other = auth.clone();
+        let mut other = auth;
         other.value = U256::from(10001u64);
-        assert_ne!(recover_signer(&signing_hash(&sep, &other), &good), Some(ANVIL0));
+        assert_ne!(
+            recover_signer(&signing_hash(&sep, &other), &good),
+            Some(ANVIL0)
+        );
     }
 }

@@ -145,7 +145,14 @@ mod tests {
 
     #[test]
     fn rejects_non_evm_and_malformed_ids() {
-        for s in ["solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp", "eip155:", "eip155:0x1", "eip155:01", "Base", ""] {
+        for s in [
+            "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",
+            "eip155:",
+            "eip155:0x1",
+            "eip155:01",
+            "Base",
+            "",
+        ] {
             assert!(Network::parse(s).is_none(), "{s}");
         }
     }

@@ -21,11 +21,17 @@ fn v2_payment_signature_example_decodes() {
         Some("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
     );
     let a = &p.payload.authorization;
-    assert_eq!(a.from.to_checksum(None), "0x857b06519E91e3A54538791bDbb0E22373e36b66");
+    assert_eq!(
+        a.from.to_checksum(None),
+        "0x857b06519E91e3A54538791bDbb0E22373e36b66"
+    );
     assert_eq!(a.value, U256::from(10000u64));
     assert_eq!((a.valid_after, a.valid_before), (1740672089, 1740672154));
     assert_eq!(p.payload.signature.len(), 65);
-    assert_eq!(alloy::primitives::hex::encode(&p.payload.signature), SPEC_SIGNATURE);
+    assert_eq!(
+        alloy::primitives::hex::encode(&p.payload.signature),
+        SPEC_SIGNATURE
+    );
 }
 
 #[test]
@@ -104,25 +110,41 @@ fn settle_response_without_success_is_a_failure() {
     assert!(!r.is_success());
     let r: SettleResponse =
         serde_json::from_str(r#"{"success":true,"transaction":"","network":"x"}"#).unwrap();
-    assert!(!r.is_success(), "success without a transaction is not a settlement");
+    assert!(
+        !r.is_success(),
+        "success without a transaction is not a settlement"
+    );
     let r: SettleResponse = serde_json::from_str(r#"{"success":null}"#).unwrap();
     assert!(!r.is_success());
 }
 
 #[test]
 fn malformed_headers_are_errors_not_panics() {
-    let spec = String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
+    let spec =
+        String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
     let b64 = |s: &str| encode_header(s.as_bytes());
     let cases: Vec<(String, &str)> = vec![
         ("not base64 at all!".into(), "base64"),
-        (format!("{}_-{}", &b64(&spec)[..8], &b64(&spec)[10..]), "base64"),
+        (
+            format!("{}_-{}", &b64(&spec)[..8], &b64(&spec)[10..]),
+            "base64",
+        ),
         ("".into(), "json"),
         (b64("{}"), "json"),
         (b64("[1,2]"), "json"),
-        (b64(&spec.replace("\"x402Version\":2", "\"x402Version\":3")), "version"),
+        (
+            b64(&spec.replace("\"x402Version\":2", "\"x402Version\":3")),
+            "version",
+        ),
         (b64(&spec.replace("\"x402Version\":2,", "")), "version"),
-        (b64(&spec.replace("0x857b06519E91e3A54538791bDbb0E22373e36b66", "0x857b")), "field"),
-        (b64(&spec.replace("\"10000\",\"validAfter\"", "\"-1\",\"validAfter\"")), "field"),
+        (
+            b64(&spec.replace("0x857b06519E91e3A54538791bDbb0E22373e36b66", "0x857b")),
+            "field",
+        ),
+        (
+            b64(&spec.replace("\"10000\",\"validAfter\"", "\"-1\",\"validAfter\"")),
+            "field",
+        ),
         (b64(&spec.replace("\"1740672154\"", "\"1e9\"")), "field"),
         (b64(&spec.replace("0xf3746613", "0xzz746613")), "field"),
         (b64(&spec.replace("0x2d6a7588", "2d6a7588")), "field"),
@@ -130,7 +152,9 @@ fn malformed_headers_are_errors_not_panics() {
         ("A".repeat(MAX_PAYMENT_HEADER_BYTES + 1), "large"),
     ];
     for (value, kind) in cases {
-        let err = PaymentPayload::from_header(value.as_bytes()).err().unwrap_or_else(|| panic!("accepted {kind}: {value}"));
+        let err = PaymentPayload::from_header(value.as_bytes())
+            .err()
+            .unwrap_or_else(|| panic!("accepted {kind}: {value}"));
         let ok = match kind {
             "base64" => matches!(err, CodecError::Base64(_)),
             "json" => matches!(err, CodecError::Json(_)),
@@ -145,16 +169,22 @@ fn malformed_headers_are_errors_not_panics() {
 
 #[test]
 fn lenient_integer_spellings_read_the_same_value() {
-    let spec = String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
+    let spec =
+        String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
     let hex = spec.replace("\"value\":\"10000\"", "\"value\":\"0x2710\"");
-    let num = spec.replace("\"validBefore\":\"1740672154\"", "\"validBefore\":1740672154");
+    let num = spec.replace(
+        "\"validBefore\":\"1740672154\"",
+        "\"validBefore\":1740672154",
+    );
     for s in [hex, num] {
         let p = PaymentPayload::from_json(s.as_bytes()).unwrap();
         assert_eq!(p.payload.authorization.value, U256::from(10000u64));
         assert_eq!(p.payload.authorization.valid_before, 1740672154);
         // The canonical form written to the facilitator uses decimal strings.
         assert!(p.to_canonical_json().contains("\"value\":\"10000\""));
-        assert!(p.to_canonical_json().contains("\"validBefore\":\"1740672154\""));
+        assert!(p
+            .to_canonical_json()
+            .contains("\"validBefore\":\"1740672154\""));
     }
 }
 

@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
-use pingora::Result;
 use pingora::proxy::Session;
+use pingora::Result;
 
 use crate::error::GatewayError;
 use crate::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
@@ -41,7 +41,11 @@ impl Answer {
     pub fn payment_required(payment_required: String, body: Bytes, html: bool) -> Answer {
         Answer {
             status: 402,
-            content_type: if html { "text/html; charset=utf-8" } else { "application/json" },
+            content_type: if html {
+                "text/html; charset=utf-8"
+            } else {
+                "application/json"
+            },
             headers: vec![(PAYMENT_REQUIRED, payment_required)],
             body,
         }
@@ -88,7 +92,9 @@ impl Answer {
                 Ok(v) => {
                     h.append_header(name.clone(), v)?;
                 }
-                Err(_) => tracing::error!(header = %name, "dropped a header value that is not valid"),
+                Err(_) => {
+                    tracing::error!(header = %name, "dropped a header value that is not valid")
+                }
             }
         }
         Ok(h)
@@ -100,13 +106,21 @@ impl Answer {
 ///
 /// # Errors
 /// When the client connection fails.
-pub async fn write(session: &mut Session, answer: &Answer, cors_origin: Option<&HeaderValue>) -> Result<()> {
+pub async fn write(
+    session: &mut Session,
+    answer: &Answer,
+    cors_origin: Option<&HeaderValue>,
+) -> Result<()> {
     prepare_early_answer(session).await;
     let header = answer.header(cors_origin)?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
     if !head_only {
-        session.write_response_body(Some(answer.body.clone()), true).await?;
+        session
+            .write_response_body(Some(answer.body.clone()), true)
+            .await?;
     }
     Ok(())
 }
@@ -183,10 +197,24 @@ fn merge_list(h: &mut ResponseHeader, name: HeaderName, ours: &str) -> Result<()
 /// # Errors
 /// Header construction errors.
 pub fn make_private(h: &mut ResponseHeader) -> Result<()> {
-    let value = match h.headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
-        Some(cc) if cc.split(',').any(|d| matches!(d.trim(), "private" | "no-store")) => return Ok(()),
+    let value = match h
+        .headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(cc)
+            if cc
+                .split(',')
+                .any(|d| matches!(d.trim(), "private" | "no-store")) =>
+        {
+            return Ok(())
+        }
         Some(cc) if !cc.trim().is_empty() => {
-            let kept: Vec<&str> = cc.split(',').map(str::trim).filter(|d| *d != "public").collect();
+            let kept: Vec<&str> = cc
+                .split(',')
+                .map(str::trim)
+                .filter(|d| *d != "public")
+                .collect();
             if kept.is_empty() {
                 "private".to_owned()
             } else {

@@ -44,7 +44,11 @@ pub fn prepare_request(req: &mut RequestHeader, client_ip: Option<String>) -> Re
         req.remove_header(h);
     }
     if let Some(ip) = client_ip {
-        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };

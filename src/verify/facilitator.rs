@@ -36,7 +36,9 @@ pub enum FacilitatorError {
         timeout: Duration,
     },
     /// An answer that is not the expected JSON.
-    #[error("facilitator answered {url} with HTTP {status} and no valid {expected} body: {snippet}")]
+    #[error(
+        "facilitator answered {url} with HTTP {status} and no valid {expected} body: {snippet}"
+    )]
     Malformed {
         /// The endpoint.
         url: String,
@@ -137,7 +139,12 @@ impl FacilitatorClient {
         }
     }
 
-    async fn post(&self, url: &str, body: &str, timeout: Duration) -> Result<(u16, bytes::Bytes), FacilitatorError> {
+    async fn post(
+        &self,
+        url: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<(u16, bytes::Bytes), FacilitatorError> {
         let req = self
             .http
             .post(url)
@@ -157,13 +164,22 @@ fn malformed(url: &str, status: u16, expected: &'static str, body: &[u8]) -> Fac
 }
 
 /// Reads a `/verify` answer: any status whose JSON has a boolean `isValid` is a verdict.
-pub fn read_verify(url: &str, status: u16, body: &[u8]) -> Result<VerifyResponse, FacilitatorError> {
-    serde_json::from_slice::<VerifyResponse>(body).map_err(|_| malformed(url, status, "verify", body))
+pub fn read_verify(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<VerifyResponse, FacilitatorError> {
+    serde_json::from_slice::<VerifyResponse>(body)
+        .map_err(|_| malformed(url, status, "verify", body))
 }
 
 /// Reads a `/settle` answer: any status whose JSON has a `success` key is a settlement result
 /// (a missing or `null` `success` is read as failure by [`SettleResponse::is_success`]).
-pub fn read_settle(url: &str, status: u16, body: &[u8]) -> Result<SettleResponse, FacilitatorError> {
+pub fn read_settle(
+    url: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<SettleResponse, FacilitatorError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| malformed(url, status, "settle", body))?;
     if v.get("success").is_none() {
@@ -180,7 +196,9 @@ impl Facilitator for FacilitatorClient {
     }
 
     async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
-        let (status, bytes) = self.post(&self.settle_url, body, self.settle_timeout).await?;
+        let (status, bytes) = self
+            .post(&self.settle_url, body, self.settle_timeout)
+            .await?;
         read_settle(&self.settle_url, status, &bytes)
     }
 
@@ -206,17 +224,37 @@ mod tests {
     #[test]
     fn verdicts_come_with_any_status() {
         for status in [200, 400, 500] {
-            let v = read_verify("u", status, br#"{"isValid":false,"invalidReason":"invalid_exact_evm_signature","payer":null}"#).unwrap();
+            let v = read_verify(
+                "u",
+                status,
+                br#"{"isValid":false,"invalidReason":"invalid_exact_evm_signature","payer":null}"#,
+            )
+            .unwrap();
             assert!(!v.is_valid);
-            assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_signature"));
+            assert_eq!(
+                v.invalid_reason.as_deref(),
+                Some("invalid_exact_evm_signature")
+            );
         }
-        assert!(read_verify("u", 200, br#"{"isValid":true}"#).unwrap().is_valid);
+        assert!(
+            read_verify("u", 200, br#"{"isValid":true}"#)
+                .unwrap()
+                .is_valid
+        );
     }
 
     #[test]
     fn garbled_answers_are_outages() {
-        for body in [&b"<html>bad gateway</html>"[..], b"{}", br#"{"isValid":"yes"}"#, b""] {
-            assert!(matches!(read_verify("u", 502, body), Err(FacilitatorError::Malformed { .. })));
+        for body in [
+            &b"<html>bad gateway</html>"[..],
+            b"{}",
+            br#"{"isValid":"yes"}"#,
+            b"",
+        ] {
+            assert!(matches!(
+                read_verify("u", 502, body),
+                Err(FacilitatorError::Malformed { .. })
+            ));
         }
         for body in [&b"{}"[..], b"oops", br#"{"transaction":"0x1"}"#] {
             assert!(read_settle("u", 200, body).is_err());
@@ -229,7 +267,12 @@ mod tests {
         assert!(!r.is_success());
         let r = read_settle("u", 500, br#"{"success":null}"#).unwrap();
         assert!(!r.is_success());
-        let r = read_settle("u", 200, br#"{"success":true,"transaction":"0xab","network":"eip155:84532"}"#).unwrap();
+        let r = read_settle(
+            "u",
+            200,
+            br#"{"success":true,"transaction":"0xab","network":"eip155:84532"}"#,
+        )
+        .unwrap();
         assert!(r.is_success());
     }
 }

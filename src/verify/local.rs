@@ -102,13 +102,14 @@ pub fn select_option(
     let a = &p.payload.authorization;
     let candidates = options.iter().enumerate().filter(|(i, o)| match p.version {
         X402Version::V1 => {
-            o.network.v1_name() == Some(p.network.as_str()) && prepared[*i].v1_requirements.is_some()
+            o.network.v1_name() == Some(p.network.as_str())
+                && prepared[*i].v1_requirements.is_some()
         }
         X402Version::V2 => {
             o.network.caip2() == p.network
-                && p.asset.as_deref().is_none_or(|s| {
-                    crate::protocol::parse_address(s) == Some(o.asset.address)
-                })
+                && p.asset
+                    .as_deref()
+                    .is_none_or(|s| crate::protocol::parse_address(s) == Some(o.asset.address))
         }
     });
     let mut first = None;

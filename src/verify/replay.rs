@@ -104,10 +104,13 @@ impl ReplayGuard {
     /// Releases an in-flight `key` so that the client can retry the same authorization.
     /// A used key stays used.
     pub fn release(&self, key: &ReplayKey) {
-        let _ = self.entries.entry_by_ref(key).and_compute_with(|entry| match entry {
-            Some(e) if e.value().state == Held::InFlight => Op::Remove,
-            _ => Op::Nop,
-        });
+        let _ = self
+            .entries
+            .entry_by_ref(key)
+            .and_compute_with(|entry| match entry {
+                Some(e) if e.value().state == Held::InFlight => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     /// The state of `key`, if held.
@@ -140,7 +143,11 @@ mod tests {
         g.mark_used(&key(1), 1000, 0);
         g.release(&key(1));
         assert_eq!(g.acquire(key(1), 1000, 0), Err(Held::Used));
-        assert_eq!(g.acquire(key(2), 1000, 0), Ok(()), "other nonces are independent");
+        assert_eq!(
+            g.acquire(key(2), 1000, 0),
+            Ok(()),
+            "other nonces are independent"
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Test harness: an in-process gateway on an ephemeral port, a mock upstream and a scripted
 //! facilitator (both small HTTP/1.1 servers on `127.0.0.1:0` that record what they receive).
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,7 +82,9 @@ pub struct MockServer {
 }
 
 impl MockServer {
-    pub async fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> MockServer {
+    pub async fn start(
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -84,7 +92,9 @@ impl MockServer {
         let recorded = requests.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (handler, recorded) = (handler.clone(), recorded.clone());
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
@@ -95,7 +105,11 @@ impl MockServer {
                         if !resp.delay.is_zero() {
                             tokio::time::sleep(resp.delay).await;
                         }
-                        let mut out = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", resp.status, resp.body.len());
+                        let mut out = format!(
+                            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+                            resp.status,
+                            resp.body.len()
+                        );
                         for (k, v) in &resp.headers {
                             out.push_str(&format!("{k}: {v}\r\n"));
                         }
@@ -121,7 +135,12 @@ impl MockServer {
     }
 
     pub fn count_path(&self, path: &str) -> usize {
-        self.requests.lock().unwrap().iter().filter(|r| r.target == path).count()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.target == path)
+            .count()
     }
 
     pub fn last(&self) -> Option<Request> {
@@ -148,7 +167,12 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<R
         let (k, v) = h.split_once(':')?;
         headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);
@@ -166,7 +190,12 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<R
             body.extend_from_slice(&chunk[..n]);
         }
     }
-    Some(Request { method, target, headers, body })
+    Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    })
 }
 
 // === Mock upstream ===
@@ -180,7 +209,8 @@ pub async fn mock_upstream() -> MockServer {
             .and_then(|s| s.split(['/', '?']).next())
             .and_then(|s| s.parse().ok())
             .unwrap_or(200);
-        let body = serde_json::json!({"upstream": true, "path": req.target, "method": req.method}).to_string();
+        let body = serde_json::json!({"upstream": true, "path": req.target, "method": req.method})
+            .to_string();
         let mut resp = Response::json(status, &body);
         if req.target.contains("overrides") {
             resp = resp.with_header("settlement-overrides", "{\"amount\":\"1\"}");
@@ -269,7 +299,12 @@ impl MockFacilitator {
             _ => Response::json(404, "{}"),
         })
         .await;
-        MockFacilitator { server, verify, settle, settled }
+        MockFacilitator {
+            server,
+            verify,
+            settle,
+            settled,
+        }
     }
 
     pub fn set_verify(&self, s: VerifyScript) {
@@ -360,7 +395,8 @@ network = "base-sepolia"
             facilitator.server.url()
         );
         let config = Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let client: Arc<dyn Facilitator> = Arc::new(FacilitatorClient::new(&config.facilitator).unwrap());
+        let client: Arc<dyn Facilitator> =
+            Arc::new(FacilitatorClient::new(&config.facilitator).unwrap());
         let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
         let gateway = build_gateway(&config, client, &supported).unwrap();
 
@@ -386,7 +422,12 @@ network = "base-sepolia"
                 });
             }
         });
-        TestGateway { addr, upstream, facilitator, shutdown }
+        TestGateway {
+            addr,
+            upstream,
+            facilitator,
+            shutdown,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -412,12 +453,18 @@ pub fn now() -> u64 {
 }
 
 pub fn decode_required(resp: &reqwest::Response) -> v2::PaymentRequired {
-    let h = resp.headers().get("payment-required").expect("PAYMENT-REQUIRED header");
+    let h = resp
+        .headers()
+        .get("payment-required")
+        .expect("PAYMENT-REQUIRED header");
     serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
 }
 
 pub fn decode_receipt(resp: &reqwest::Response, name: &str) -> protocol::SettleResponse {
-    let h = resp.headers().get(name).unwrap_or_else(|| panic!("no {name} header"));
+    let h = resp
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"));
     serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
 }
 
@@ -438,7 +485,13 @@ pub async fn pay_v1(gw: &TestGateway, path: &str) -> String {
 }
 
 /// A v2 payment with one field of the signed requirement changed before signing.
-pub async fn pay_v2_tampered(gw: &TestGateway, path: &str, tamper: impl FnOnce(&mut v2::PaymentRequired), at: u64, nonce: B256) -> String {
+pub async fn pay_v2_tampered(
+    gw: &TestGateway,
+    path: &str,
+    tamper: impl FnOnce(&mut v2::PaymentRequired),
+    at: u64,
+    nonce: B256,
+) -> String {
     let resp = http().get(gw.url(path)).send().await.unwrap();
     let mut required = decode_required(&resp);
     tamper(&mut required);

@@ -140,12 +140,18 @@ fn custom_asset_and_env_headers() {
     assert_eq!(c.routes[0].options[0].asset.decimals, 6);
     assert_eq!(c.routes[0].options[0].amount, U256::from(1000));
     assert_eq!(c.facilitator.headers[0].1.expose(), "Bearer s3cret");
-    assert!(!format!("{c:?}").contains("s3cret"), "secrets leak into Debug");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "secrets leak into Debug"
+    );
 }
 
 #[test]
 fn unknown_asset_symbol_lists_known_ones() {
-    let text = MINIMAL.replace("network = \"base-sepolia\"", "network = \"base-sepolia\"\nasset = \"DAI\"");
+    let text = MINIMAL.replace(
+        "network = \"base-sepolia\"",
+        "network = \"base-sepolia\"\nasset = \"DAI\"",
+    );
     let issues = load(&text).unwrap_err();
     assert!(issues[0].message.contains("known: USDC"), "{issues:?}");
 }
@@ -153,12 +159,23 @@ fn unknown_asset_symbol_lists_known_ones() {
 #[test]
 fn route_patterns_compile() {
     let p = parse_pattern("/Weather/*/").unwrap();
-    assert_eq!(p.segments, vec![Segment::Literal("weather".into()), Segment::Star]);
+    assert_eq!(
+        p.segments,
+        vec![Segment::Literal("weather".into()), Segment::Star]
+    );
     assert!(!p.rest);
     let p = parse_pattern("/**").unwrap();
     assert!(p.segments.is_empty() && p.rest);
-    assert_eq!(parse_pattern("/").unwrap(), RoutePattern { segments: vec![], rest: false });
-    for bad in ["weather", "/a//b", "/a/**/b", "/a*", "/a/../b", "/a%20b", "/a?x=1", "/a b"] {
+    assert_eq!(
+        parse_pattern("/").unwrap(),
+        RoutePattern {
+            segments: vec![],
+            rest: false
+        }
+    );
+    for bad in [
+        "weather", "/a//b", "/a/**/b", "/a*", "/a/../b", "/a%20b", "/a?x=1", "/a b",
+    ] {
         assert!(parse_pattern(bad).is_err(), "{bad}");
     }
 }

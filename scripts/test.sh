@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one command that runs every test: builds the gateway, runs unit and integration tests,
+# validates the shipped gateway.toml and compiles the benchmarks. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+ensure_build_tools
+cargo build --release --locked
+"$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
+cargo test --locked --all-targets
+cargo bench --locked --no-run

@@ -1,0 +1,164 @@
+use super::*;
+use crate::client;
+use crate::config::Config;
+use crate::pricing::PriceTable;
+use crate::protocol::{self, v2};
+use alloy::primitives::{B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+
+const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+const NOW: u64 = 1_800_000_000;
+
+fn table() -> PriceTable {
+    let c = Config::from_toml(
+        r#"
+[upstream]
+url = "http://127.0.0.1:3000"
+[facilitator]
+url = "http://127.0.0.1:9000"
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+network = "base-sepolia"
+[[route]]
+path = "/x"
+  [[route.accept]]
+  price = "$0.001"
+  [[route.accept]]
+  network = "base"
+  price = "$0.002"
+"#,
+        "t",
+        &|_| None,
+    )
+    .unwrap();
+    PriceTable::new(c.routes, &|_| true)
+}
+
+fn required(t: &PriceTable) -> v2::PaymentRequired {
+    let c = t.routes()[0].challenge.as_ref().unwrap();
+    let (h, _) = c.unpaid("http://h/x");
+    serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
+}
+
+fn payload(req: &v2::PaymentRequired, index: usize, at: u64) -> PaymentPayload {
+    let signer: PrivateKeySigner = KEY.parse().unwrap();
+    let h = client::sign_v2(&signer, req, index, at, B256::repeat_byte(1)).unwrap();
+    PaymentPayload::from_header(h.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_correct_payment_passes_every_check() {
+    let t = table();
+    let r = &t.routes()[0];
+    let req = required(&t);
+    let p = payload(&req, 0, NOW);
+    let i = select_option(&r.rule.options, &r.challenge.as_ref().unwrap().options, &p).unwrap();
+    assert_eq!(i, 0);
+    let (payer, sig) = check_payment(&p, &r.rule.options[i], NOW).unwrap();
+    assert_eq!(
+        payer,
+        "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+            .parse::<Address>()
+            .unwrap()
+    );
+    assert_eq!(sig, SignatureCheck::Recovered);
+    // The second option is selected by its network.
+    let p = payload(&req, 1, NOW);
+    let i = select_option(&r.rule.options, &r.challenge.as_ref().unwrap().options, &p).unwrap();
+    assert_eq!(i, 1);
+    assert!(check_payment(&p, &r.rule.options[i], NOW).is_ok());
+}
+
+#[test]
+fn time_window_edges() {
+    let t = table();
+    let o = &t.routes()[0].rule.options[0];
+    let p = payload(&required(&t), 0, NOW);
+    let a = &p.payload.authorization;
+    // validAfter = NOW - 600, validBefore = NOW + 300.
+    assert_eq!(check_time(a, a.valid_after), Ok(()));
+    assert_eq!(
+        check_time(a, a.valid_after - 1),
+        Err(PaymentRejection::NotYetValid)
+    );
+    assert_eq!(check_time(a, a.valid_before - 6), Ok(()));
+    assert_eq!(
+        check_time(a, a.valid_before - 5),
+        Err(PaymentRejection::Expired)
+    );
+    assert!(check_payment(&p, o, a.valid_before).is_err());
+}
+
+#[test]
+fn amount_recipient_and_signature_mismatches() {
+    let t = table();
+    let o = t.routes()[0].rule.options[0].clone();
+    let p = payload(&required(&t), 0, NOW);
+    let mut dearer = o.clone();
+    dearer.amount = U256::from(1001);
+    assert!(matches!(
+        check_payment(&p, &dearer, NOW),
+        Err(PaymentRejection::AmountMismatch { .. })
+    ));
+    let mut other = o.clone();
+    other.pay_to = Address::repeat_byte(9);
+    assert_eq!(
+        check_payment(&p, &other, NOW),
+        Err(PaymentRejection::RecipientMismatch)
+    );
+    let mut wrong_domain = o.clone();
+    wrong_domain.domain_separator = B256::repeat_byte(3);
+    assert_eq!(
+        check_payment(&p, &wrong_domain, NOW),
+        Err(PaymentRejection::InvalidSignature)
+    );
+    let mut long = p;
+    long.payload.signature = vec![0u8; 100].into();
+    assert_eq!(
+        check_signature(&long.payload.authorization, &long.payload.signature, &o),
+        Ok(SignatureCheck::Deferred)
+    );
+}
+
+#[test]
+fn option_selection_failures() {
+    let t = table();
+    let r = &t.routes()[0];
+    let prepared = &r.challenge.as_ref().unwrap().options;
+    let mut p = payload(&required(&t), 0, NOW);
+    p.scheme = "upto".into();
+    assert_eq!(
+        select_option(&r.rule.options, prepared, &p),
+        Err(PaymentRejection::UnsupportedScheme("upto".into()))
+    );
+    let mut p = payload(&required(&t), 0, NOW);
+    p.network = "eip155:1".into();
+    assert!(matches!(
+        select_option(&r.rule.options, prepared, &p),
+        Err(PaymentRejection::NoMatchingRequirements(_))
+    ));
+    let mut p = payload(&required(&t), 0, NOW);
+    p.asset = Some("0x0000000000000000000000000000000000000001".into());
+    assert!(select_option(&r.rule.options, prepared, &p).is_err());
+}
+
+#[test]
+fn reasons_use_reference_names() {
+    assert_eq!(
+        PaymentRejection::InvalidSignature.reason(),
+        "invalid_exact_evm_signature"
+    );
+    assert_eq!(
+        PaymentRejection::Expired.reason(),
+        "invalid_exact_evm_payload_authorization_valid_before"
+    );
+    assert_eq!(
+        PaymentRejection::AlreadyUsed.reason(),
+        "invalid_exact_evm_nonce_already_used"
+    );
+    let f = PaymentRejection::Facilitator {
+        reason: "insufficient_funds".into(),
+        message: None,
+    };
+    assert_eq!(f.reason(), "insufficient_funds");
+}
