@@ -15,3 +15,14 @@ ensure_build_tools() {
     fi
   fi
 }
+
+# Pinned JavaScript tools (anvil, cast, Circle's USDC artifacts, the official x402 packages) in
+# tools/node/node_modules, installed from the lock file.
+ensure_node_tools() {
+  local dir
+  dir="$(git rev-parse --show-toplevel 2>/dev/null || pwd)/tools/node"
+  if [ ! -x "$dir/node_modules/.bin/anvil" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "installing pinned node tools into tools/node/node_modules..." >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+}

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`.
+//! The command line: `run`, `check`, `facilitator`, `pay`, `sample-api`.
 
 use std::path::PathBuf;
 
@@ -18,8 +18,9 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the gateway: serve the routes of the config file in front of its upstream.
     ///
-    /// Reads the facilitator's /supported first and refuses to start if a route offers a
-    /// payment it cannot handle. Stops gracefully on SIGTERM, at once on SIGINT.
+    /// Reads the facilitator's /supported first (or connects the embedded facilitator to its
+    /// chains) and refuses to start if a route offers a payment it cannot handle. Stops
+    /// gracefully on SIGTERM, at once on SIGINT; SIGQUIT hands the socket to a new process.
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = "gateway.toml")]
@@ -34,5 +35,52 @@ pub(crate) enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
+    },
+    /// Serve the embedded facilitator over HTTP (GET /supported, POST /verify, POST /settle;
+    /// x402 v1 and v2 request shapes) so that other x402 servers can use it.
+    ///
+    /// Uses [facilitator] of the config file, which must set embedded = true, rpc and
+    /// signer_keys; listens on [facilitator] listen (default 127.0.0.1:8403).
+    Facilitator {
+        /// The configuration file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Listen on this address instead of [facilitator] listen.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// A curl for x402: request URL; on a 402 sign an EIP-3009 USDC authorization for the first
+    /// payable option, retry, and print the response, the decoded receipt and the transaction.
+    ///
+    /// The response body goes to stdout, everything else to stderr. Exits 0 when the final
+    /// answer is 2xx.
+    Pay {
+        /// Name of the environment variable holding the payer's private key.
+        #[arg(long, default_value = "X402_PAYER_KEY")]
+        key: String,
+        /// Refuse to pay more than this: "$0.10", "0.10 USDC", or atomic units "100000".
+        #[arg(long, default_value = "$0.10")]
+        max: String,
+        /// HTTP method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// Request header "Name: value" (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request body.
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// Pay with protocol version 1 (X-PAYMENT, the JSON body challenge) instead of 2.
+        #[arg(long)]
+        v1: bool,
+        /// The URL to request.
+        url: String,
+    },
+    /// Serve a small sample JSON API (GET /weather/{city}, GET /health) that knows nothing of
+    /// payments: the upstream of the demo.
+    SampleApi {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
     },
 }

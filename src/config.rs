@@ -157,8 +157,12 @@ pub struct UpstreamConfig {
 /// `[facilitator]`: who verifies and settles payments.
 #[derive(Clone, Debug)]
 pub struct FacilitatorConfig {
-    /// Base URL without a trailing `/`.
-    pub url: String,
+    /// Base URL of a remote facilitator, without a trailing `/`; `None` with `embedded`.
+    pub url: Option<String>,
+    /// The in-process facilitator's chains and keys (`embedded = true`).
+    pub embedded: Option<EmbeddedConfig>,
+    /// Where `x402-gateway facilitator` listens.
+    pub listen: String,
     /// Timeout of `/verify` and `/supported`.
     pub timeout: Duration,
     /// Timeout of `/settle` (an on-chain transaction: longer).
@@ -167,6 +171,15 @@ pub struct FacilitatorConfig {
     pub headers: Vec<(HeaderName, Secret)>,
     /// How often `/supported` is fetched again.
     pub supported_refresh: Duration,
+}
+
+/// The embedded facilitator: settles on chain itself through JSON-RPC.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// JSON-RPC URL per network.
+    pub rpc: Vec<(Network, String)>,
+    /// Private keys that submit settlements (redacted in `Debug`).
+    pub signer_keys: Vec<Secret>,
 }
 
 /// `[verification]`: the local fast path and the verdict cache.

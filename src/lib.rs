@@ -15,6 +15,8 @@
 //! - [`settle`]: settlement and the payment state machine.
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
 //! - [`error`]: the one mapping from errors to HTTP answers.
+//! - [`facilitator`]: the embedded facilitator (settles on chain over JSON-RPC) and the
+//!   standalone facilitator server.
 //! - [`client`]: signing payments (tests and command-line payers).
 //! - [`telemetry`]: logging setup.
 //!
@@ -24,6 +26,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod facilitator;
 pub mod pricing;
 pub mod protocol;
 pub mod proxy;
@@ -47,6 +50,26 @@ use protocol::{SupportedKind, SupportedResponse};
 use proxy::Gateway;
 use verify::{Facilitator, FacilitatorError, Verifier};
 
+/// The facilitator a configuration names: the embedded one (connecting to its chains) or an
+/// HTTP client for a remote one.
+///
+/// # Errors
+/// [`StartupError::Client`] or [`StartupError::Embedded`].
+pub async fn connect_facilitator(config: &Config) -> Result<Arc<dyn Facilitator>, StartupError> {
+    let f = &config.facilitator;
+    match (&f.embedded, &f.url) {
+        (Some(e), _) => Ok(Arc::new(
+            facilitator::EmbeddedFacilitator::connect(e, f.settle_timeout)
+                .await
+                .map_err(StartupError::Embedded)?,
+        )),
+        (None, Some(url)) => Ok(Arc::new(
+            verify::FacilitatorClient::new(url, f).map_err(StartupError::Client)?,
+        )),
+        (None, None) => Err(StartupError::Server("no facilitator configured".into())),
+    }
+}
+
 /// Why the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -59,6 +82,9 @@ pub enum StartupError {
     /// The HTTP client for the facilitator could not be built.
     #[error("cannot build the facilitator HTTP client")]
     Client(#[source] reqwest::Error),
+    /// The embedded facilitator could not connect to its chains.
+    #[error("embedded facilitator: {0}")]
+    Embedded(#[source] facilitator::EmbeddedError),
     /// Pingora could not be set up.
     #[error("cannot set up the server: {0}")]
     Server(String),
@@ -177,24 +203,12 @@ impl BackgroundService for SupportedRefresh {
     }
 }
 
-/// The Pingora server: the gateway on `listen`, plus the `/supported` refresher.
-///
-/// # Errors
-/// [`StartupError::Server`].
-pub fn build_server(
-    config: &Config,
-    gateway: Gateway,
-    facilitator: Arc<dyn Facilitator>,
-) -> Result<Server, StartupError> {
-    let port = config
-        .server
-        .listen
-        .rsplit(':')
-        .next()
-        .unwrap_or("0")
-        .to_owned();
+/// A bootstrapped Pingora server with per-instance pid and upgrade-socket files (named after
+/// the listening port, so several instances can share a machine).
+pub fn new_server(threads: usize, listen: &str) -> Server {
+    let port = listen.rsplit(':').next().unwrap_or("0");
     let conf = ServerConf {
-        threads: config.server.threads,
+        threads,
         pid_file: std::env::temp_dir()
             .join(format!("x402-gateway-{port}.pid"))
             .display()
@@ -209,6 +223,19 @@ pub fn build_server(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    server
+}
+
+/// The Pingora server: the gateway on `listen`, plus the `/supported` refresher.
+///
+/// # Errors
+/// [`StartupError::Server`].
+pub fn build_server(
+    config: &Config,
+    gateway: Gateway,
+    facilitator: Arc<dyn Facilitator>,
+) -> Result<Server, StartupError> {
+    let mut server = new_server(config.server.threads, &config.server.listen);
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,

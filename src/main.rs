@@ -1,21 +1,65 @@
 //! The `x402-gateway` binary: parse the command line, load the config, run.
 
 mod cli;
+mod pay_cmd;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use x402_gateway::config::{Config, ConfigError};
-use x402_gateway::verify::{Facilitator, FacilitatorClient};
-use x402_gateway::{build_gateway, build_server, fetch_supported, telemetry};
+use x402_gateway::facilitator::server;
+use x402_gateway::verify::Facilitator;
+use x402_gateway::{
+    build_gateway, build_server, connect_facilitator, fetch_supported, new_server, telemetry,
+};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Check { config } => check(&config),
         cli::Command::Run { config, listen } => run(&config, listen),
+        cli::Command::Facilitator { config, listen } => facilitator(&config, listen),
+        cli::Command::Pay {
+            key,
+            max,
+            method,
+            headers,
+            data,
+            v1,
+            url,
+        } => {
+            let args = pay_cmd::PayArgs {
+                key_env: key,
+                max,
+                method,
+                headers,
+                data,
+                v1,
+                url,
+            };
+            match runtime().map(|rt| rt.block_on(pay_cmd::run(args))) {
+                Ok(Ok(true)) => ExitCode::SUCCESS,
+                Ok(Ok(false)) => ExitCode::FAILURE,
+                Ok(Err(e)) | Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        cli::Command::SampleApi { listen } => {
+            let mut server = new_server(1, &listen);
+            server::add_sample_api_service(&mut server, &listen);
+            server.run_forever()
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -36,7 +80,19 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!("{}: OK", path.display());
     println!("  listen       {}", c.server.listen);
     println!("  upstream     {}", c.upstream.url);
-    println!("  facilitator  {}", c.facilitator.url);
+    match (&c.facilitator.url, &c.facilitator.embedded) {
+        (Some(url), _) => println!("  facilitator  {url}"),
+        (None, Some(e)) => println!(
+            "  facilitator  embedded: {} signer key(s); {}",
+            e.signer_keys.len(),
+            e.rpc
+                .iter()
+                .map(|(n, u)| format!("{n} via {u}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, None) => {}
+    }
     println!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
@@ -71,6 +127,39 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Connects the facilitator and reads its /supported, on a short-lived runtime (Pingora owns
+/// the serving runtimes).
+fn start_facilitator(
+    c: &Config,
+) -> Result<
+    (
+        Arc<dyn Facilitator>,
+        x402_gateway::protocol::SupportedResponse,
+    ),
+    String,
+> {
+    runtime()?.block_on(async {
+        let f = connect_facilitator(c).await.map_err(|e| error_chain(&e))?;
+        let s = fetch_supported(f.as_ref(), 6).await.map_err(|e| {
+            format!(
+                "cannot read the facilitator's /supported: {}",
+                error_chain(&e)
+            )
+        })?;
+        Ok((f, s))
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
 fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
     let mut c = match load(path) {
         Ok(c) => c,
@@ -80,25 +169,10 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
         c.server.listen = l;
     }
     telemetry::init(&c.logging);
-    let client: Arc<dyn Facilitator> = match FacilitatorClient::new(&c.facilitator) {
-        Ok(f) => Arc::new(f),
+    let (client, supported) = match start_facilitator(&c) {
+        Ok(x) => x,
         Err(e) => {
-            eprintln!("error: cannot build the facilitator client: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // A short-lived runtime for start-up IO; Pingora owns the serving runtimes.
-    let supported = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(fetch_supported(client.as_ref(), 6))
-                .map_err(|e| e.to_string())
-        }) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot read {}/supported: {e}", c.facilitator.url);
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -117,5 +191,29 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
         }
     };
     tracing::info!(listen = %c.server.listen, upstream = %c.upstream.url, routes = c.routes.len(), "x402-gateway running");
+    server.run_forever()
+}
+
+fn facilitator(path: &std::path::Path, listen: Option<String>) -> ExitCode {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if c.facilitator.embedded.is_none() {
+        eprintln!("error: [facilitator] must set embedded = true (with rpc and signer_keys) to serve a facilitator");
+        return ExitCode::from(2);
+    }
+    telemetry::init(&c.logging);
+    let listen = listen.unwrap_or_else(|| c.facilitator.listen.clone());
+    let (f, supported) = match start_facilitator(&c) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut server = new_server(c.server.threads, &listen);
+    server::add_facilitator_service(&mut server, f, &listen);
+    tracing::info!(%listen, kinds = supported.kinds.len(), "x402 facilitator running");
     server.run_forever()
 }

@@ -178,6 +178,13 @@ impl Settler {
                 payment.response = Some(r);
                 PaymentState::Settled { transaction }
             }
+            // The embedded facilitator's "sent, receipt not seen yet": the transfer may land.
+            Ok(r) if r.error_reason.as_deref() == Some("settlement_pending") => {
+                payment.response = Some(r);
+                PaymentState::Unknown {
+                    reason: "settlement_pending".to_owned(),
+                }
+            }
             Ok(r) => {
                 let reason = r
                     .error_reason

@@ -135,6 +135,17 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A boolean.
+    pub(super) fn bool(&self, key: &'static str) -> Option<bool> {
+        match self.get(key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            other => {
+                self.wrong(key, "a boolean", other);
+                None
+            }
+        }
+    }
+
     /// A duration written as a string: `"10s"`, `"500ms"`, `"5m"`.
     pub(super) fn duration(&self, key: &'static str) -> Option<Duration> {
         let s = self.str(key)?;

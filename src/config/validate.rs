@@ -12,9 +12,9 @@ use http::{HeaderName, Method};
 use super::file::{Issues, Section};
 use super::money::{self, Price};
 use super::{
-    assets, Asset, Config, ConfigIssue, FacilitatorConfig, LogFormat, LoggingConfig, PaymentOption,
-    RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode, UpstreamConfig,
-    VerificationConfig,
+    assets, Asset, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig, LogFormat,
+    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
+    SettlementMode, UpstreamConfig, VerificationConfig,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -186,6 +186,13 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
     let supported_refresh = s
         .duration("supported_refresh")
         .unwrap_or(Duration::from_secs(300));
+    let listen = s.str("listen").unwrap_or("127.0.0.1:8403").to_owned();
+    if listen.parse::<SocketAddr>().is_err() {
+        s.issue(
+            "listen",
+            format!("`{listen}` is not an address like \"127.0.0.1:8403\""),
+        );
+    }
     let mut headers = Vec::new();
     for (name, value) in s.str_map("headers").unwrap_or_default() {
         let key = format!("headers.{name}");
@@ -201,32 +208,109 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
             Err(e) => s.issue(&key, e),
         }
     }
+    let embedded_on = s.bool("embedded").unwrap_or(false);
     let url = s.str("url");
-    s.finish();
-    let Some(url) = url else {
-        s.issue(
-            "url",
-            "missing: the facilitator base URL, e.g. \"https://x402.org/facilitator\"",
-        );
-        return None;
-    };
-    match parse_http_url(url) {
-        Ok(p) if !p.query_or_fragment => Some(FacilitatorConfig {
-            url: url.trim_end_matches('/').to_owned(),
-            timeout,
-            settle_timeout,
-            headers,
-            supported_refresh,
-        }),
-        Ok(_) => {
-            s.issue("url", "must not have a query or fragment");
-            None
-        }
-        Err(e) => {
-            s.issue("url", e);
-            None
+    let embedded = embedded_on.then(|| embedded(s, env));
+    if !embedded_on {
+        for key in ["rpc", "signer_keys"] {
+            if s.has(key) {
+                s.issue(key, "only used with embedded = true");
+            }
         }
     }
+    s.finish();
+    let url = match (url, embedded_on) {
+        (Some(_), true) => {
+            s.issue(
+                "url",
+                "set either url (a remote facilitator) or embedded = true, not both",
+            );
+            return None;
+        }
+        (None, true) => None,
+        (None, false) => {
+            s.issue("url", "missing: the facilitator base URL, e.g. \"https://x402.org/facilitator\", or embedded = true");
+            return None;
+        }
+        (Some(url), false) => match parse_http_url(url) {
+            Ok(p) if !p.query_or_fragment => Some(url.trim_end_matches('/').to_owned()),
+            Ok(_) => {
+                s.issue("url", "must not have a query or fragment");
+                return None;
+            }
+            Err(e) => {
+                s.issue("url", e);
+                return None;
+            }
+        },
+    };
+    Some(FacilitatorConfig {
+        url,
+        embedded: match embedded {
+            Some(e) => Some(e?),
+            None => None,
+        },
+        listen,
+        timeout,
+        settle_timeout,
+        headers,
+        supported_refresh,
+    })
+}
+
+/// `rpc` and `signer_keys` of an embedded facilitator.
+fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> {
+    let mut rpc = Vec::new();
+    match s.str_map("rpc") {
+        None => s.issue("rpc", "missing: a JSON-RPC URL per network, e.g. { \"eip155:84532\" = \"http://127.0.0.1:8545\" }"),
+        Some(entries) => {
+            for (net, url) in entries {
+                let key = format!("rpc.{net}");
+                let Some(network) = Network::parse(net) else {
+                    s.issue(&key, format!("`{net}` is not an EVM network"));
+                    continue;
+                };
+                match super::secret::expand_env(url, env).and_then(|u| parse_http_url(&u).map(|_| u)) {
+                    Ok(u) => rpc.push((network, u)),
+                    Err(e) => s.issue(&key, e),
+                }
+            }
+        }
+    }
+    let mut signer_keys = Vec::new();
+    match s.str_array("signer_keys") {
+        None => s.issue(
+            "signer_keys",
+            "missing: [\"${FACILITATOR_KEY}\"], private keys from the environment",
+        ),
+        Some(keys) if keys.is_empty() => s.issue("signer_keys", "needs at least one key"),
+        Some(keys) => {
+            for (i, k) in keys.iter().enumerate() {
+                let key = format!("signer_keys[{i}]");
+                if !k.contains("${") {
+                    s.issue(
+                        &key,
+                        "write keys as ${VAR}: keys come from the environment, never from the file",
+                    );
+                    continue;
+                }
+                match super::secret::expand_env(k, env) {
+                    Ok(v) if is_private_key(&v) => signer_keys.push(Secret::new(v)),
+                    Ok(_) => s.issue(
+                        &key,
+                        "the variable does not hold a private key (0x + 64 hex digits)",
+                    ),
+                    Err(e) => s.issue(&key, e),
+                }
+            }
+        }
+    }
+    (!rpc.is_empty() && !signer_keys.is_empty()).then_some(EmbeddedConfig { rpc, signer_keys })
+}
+
+fn is_private_key(v: &str) -> bool {
+    let hex = v.strip_prefix("0x").unwrap_or(v);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 // === [verification], [logging] ===

@@ -49,6 +49,9 @@ pub enum FacilitatorError {
         /// The start of the body, for the log.
         snippet: String,
     },
+    /// The embedded facilitator's chain RPC failed.
+    #[error("chain RPC failed: {0}")]
+    Chain(String),
 }
 
 impl FacilitatorError {
@@ -81,11 +84,11 @@ pub struct FacilitatorClient {
 }
 
 impl FacilitatorClient {
-    /// A client for `config`. Connections are pooled and kept alive.
+    /// A client for the facilitator at `url` with the timeouts and headers of `config`. Connections are pooled and kept alive.
     ///
     /// # Errors
     /// When the HTTP client cannot be built (TLS setup).
-    pub fn new(config: &FacilitatorConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(url: &str, config: &FacilitatorConfig) -> Result<Self, reqwest::Error> {
         install_crypto_provider();
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
@@ -103,9 +106,9 @@ impl FacilitatorClient {
             .build()?;
         Ok(FacilitatorClient {
             http,
-            verify_url: format!("{}/verify", config.url),
-            settle_url: format!("{}/settle", config.url),
-            supported_url: format!("{}/supported", config.url),
+            verify_url: format!("{url}/verify"),
+            settle_url: format!("{url}/settle"),
+            supported_url: format!("{url}/supported"),
             timeout: config.timeout,
             settle_timeout: config.settle_timeout,
         })
@@ -212,8 +215,9 @@ impl Facilitator for FacilitatorClient {
     }
 }
 
-/// rustls needs one process-wide crypto provider; ring is the one compiled in.
-fn install_crypto_provider() {
+/// Installs ring as the process-wide rustls crypto provider (rustls needs exactly one; ring is
+/// the one compiled in). Call before building any `reqwest::Client`; later calls do nothing.
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

@@ -445,6 +445,7 @@ pub fn payer() -> PrivateKeySigner {
 }
 
 pub fn http() -> reqwest::Client {
+    x402_gateway::verify::facilitator::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
