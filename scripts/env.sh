@@ -26,3 +26,15 @@ ensure_node_tools() {
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
   fi
 }
+
+# The official x402 Python client for the interop tests, in a project-local venv.
+ensure_python_tools() {
+  local top venv
+  top="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  venv="$top/.local/venv"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import x402, eth_account" 2>/dev/null; then
+    echo "installing the pinned Python x402 client into .local/venv..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/tools/python/requirements.txt" >&2
+  fi
+}

@@ -218,6 +218,9 @@ pub async fn mock_upstream() -> MockServer {
         if req.target.contains("empty") {
             resp.body.clear();
         }
+        if req.target.contains("slow") {
+            resp = resp.delayed(Duration::from_millis(1500));
+        }
         if req.target.contains("cacheable") {
             resp = resp.with_header("cache-control", "public, max-age=60");
         }
@@ -395,8 +398,9 @@ network = "base-sepolia"
             facilitator.server.url()
         );
         let config = Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-        let client: Arc<dyn Facilitator> =
-            Arc::new(FacilitatorClient::new(&config.facilitator).unwrap());
+        let client: Arc<dyn Facilitator> = Arc::new(
+            FacilitatorClient::new(&facilitator.server.url(), &config.facilitator).unwrap(),
+        );
         let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
         let gateway = build_gateway(&config, client, &supported).unwrap();
 

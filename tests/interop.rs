@@ -1,0 +1,534 @@
+//! Interoperability on a real chain: anvil (chain id 84532) with Circle's real USDC bytecode at
+//! the Base Sepolia address. Official clients (npm `@x402/fetch` in v2 and v1 modes, PyPI `x402`)
+//! and our own `pay` pay through the gateway binary, with the embedded facilitator and with the
+//! official TypeScript facilitator; the payer's and payee's balances must move by exactly the
+//! price and the receipt's transaction must be on chain. Also on the real chain: a replayed
+//! authorization, a payer without balance, and funds moved between verify and settle.
+//!
+//! Needs the pinned tools that `scripts/test.sh` installs (tools/node/node_modules, .local/venv).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::sol_types::SolCall;
+use common::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAYEE: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
+const PAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+const FACILITATOR_KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+/// Anvil account 4: the payer that moves its funds away mid-payment.
+const MOVER: &str = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65";
+const MOVER_KEY: &str = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+const PRICE: u64 = 1000;
+
+alloy::sol! {
+    function balanceOf(address account) external view returns (uint256);
+}
+
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Chain(u16);
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(format!("{ROOT}/scripts/chain.sh"))
+            .args(["stop", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(name)).unwrap()
+}
+
+fn require_tools() {
+    for tool in [
+        "tools/node/node_modules/.bin/anvil",
+        ".local/venv/bin/python",
+    ] {
+        assert!(
+            Path::new(ROOT).join(tool).exists(),
+            "{tool} is missing: run ./scripts/test.sh, which installs the pinned interop tools"
+        );
+    }
+}
+
+async fn wait_http(url: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if http().get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+struct Env {
+    rpc: String,
+    dir: PathBuf,
+    upstream: MockServer,
+    _chain: Chain,
+}
+
+impl Env {
+    async fn start() -> Env {
+        require_tools();
+        let dir = std::env::temp_dir().join(format!("x402-interop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(format!("{ROOT}/scripts/chain.sh"))
+            .args(["start", &port.to_string()])
+            .env("PAYER_USDC", "100")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chain did not start");
+        let env = Env {
+            rpc: format!("http://127.0.0.1:{port}"),
+            dir,
+            upstream: mock_upstream().await,
+            _chain: Chain(port),
+        };
+        env.node(&[
+            "devchain.mjs",
+            "mint",
+            "--rpc",
+            &env.rpc,
+            &format!("{MOVER}=1"),
+        ]);
+        env
+    }
+
+    fn node(&self, args: &[&str]) -> String {
+        let out = Command::new("node")
+            .current_dir(format!("{ROOT}/tools/node"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    async fn balance(&self, who: &str) -> U256 {
+        let p = ProviderBuilder::new().connect_http(self.rpc.parse().unwrap());
+        let input = balanceOfCall {
+            account: who.parse().unwrap(),
+        }
+        .abi_encode();
+        let tx = TransactionRequest::default()
+            .with_to(USDC.parse::<Address>().unwrap())
+            .with_input(input);
+        balanceOfCall::abi_decode_returns(&p.call(tx).await.unwrap()).unwrap()
+    }
+
+    async fn tx_succeeded(&self, hash: &str) -> bool {
+        let p = ProviderBuilder::new().connect_http(self.rpc.parse().unwrap());
+        let hash: B256 = hash.parse().unwrap();
+        p.get_transaction_receipt(hash)
+            .await
+            .unwrap()
+            .is_some_and(|r| r.status())
+    }
+
+    /// The gateway binary on a fresh port with either facilitator; returns its base URL.
+    async fn gateway(&self, name: &str, facilitator: &str) -> (String, Proc) {
+        let port = free_port();
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:{port}"
+threads = 1
+[upstream]
+url = "{}"
+[facilitator]
+{facilitator}
+settle_timeout = "20s"
+[payment]
+pay_to = "{PAYEE}"
+network = "base-sepolia"
+[[route]]
+path = "/paid/**"
+price = "{PRICE}"
+description = "interop"
+mime_type = "application/json"
+"#,
+                self.upstream.url()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("FACILITATOR_KEY", FACILITATOR_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, &format!("{name}.log")))
+            .spawn()
+            .unwrap();
+        let proc = Proc(child, "gateway");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_http(&base).await;
+        (base, proc)
+    }
+
+    async fn ts_facilitator(&self) -> (String, Proc) {
+        let port = free_port();
+        let child = Command::new("node")
+            .current_dir(format!("{ROOT}/tools/node"))
+            .args(["interop/ts-facilitator.mjs", &self.rpc, &port.to_string()])
+            .env("FACILITATOR_KEY", FACILITATOR_KEY)
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir, "ts-facilitator.log"))
+            .spawn()
+            .unwrap();
+        let proc = Proc(child, "ts facilitator");
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http(&format!("{url}/supported")).await;
+        (url, proc)
+    }
+}
+
+/// Runs a client program; returns (status, receipt transaction, receipt network).
+fn run_client(program: &str, args: &[&str], cwd: &str, key_var: &str) -> (u16, String, String) {
+    let out = Command::new(program)
+        .current_dir(cwd)
+        .args(args)
+        .env(key_var, PAYER_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "{program} {args:?} printed no result: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        v["status"].as_u64().unwrap_or(0) as u16,
+        v["receipt"]["transaction"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        v["receipt"]["network"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn run_pay(url: &str, v1: bool) -> (u16, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_x402-gateway"));
+    cmd.arg("pay").env("X402_PAYER_KEY", PAYER_KEY);
+    if v1 {
+        cmd.arg("--v1");
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tx = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("transaction: "))
+        .unwrap_or_default()
+        .to_owned();
+    let network = if stderr.contains("\"network\":\"base-sepolia\"") {
+        "base-sepolia"
+    } else {
+        "eip155:84532"
+    };
+    (
+        if out.status.success() { 200 } else { 402 },
+        tx,
+        network.to_owned(),
+    )
+}
+
+async fn pays_exactly(
+    env: &Env,
+    label: &str,
+    run: impl FnOnce() -> (u16, String, String),
+    network: &str,
+) {
+    let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
+    let started = Instant::now();
+    let (status, tx, net) = run();
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{label}: not served");
+    assert!(
+        tx.starts_with("0x") && tx.len() == 66,
+        "{label}: no transaction in the receipt: {tx:?}"
+    );
+    assert_eq!(net, network, "{label}: receipt network");
+    assert!(
+        env.tx_succeeded(&tx).await,
+        "{label}: {tx} is not a successful transaction on chain"
+    );
+    assert_eq!(
+        payer0 - env.balance(PAYER).await,
+        U256::from(PRICE),
+        "{label}: payer balance"
+    );
+    assert_eq!(
+        env.balance(PAYEE).await - payee0,
+        U256::from(PRICE),
+        "{label}: payee balance"
+    );
+    eprintln!("interop ok: {label} in {took:?} (tx {tx})");
+}
+
+async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
+    let node = format!("{ROOT}/tools/node");
+    let python = format!("{ROOT}/.local/venv/bin/python");
+    let url = |p: &str| format!("{base}/paid/{p}");
+    let (u1, u2, u3, u4, u5) = (
+        url("fetch-v2"),
+        url("fetch-v1"),
+        url("python"),
+        url("pay-v2"),
+        url("pay-v1"),
+    );
+    pays_exactly(
+        env,
+        &format!("@x402/fetch v2 via {facilitator}"),
+        || {
+            run_client(
+                "node",
+                &["interop/fetch-client.mjs", &u1, "v2"],
+                &node,
+                "PAYER_KEY",
+            )
+        },
+        "eip155:84532",
+    )
+    .await;
+    pays_exactly(
+        env,
+        &format!("@x402/fetch v1 via {facilitator}"),
+        || {
+            run_client(
+                "node",
+                &["interop/fetch-client.mjs", &u2, "v1"],
+                &node,
+                "PAYER_KEY",
+            )
+        },
+        "base-sepolia",
+    )
+    .await;
+    pays_exactly(
+        env,
+        &format!("PyPI x402 via {facilitator}"),
+        || {
+            run_client(
+                &python,
+                &["py_client.py", &u3],
+                &format!("{ROOT}/tools/python"),
+                "PAYER_KEY",
+            )
+        },
+        "eip155:84532",
+    )
+    .await;
+    pays_exactly(
+        env,
+        &format!("x402-gateway pay v2 via {facilitator}"),
+        || run_pay(&u4, false),
+        "eip155:84532",
+    )
+    .await;
+    pays_exactly(
+        env,
+        &format!("x402-gateway pay v1 via {facilitator}"),
+        || run_pay(&u5, true),
+        "base-sepolia",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_and_facilitators_pay_on_a_real_chain() {
+    let env = Env::start().await;
+
+    // The embedded facilitator.
+    let rpc_line = format!("embedded = true\nrpc = {{ \"eip155:84532\" = \"{}\" }}\nsigner_keys = [\"${{FACILITATOR_KEY}}\"]", env.rpc);
+    let (base, _gw) = env.gateway("embedded", &rpc_line).await;
+    all_clients_pay(&env, &base, "embedded facilitator").await;
+
+    // Replay: served once, refused by the gateway after, and refused by the chain itself.
+    let resp = http()
+        .get(format!("{base}/paid/replay"))
+        .send()
+        .await
+        .unwrap();
+    let required = decode_required(&resp);
+    let payment = x402_gateway::client::sign_v2(
+        &payer(),
+        &required,
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
+    )
+    .unwrap();
+    let first = http()
+        .get(format!("{base}/paid/replay"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let again = http()
+        .get(format!("{base}/paid/replay"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 402);
+    assert!(challenge_error(&again).contains("nonce_already_used"));
+    let embedded = x402_gateway::facilitator::EmbeddedFacilitator::connect(
+        &x402_gateway::config::EmbeddedConfig {
+            rpc: vec![(
+                x402_gateway::protocol::Network::parse("eip155:84532").unwrap(),
+                env.rpc.clone(),
+            )],
+            signer_keys: vec![x402_gateway::config::Secret::new(FACILITATOR_KEY.into())],
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let payload = x402_gateway::protocol::PaymentPayload::from_header(payment.as_bytes()).unwrap();
+    let body = format!(
+        r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
+        payload.to_canonical_json(),
+        serde_json::to_string(&required.accepts[0]).unwrap()
+    );
+    let chain_says = x402_gateway::verify::Facilitator::verify(&embedded, &body)
+        .await
+        .unwrap();
+    assert!(!chain_says.is_valid);
+    assert_eq!(
+        chain_says.invalid_reason.as_deref(),
+        Some("invalid_exact_evm_nonce_already_used"),
+        "the chain would accept the replay"
+    );
+    let settle = x402_gateway::verify::Facilitator::settle(&embedded, &body)
+        .await
+        .unwrap();
+    assert!(
+        !settle.is_success(),
+        "a replayed authorization settled on chain"
+    );
+
+    // A payer without balance gets an insufficient-balance 402, and nothing reaches the upstream.
+    let broke = alloy::signers::local::PrivateKeySigner::random();
+    let before = env.upstream.count();
+    let p = x402_gateway::client::sign_v2(
+        &broke,
+        &required,
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
+    )
+    .unwrap();
+    let resp = http()
+        .get(format!("{base}/paid/replay"))
+        .header("payment-signature", p)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    assert!(
+        challenge_error(&resp).contains("insufficient_balance"),
+        "{}",
+        challenge_error(&resp)
+    );
+    assert_eq!(env.upstream.count(), before);
+
+    // Funds moved between verify and settle: the slow upstream gives the payer time to drain its
+    // balance; settlement fails and the content is withheld.
+    let mover: alloy::signers::local::PrivateKeySigner = MOVER_KEY.parse().unwrap();
+    let resp = http()
+        .get(format!("{base}/paid/slow"))
+        .send()
+        .await
+        .unwrap();
+    let p = x402_gateway::client::sign_v2(
+        &mover,
+        &decode_required(&resp),
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
+    )
+    .unwrap();
+    let payee0 = env.balance(PAYEE).await;
+    let request = tokio::spawn(
+        http()
+            .get(format!("{base}/paid/slow"))
+            .header("payment-signature", p)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.node(&[
+        "devchain.mjs",
+        "drain",
+        "--rpc",
+        &env.rpc,
+        "--key",
+        MOVER_KEY,
+        "--to",
+        PAYER,
+    ]);
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 402);
+    let receipt = decode_receipt(&resp, "payment-response");
+    assert!(!receipt.is_success());
+    assert!(
+        !resp.text().await.unwrap().contains("\"upstream\""),
+        "content released without settlement"
+    );
+    assert_eq!(
+        env.balance(PAYEE).await,
+        payee0,
+        "payee paid by a failed settlement"
+    );
+
+    // The official TypeScript facilitator as the third-party reference.
+    let (ts_url, _ts) = env.ts_facilitator().await;
+    let (base, _gw2) = env.gateway("ts", &format!("url = \"{ts_url}\"")).await;
+    all_clients_pay(&env, &base, "TypeScript facilitator").await;
+}
