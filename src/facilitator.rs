@@ -13,6 +13,7 @@
 //!   causes a "nonce too low" storm). The receipt is awaited up to `settle_timeout`; on timeout
 //!   `authorizationState` decides: used means settled, otherwise the answer is
 //!   `settlement_pending` with the transaction hash (never "failed").
+//!
 //! Keys come from the environment only (`config`), are never logged, and the `Debug` of the
 //! configuration redacts them.
 

@@ -36,7 +36,7 @@ alloy::sol! {
     function balanceOf(address account) external view returns (uint256);
 }
 
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -201,7 +201,7 @@ mime_type = "application/json"
             .stderr(log_file(&self.dir, &format!("{name}.log")))
             .spawn()
             .unwrap();
-        let proc = Proc(child, "gateway");
+        let proc = Proc(child);
         let base = format!("http://127.0.0.1:{port}");
         wait_http(&base).await;
         (base, proc)
@@ -217,7 +217,7 @@ mime_type = "application/json"
             .stderr(log_file(&self.dir, "ts-facilitator.log"))
             .spawn()
             .unwrap();
-        let proc = Proc(child, "ts facilitator");
+        let proc = Proc(child);
         let url = format!("http://127.0.0.1:{port}");
         wait_http(&format!("{url}/supported")).await;
         (url, proc)

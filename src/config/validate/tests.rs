@@ -44,7 +44,7 @@ fn shipped_gateway_toml_is_valid() {
 fn defaults_are_filled_in() {
     let c = load(MINIMAL).unwrap();
     assert_eq!(c.server.listen, "0.0.0.0:8402");
-    assert_eq!(c.facilitator.url, "http://127.0.0.1:9000");
+    assert_eq!(c.facilitator.url.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(c.facilitator.timeout, Duration::from_secs(10));
     assert_eq!(c.upstream.address, "127.0.0.1:3000");
     assert!(!c.upstream.tls);
@@ -192,4 +192,50 @@ fn syntax_errors_are_reported_with_position() {
     let err = Config::from_toml("[server\nlisten=", "x.toml", &env).unwrap_err();
     assert!(matches!(err, ConfigError::Syntax { .. }));
     assert!(err.to_string().contains("line"), "{err}");
+}
+
+#[test]
+fn embedded_facilitator_config() {
+    const KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+    let embedded = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9000/\"",
+        "embedded = true\nrpc = { \"eip155:84532\" = \"http://127.0.0.1:8545\" }\nsigner_keys = [\"${FACILITATOR_KEY}\"]",
+    );
+    let env_key = |name: &str| (name == "FACILITATOR_KEY").then(|| KEY.to_owned());
+    let c = match Config::from_toml(&embedded, "t", &env_key) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let e = c.facilitator.embedded.as_ref().unwrap();
+    assert_eq!(e.rpc[0].0.chain_id(), 84532);
+    assert_eq!(e.signer_keys[0].expose(), KEY);
+    assert!(c.facilitator.url.is_none());
+    assert!(
+        !format!("{c:?}").contains("5de4111a"),
+        "a signer key leaks into Debug"
+    );
+
+    // Keys written into the file, a missing variable, and url + embedded are all reported.
+    let literal = embedded.replace("${FACILITATOR_KEY}", KEY);
+    let issues = load(&literal).unwrap_err();
+    assert!(issues
+        .iter()
+        .any(|i| i.key == "facilitator.signer_keys[0]" && i.message.contains("environment")));
+    let issues = load(&embedded).unwrap_err();
+    assert!(issues
+        .iter()
+        .any(|i| i.key == "facilitator.signer_keys[0]" && i.message.contains("FACILITATOR_KEY")));
+    let both = embedded.replace("embedded = true", "embedded = true\nurl = \"http://x\"");
+    assert!(load(&both)
+        .unwrap_err()
+        .iter()
+        .any(|i| i.key == "facilitator.url"));
+    let remote_with_rpc = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9000/\"",
+        "url = \"http://x\"\nrpc = {}",
+    );
+    assert!(load(&remote_with_rpc)
+        .unwrap_err()
+        .iter()
+        .any(|i| i.key == "facilitator.rpc"));
 }
