@@ -10,29 +10,10 @@ use common::*;
 
 const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
 
-/// (verify calls, settle calls, upstream requests).
-fn counts(gw: &TestGateway) -> (usize, usize, usize) {
-    (
-        gw.facilitator.verify_calls(),
-        gw.facilitator.settle_calls(),
-        gw.upstream.count(),
-    )
-}
-
-/// GETs `path` with `payment` as `PAYMENT-SIGNATURE`.
-async fn send(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
-    http()
-        .get(gw.url(path))
-        .header("payment-signature", payment)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Like [`send`], and asserts the upstream was not contacted.
 async fn send_unforwarded(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
     let before = gw.upstream.count();
-    let resp = send(gw, path, payment).await;
+    let resp = gw.send(path, payment).await;
     assert_eq!(
         gw.upstream.count(),
         before,
@@ -73,7 +54,7 @@ async fn invalid_verdict_with_any_http_status_is_a_402() {
         let resp = send_unforwarded(&gw, "/paid/x", &payment).await;
         assert_rejected(&resp, INSUFFICIENT);
         assert_eq!(
-            counts(&gw),
+            gw.counts(),
             (i + 1, 0, 0),
             "verdict delivered with HTTP {status}"
         );
@@ -105,7 +86,7 @@ async fn invalid_verdict_is_cached_per_payload() {
         INSUFFICIENT,
     );
     assert_eq!(
-        counts(&gw),
+        gw.counts(),
         (2, 0, 0),
         "a new payment asks the facilitator again"
     );
@@ -117,10 +98,10 @@ async fn garbled_verify_answer_is_a_503_and_releases_the_authorization() {
     gw.facilitator.set_verify(VerifyScript::Garbage(502));
     let payment = pay_v2(&gw, "/paid/x").await;
     assert_unavailable(send_unforwarded(&gw, "/paid/x", &payment).await).await;
-    assert_eq!(counts(&gw), (1, 0, 0));
+    assert_eq!(gw.counts(), (1, 0, 0));
 
     gw.facilitator.set_verify(VerifyScript::Valid);
-    let resp = send(&gw, "/paid/x", &payment).await;
+    let resp = gw.send("/paid/x", &payment).await;
     assert_eq!(
         resp.status(),
         200,
@@ -128,7 +109,7 @@ async fn garbled_verify_answer_is_a_503_and_releases_the_authorization() {
     );
     assert!(decode_receipt(&resp, "payment-response").success == Some(true));
     assert_eq!(
-        counts(&gw),
+        gw.counts(),
         (2, 1, 1),
         "the outage was not cached as a verdict"
     );
@@ -141,7 +122,7 @@ async fn verify_timeout_is_a_503() {
         .set_verify(VerifyScript::Slow(Duration::from_secs(3)));
     let payment = pay_v2(&gw, "/paid/x").await;
     assert_unavailable(send_unforwarded(&gw, "/paid/x", &payment).await).await;
-    assert_eq!(counts(&gw), (1, 0, 0));
+    assert_eq!(gw.counts(), (1, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,5 +145,5 @@ async fn local_rejections_never_reach_the_facilitator() {
         &send_unforwarded(&gw, "/paid/x", &tampered).await,
         "invalid_exact_evm_authorization_value",
     );
-    assert_eq!(counts(&gw), (0, 0, 0));
+    assert_eq!(gw.counts(), (0, 0, 0));
 }

@@ -56,14 +56,6 @@ impl Drop for Chain {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).unwrap()
 }

@@ -44,17 +44,7 @@ async fn v2_payment_is_served_with_a_receipt() {
         (1, 1)
     );
     // The facilitator got the version-2 shapes, with our own requirements.
-    let verify = gw
-        .facilitator
-        .server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|r| r.target == "/verify")
-        .cloned()
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&verify.body).unwrap();
+    let body = gw.facilitator.last_body("/verify");
     assert_eq!(body["x402Version"], 2);
     assert_eq!(body["paymentRequirements"]["amount"], "1000");
     assert_eq!(
@@ -72,17 +62,7 @@ async fn v1_payment_is_served_with_a_v1_receipt() {
     let receipt = decode_receipt(&resp, "x-payment-response");
     assert!(receipt.is_success());
     assert_eq!(receipt.network.as_deref(), Some("base-sepolia"));
-    let verify = gw
-        .facilitator
-        .server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|r| r.target == "/verify")
-        .cloned()
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&verify.body).unwrap();
+    let body = gw.facilitator.last_body("/verify");
     assert_eq!(body["x402Version"], 1);
     assert_eq!(body["paymentRequirements"]["maxAmountRequired"], "1000");
     assert_eq!(
@@ -235,17 +215,7 @@ async fn hex_amounts_are_accepted_and_forwarded_as_decimal() {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let verify = gw
-        .facilitator
-        .server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|r| r.target == "/verify")
-        .cloned()
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&verify.body).unwrap();
+    let body = gw.facilitator.last_body("/verify");
     assert_eq!(
         body["paymentPayload"]["payload"]["authorization"]["value"],
         "1000"

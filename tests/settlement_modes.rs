@@ -11,30 +11,10 @@ use common::*;
 const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
 const NONCE_USED: &str = "nonce_already_used";
 
-/// (verify calls, settle calls, upstream requests).
-fn counts(gw: &TestGateway) -> (usize, usize, usize) {
-    (
-        gw.facilitator.verify_calls(),
-        gw.facilitator.settle_calls(),
-        gw.upstream.count(),
-    )
-}
-
-/// GETs `path` with `payment` as `PAYMENT-SIGNATURE`, giving up after 5 s.
-async fn send(gw: &TestGateway, path: &str, payment: &str) -> reqwest::Response {
-    http()
-        .get(gw.url(path))
-        .header("payment-signature", payment)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Signs a fresh payment for `path` and sends it.
 async fn pay(gw: &TestGateway, path: &str) -> (String, reqwest::Response) {
     let payment = pay_v2(gw, path).await;
-    let resp = send(gw, path, &payment).await;
+    let resp = gw.send(path, &payment).await;
     (payment, resp)
 }
 
@@ -100,7 +80,7 @@ async fn after_response_success() {
         (body["upstream"].as_bool(), body["path"].as_str()),
         (Some(true), Some("/paid/x"))
     );
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_eq!(gw.counts(), (1, 1, 1));
     let forwarded = gw.upstream.last().unwrap();
     assert!(forwarded.header("payment-signature").is_none());
     assert!(forwarded.header("x-payment").is_none());
@@ -123,7 +103,7 @@ async fn v1_payment_gets_a_v1_receipt() {
         (receipt.success, receipt.network.as_deref()),
         (Some(true), Some("base-sepolia"))
     );
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_eq!(gw.counts(), (1, 1, 1));
     assert!(gw.upstream.last().unwrap().header("x-payment").is_none());
 }
 
@@ -139,7 +119,7 @@ async fn after_response_settle_failure_withholds_the_content() {
         gw.facilitator.set_settle(script.clone());
         let (_, resp) = pay(&gw, "/paid/x").await;
         assert_settle_failed(resp, reason).await;
-        assert_eq!(counts(&gw), (i + 1, i + 1, i + 1), "{script:?}");
+        assert_eq!(gw.counts(), (i + 1, i + 1, i + 1), "{script:?}");
     }
 }
 
@@ -149,7 +129,7 @@ async fn settle_failure_on_an_empty_upstream_body_is_a_complete_402() {
     gw.facilitator.set_settle(SettleScript::Fail(INSUFFICIENT));
     let (_, resp) = pay(&gw, "/paid/empty").await;
     assert_settle_failed_body(resp, Some(INSUFFICIENT), false).await;
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_eq!(gw.counts(), (1, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,12 +139,12 @@ async fn settle_timeout_burns_the_authorization() {
         .set_settle(SettleScript::Slow(Duration::from_secs(3)));
     let (payment, resp) = pay(&gw, "/paid/x").await;
     assert_settle_failed(resp, Some("settlement_timeout")).await;
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_eq!(gw.counts(), (1, 1, 1));
 
     gw.facilitator.set_settle(SettleScript::Success);
-    assert_rejected(&send(&gw, "/paid/x", &payment).await, NONCE_USED);
+    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
     assert_eq!(
-        counts(&gw),
+        gw.counts(),
         (1, 1, 1),
         "a burnt authorization reaches neither facilitator nor upstream"
     );
@@ -181,12 +161,12 @@ async fn upstream_error_releases_the_authorization() {
         true
     );
     assert_eq!(
-        counts(&gw),
+        gw.counts(),
         (1, 0, 1),
         "nothing is settled for an upstream error"
     );
 
-    let resp = send(&gw, "/status/200", &payment).await;
+    let resp = gw.send("/status/200", &payment).await;
     assert_settled(&resp);
     assert_eq!(gw.facilitator.settle_calls(), 1);
     assert_eq!(gw.upstream.count_path("/status/200"), 1);
@@ -197,13 +177,13 @@ async fn before_upstream_settles_first() {
     let gw = TestGateway::start().await;
     let (_, resp) = pay(&gw, "/reports/r").await;
     assert_settled(&resp);
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_eq!(gw.counts(), (1, 1, 1));
 
     gw.facilitator.set_settle(SettleScript::Fail(INSUFFICIENT));
     let (_, resp) = pay(&gw, "/reports/r").await;
     assert_settle_failed(resp, Some(INSUFFICIENT)).await;
     assert_eq!(
-        counts(&gw),
+        gw.counts(),
         (2, 2, 1),
         "a failed up-front settlement never reaches the upstream"
     );
@@ -223,8 +203,8 @@ async fn sequential_replay_is_refused() {
     let gw = TestGateway::start().await;
     let (payment, resp) = pay(&gw, "/paid/x").await;
     assert_settled(&resp);
-    assert_rejected(&send(&gw, "/paid/x", &payment).await, NONCE_USED);
-    assert_eq!(counts(&gw), (1, 1, 1));
+    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
+    assert_eq!(gw.counts(), (1, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,6 +325,17 @@ impl MockFacilitator {
     pub fn settle_calls(&self) -> usize {
         self.server.count_path("/settle")
     }
+
+    /// The JSON body of the last request to `path` (e.g. `/verify`).
+    pub fn last_body(&self, path: &str) -> serde_json::Value {
+        let requests = self.server.requests.lock().unwrap();
+        let r = requests
+            .iter()
+            .rev()
+            .find(|r| r.target == path)
+            .expect("no such request");
+        serde_json::from_slice(&r.body).unwrap()
+    }
 }
 
 // === The gateway ===
@@ -437,6 +448,35 @@ network = "base-sepolia"
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// (verify calls, settle calls, upstream requests).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.facilitator.verify_calls(),
+            self.facilitator.settle_calls(),
+            self.upstream.count(),
+        )
+    }
+
+    /// GETs `path` with `payment` as `PAYMENT-SIGNATURE`, giving up after 5 s.
+    pub async fn send(&self, path: &str, payment: &str) -> reqwest::Response {
+        http()
+            .get(self.url(path))
+            .header("payment-signature", payment)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // === Client side ===
