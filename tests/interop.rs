@@ -446,6 +446,46 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         "a replayed authorization settled on chain"
     );
 
+    // Measured (reported, not asserted): embedded verify and settle latency on anvil.
+    let (mut verify_ms, mut settle_ms) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let p = x402_gateway::client::sign_v2(
+            &payer(),
+            &required,
+            0,
+            now(),
+            x402_gateway::client::random_nonce(),
+        )
+        .unwrap();
+        let payload = x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
+        let body = format!(
+            r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
+            payload.to_canonical_json(),
+            serde_json::to_string(&required.accepts[0]).unwrap()
+        );
+        let t = Instant::now();
+        assert!(
+            x402_gateway::verify::Facilitator::verify(&embedded, &body)
+                .await
+                .unwrap()
+                .is_valid
+        );
+        verify_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        assert!(x402_gateway::verify::Facilitator::settle(&embedded, &body)
+            .await
+            .unwrap()
+            .is_success());
+        settle_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for (name, v) in [("verify", &mut verify_ms), ("settle", &mut settle_ms)] {
+        v.sort_by(f64::total_cmp);
+        eprintln!(
+            "embedded facilitator {name} on anvil: p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (n=20)",
+            v[9], v[17], v[19]
+        );
+    }
+
     // A payer without balance gets an insufficient-balance 402, and nothing reaches the upstream.
     let broke = alloy::signers::local::PrivateKeySigner::random();
     let before = env.upstream.count();
