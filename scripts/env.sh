@@ -38,3 +38,12 @@ ensure_python_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$top/tools/python/requirements.txt" >&2
   fi
 }
+
+# The crates.io x402-reqwest client for the interop tests: a standalone package in
+# tools/rust-client, built into its own target directory.
+ensure_rust_client() {
+  local top
+  top="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/rust-client" cargo build --release --quiet \
+    --manifest-path "$top/tools/rust-client/Cargo.toml"
+}

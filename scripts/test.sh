@@ -9,6 +9,7 @@ source scripts/env.sh
 ensure_build_tools
 ensure_node_tools
 ensure_python_tools
+ensure_rust_client
 cargo build --release --locked
 "$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
 cargo test --locked --all-targets

@@ -1,6 +1,6 @@
 //! Interoperability on a real chain: anvil (chain id 84532) with Circle's real USDC bytecode at
-//! the Base Sepolia address. Official clients (npm `@x402/fetch` in v2 and v1 modes, PyPI `x402`)
-//! and our own `pay` pay through the gateway binary, with the embedded facilitator and with the
+//! the Base Sepolia address. Official clients (npm `@x402/fetch` in v2 and v1 modes, PyPI `x402`,
+//! crates.io `x402-reqwest`) and our own `pay` pay through the gateway binary, with the embedded facilitator and with the
 //! official TypeScript facilitator; the payer's and payee's balances must move by exactly the
 //! price and the receipt's transaction must be on chain. Also on the real chain: a replayed
 //! authorization, a payer without balance, and funds moved between verify and settle.
@@ -60,14 +60,23 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).unwrap()
 }
 
+/// The crates.io `x402-reqwest` client, built by `scripts/test.sh` (tools/rust-client).
+fn rust_client() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map_or_else(|_| Path::new(ROOT).join("target"), PathBuf::from);
+    target.join("rust-client/release/x402-reqwest-client")
+}
+
 fn require_tools() {
     for tool in [
-        "tools/node/node_modules/.bin/anvil",
-        ".local/venv/bin/python",
+        Path::new(ROOT).join("tools/node/node_modules/.bin/anvil"),
+        Path::new(ROOT).join(".local/venv/bin/python"),
+        rust_client(),
     ] {
         assert!(
-            Path::new(ROOT).join(tool).exists(),
-            "{tool} is missing: run ./scripts/test.sh, which installs the pinned interop tools"
+            tool.exists(),
+            "{} is missing: run ./scripts/test.sh, which installs the pinned interop tools",
+            tool.display()
         );
     }
 }
@@ -307,13 +316,22 @@ async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
     let node = format!("{ROOT}/tools/node");
     let python = format!("{ROOT}/.local/venv/bin/python");
     let url = |p: &str| format!("{base}/paid/{p}");
-    let (u1, u2, u3, u4, u5) = (
+    let (u1, u2, u3, u4, u5, u6) = (
         url("fetch-v2"),
         url("fetch-v1"),
         url("python"),
         url("pay-v2"),
         url("pay-v1"),
+        url("reqwest"),
     );
+    let rust = rust_client().display().to_string();
+    pays_exactly(
+        env,
+        &format!("crates.io x402-reqwest v2 via {facilitator}"),
+        || run_client(&rust, &[&u6, "v2"], ROOT, "PAYER_KEY"),
+        "eip155:84532",
+    )
+    .await;
     pays_exactly(
         env,
         &format!("@x402/fetch v2 via {facilitator}"),
