@@ -44,6 +44,6 @@ ensure_python_tools() {
 ensure_rust_client() {
   local top
   top="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
-  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/rust-client" cargo build --release --quiet \
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/rust-client" cargo build --release --locked --quiet \
     --manifest-path "$top/tools/rust-client/Cargo.toml"
 }

@@ -577,6 +577,69 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         "payee paid by a failed settlement"
     );
 
+    // Concurrency: 8 settlements at once through one embedded facilitator with one signer key
+    // (which the gateway has used too) all land: nonces are managed, not raced.
+    let embedded = std::sync::Arc::new(embedded);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let p = x402_gateway::client::sign_v2(
+                &payer(),
+                &required,
+                0,
+                now(),
+                x402_gateway::client::random_nonce(),
+            )
+            .unwrap();
+            let payload =
+                x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
+            let body = format!(
+                r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
+                payload.to_canonical_json(),
+                serde_json::to_string(&required.accepts[0]).unwrap()
+            );
+            let e = embedded.clone();
+            tokio::spawn(async move {
+                x402_gateway::verify::Facilitator::settle(e.as_ref(), &body).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        assert!(r.is_success(), "a concurrent settlement failed: {r:?}");
+        assert!(env.tx_succeeded(r.transaction.as_deref().unwrap()).await);
+    }
+
+    // Our standalone facilitator server (`x402-gateway facilitator`), used over HTTP by a
+    // gateway: the x402 facilitator API with v1 and v2 request shapes.
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
+        .args(["facilitator", "--config"])
+        .arg(env.dir.join("embedded.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("FACILITATOR_KEY", FACILITATOR_KEY)
+        .stdout(Stdio::null())
+        .stderr(log_file(&env.dir, "standalone-facilitator.log"))
+        .spawn()
+        .unwrap();
+    let _standalone = Proc(child);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{url}/supported")).await;
+    let supported: serde_json::Value = http()
+        .get(format!("{url}/supported"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(supported["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["network"] == "base-sepolia" && k["x402Version"] == 1));
+    let (base, _gw3) = env.gateway("standalone", &format!("url = \"{url}\"")).await;
+    all_clients_pay(&env, &base, "x402-gateway facilitator").await;
+
     // The official TypeScript facilitator as the third-party reference.
     let (ts_url, _ts) = env.ts_facilitator().await;
     let (base, _gw2) = env.gateway("ts", &format!("url = \"{ts_url}\"")).await;
