@@ -312,82 +312,85 @@ async fn pays_exactly(
     eprintln!("interop ok: {label} in {took:?} (tx {tx})");
 }
 
+type Client = Box<dyn FnOnce() -> (u16, String, String)>;
+
 async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
     let node = format!("{ROOT}/tools/node");
     let python = format!("{ROOT}/.local/venv/bin/python");
-    let url = |p: &str| format!("{base}/paid/{p}");
-    let (u1, u2, u3, u4, u5, u6) = (
-        url("fetch-v2"),
-        url("fetch-v1"),
-        url("python"),
-        url("pay-v2"),
-        url("pay-v1"),
-        url("reqwest"),
-    );
     let rust = rust_client().display().to_string();
-    pays_exactly(
-        env,
-        &format!("crates.io x402-reqwest v2 via {facilitator}"),
-        || run_client(&rust, &[&u6, "v2"], ROOT, "PAYER_KEY"),
-        "eip155:84532",
+    let url = |p: &str| format!("{base}/paid/{p}");
+    let (v2, v1) = ("eip155:84532", "base-sepolia");
+    let clients: Vec<(&str, &str, Client)> = vec![
+        ("crates.io x402-reqwest v2", v2, {
+            let (rust, u) = (rust, url("reqwest"));
+            Box::new(move || run_client(&rust, &[&u, "v2"], ROOT, "PAYER_KEY"))
+        }),
+        ("@x402/fetch v2", v2, {
+            let (node, u) = (node.clone(), url("fetch-v2"));
+            Box::new(move || {
+                run_client(
+                    "node",
+                    &["interop/fetch-client.mjs", &u, "v2"],
+                    &node,
+                    "PAYER_KEY",
+                )
+            })
+        }),
+        ("@x402/fetch v1", v1, {
+            let u = url("fetch-v1");
+            Box::new(move || {
+                run_client(
+                    "node",
+                    &["interop/fetch-client.mjs", &u, "v1"],
+                    &node,
+                    "PAYER_KEY",
+                )
+            })
+        }),
+        ("PyPI x402", v2, {
+            let u = url("python");
+            Box::new(move || {
+                run_client(
+                    &python,
+                    &["py_client.py", &u],
+                    &format!("{ROOT}/tools/python"),
+                    "PAYER_KEY",
+                )
+            })
+        }),
+        ("x402-gateway pay v2", v2, {
+            let u = url("pay-v2");
+            Box::new(move || run_pay(&u, false))
+        }),
+        ("x402-gateway pay v1", v1, {
+            let u = url("pay-v1");
+            Box::new(move || run_pay(&u, true))
+        }),
+    ];
+    for (name, network, client) in clients {
+        pays_exactly(env, &format!("{name} via {facilitator}"), client, network).await;
+    }
+}
+
+/// A signed v2 payment for `required.accepts[0]` as a facilitator request body.
+fn facilitator_body(
+    signer: &alloy::signers::local::PrivateKeySigner,
+    required: &x402_gateway::protocol::v2::PaymentRequired,
+) -> String {
+    let p = x402_gateway::client::sign_v2(
+        signer,
+        required,
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
     )
-    .await;
-    pays_exactly(
-        env,
-        &format!("@x402/fetch v2 via {facilitator}"),
-        || {
-            run_client(
-                "node",
-                &["interop/fetch-client.mjs", &u1, "v2"],
-                &node,
-                "PAYER_KEY",
-            )
-        },
-        "eip155:84532",
+    .unwrap();
+    let payload = x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
+    format!(
+        r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
+        payload.to_canonical_json(),
+        serde_json::to_string(&required.accepts[0]).unwrap()
     )
-    .await;
-    pays_exactly(
-        env,
-        &format!("@x402/fetch v1 via {facilitator}"),
-        || {
-            run_client(
-                "node",
-                &["interop/fetch-client.mjs", &u2, "v1"],
-                &node,
-                "PAYER_KEY",
-            )
-        },
-        "base-sepolia",
-    )
-    .await;
-    pays_exactly(
-        env,
-        &format!("PyPI x402 via {facilitator}"),
-        || {
-            run_client(
-                &python,
-                &["py_client.py", &u3],
-                &format!("{ROOT}/tools/python"),
-                "PAYER_KEY",
-            )
-        },
-        "eip155:84532",
-    )
-    .await;
-    pays_exactly(
-        env,
-        &format!("x402-gateway pay v2 via {facilitator}"),
-        || run_pay(&u4, false),
-        "eip155:84532",
-    )
-    .await;
-    pays_exactly(
-        env,
-        &format!("x402-gateway pay v1 via {facilitator}"),
-        || run_pay(&u5, true),
-        "base-sepolia",
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,20 +470,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     // Measured (reported, not asserted): embedded verify and settle latency on anvil.
     let (mut verify_ms, mut settle_ms) = (Vec::new(), Vec::new());
     for _ in 0..20 {
-        let p = x402_gateway::client::sign_v2(
-            &payer(),
-            &required,
-            0,
-            now(),
-            x402_gateway::client::random_nonce(),
-        )
-        .unwrap();
-        let payload = x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
-        let body = format!(
-            r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
-            payload.to_canonical_json(),
-            serde_json::to_string(&required.accepts[0]).unwrap()
-        );
+        let body = facilitator_body(&payer(), &required);
         let t = Instant::now();
         assert!(
             x402_gateway::verify::Facilitator::verify(&embedded, &body)
@@ -582,21 +572,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     let embedded = std::sync::Arc::new(embedded);
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let p = x402_gateway::client::sign_v2(
-                &payer(),
-                &required,
-                0,
-                now(),
-                x402_gateway::client::random_nonce(),
-            )
-            .unwrap();
-            let payload =
-                x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
-            let body = format!(
-                r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
-                payload.to_canonical_json(),
-                serde_json::to_string(&required.accepts[0]).unwrap()
-            );
+            let body = facilitator_body(&payer(), &required);
             let e = embedded.clone();
             tokio::spawn(async move {
                 x402_gateway::verify::Facilitator::settle(e.as_ref(), &body).await
