@@ -70,14 +70,7 @@ fn sign(
     let sig = signer.sign_hash_sync(&evm::signing_hash(&sep, &auth))?;
     Ok(Signed {
         signature: format!("0x{}", alloy::primitives::hex::encode(sig.as_bytes())),
-        authorization: serde_json::json!({
-            "from": auth.from.to_checksum(None),
-            "to": auth.to.to_checksum(None),
-            "value": auth.value.to_string(),
-            "validAfter": auth.valid_after.to_string(),
-            "validBefore": auth.valid_before.to_string(),
-            "nonce": auth.nonce.to_string(),
-        }),
+        authorization: auth.to_json(),
     })
 }
 

@@ -227,14 +227,11 @@ pub fn new_server(threads: usize, listen: &str) -> Server {
 }
 
 /// The Pingora server: the gateway on `listen`, plus the `/supported` refresher.
-///
-/// # Errors
-/// [`StartupError::Server`].
 pub fn build_server(
     config: &Config,
     gateway: Gateway,
     facilitator: Arc<dyn Facilitator>,
-) -> Result<Server, StartupError> {
+) -> Server {
     let mut server = new_server(config.server.threads, &config.server.listen);
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -250,5 +247,5 @@ pub fn build_server(
             config: config.clone(),
         },
     ));
-    Ok(server)
+    server
 }

@@ -183,13 +183,7 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match build_server(&c, gateway, client) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let server = build_server(&c, gateway, client);
     tracing::info!(listen = %c.server.listen, upstream = %c.upstream.url, routes = c.routes.len(), "x402-gateway running");
     server.run_forever()
 }

@@ -152,6 +152,20 @@ pub struct Authorization {
     pub nonce: B256,
 }
 
+impl Authorization {
+    /// The wire form: checksummed addresses, integers as decimal strings (the spec's spelling).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "from": self.from.to_checksum(None),
+            "to": self.to.to_checksum(None),
+            "value": self.value.to_string(),
+            "validAfter": self.valid_after.to_string(),
+            "validBefore": self.valid_before.to_string(),
+            "nonce": self.nonce.to_string(),
+        })
+    }
+}
+
 /// The `exact` EVM payload: a signature over an [`Authorization`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExactEvmPayload {
@@ -394,17 +408,9 @@ impl PaymentPayload {
     /// with every integer written as a decimal string (the spec's form), whatever spelling the
     /// client used.
     pub fn to_canonical_json(&self) -> String {
-        let auth = &self.payload.authorization;
         let payload = serde_json::json!({
             "signature": self.payload.signature.to_string(),
-            "authorization": {
-                "from": auth.from.to_checksum(None),
-                "to": auth.to.to_checksum(None),
-                "value": auth.value.to_string(),
-                "validAfter": auth.valid_after.to_string(),
-                "validBefore": auth.valid_before.to_string(),
-                "nonce": auth.nonce.to_string(),
-            }
+            "authorization": self.payload.authorization.to_json(),
         });
         let mut out = serde_json::Map::new();
         out.insert("x402Version".into(), self.version.number().into());

@@ -181,7 +181,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let table = self.table.load_full();
+        // A borrowed snapshot of the config (no refcount) serves unmatched paths; an `Arc` is
+        // taken only when a route matched and must outlive this phase.
+        let snapshot = self.table.load();
         let req = session.req_header();
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // Preflights pass unpaid; the route they ask about only shapes the CORS headers.
@@ -194,10 +196,12 @@ impl ProxyHttp for Gateway {
         } else {
             req.method.clone()
         };
-        let Some(route) = table.lookup(&method, target) else {
+        let Some(index) = snapshot.lookup(&method, target).map(|r| r.rule.index) else {
             return Ok(false);
         };
-        ctx.route = Some(route.rule.index);
+        let table = arc_swap::Guard::into_inner(snapshot);
+        let route = &table.routes()[index];
+        ctx.route = Some(index);
         if ctx.preflight || !route.is_priced() {
             ctx.table = Some(table);
             return Ok(false);

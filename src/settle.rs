@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 pub use crate::config::SettlementMode;
-use crate::protocol::{Receipt, SettleResponse};
+use crate::protocol::Receipt;
 use crate::verify::{unix_now, Facilitator, FacilitatorError, ReplayGuard, Verified};
 
 /// Where a payment is in its life.
@@ -76,7 +76,6 @@ pub struct Payment {
     /// When to settle.
     pub mode: SettlementMode,
     state: PaymentState,
-    response: Option<SettleResponse>,
 }
 
 impl Payment {
@@ -86,7 +85,6 @@ impl Payment {
             verified,
             mode,
             state: PaymentState::Verified,
-            response: None,
         }
     }
 
@@ -129,11 +127,6 @@ impl Payment {
         Some((v.version.receipt_header(), receipt.to_header()))
     }
 
-    /// The facilitator's settle answer, if any.
-    pub fn settle_response(&self) -> Option<&SettleResponse> {
-        self.response.as_ref()
-    }
-
     /// The transaction hash when settled.
     pub fn transaction(&self) -> Option<&str> {
         match &self.state {
@@ -173,27 +166,21 @@ impl Settler {
         let v = &payment.verified;
         replay.mark_used(&v.key, v.valid_before, unix_now());
         payment.state = match self.facilitator.settle(&v.facilitator_body).await {
-            Ok(r) if r.is_success() => {
-                let transaction = r.transaction.clone().unwrap_or_default();
-                payment.response = Some(r);
-                PaymentState::Settled { transaction }
-            }
+            Ok(r) if r.is_success() => PaymentState::Settled {
+                transaction: r.transaction.unwrap_or_default(),
+            },
             // The embedded facilitator's "sent, receipt not seen yet": the transfer may land.
             Ok(r) if r.error_reason.as_deref() == Some("settlement_pending") => {
-                payment.response = Some(r);
                 PaymentState::Unknown {
                     reason: "settlement_pending".to_owned(),
                 }
             }
-            Ok(r) => {
-                let reason = r
+            Ok(r) => PaymentState::Failed {
+                reason: r
                     .error_reason
-                    .clone()
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "settlement_failed".to_owned());
-                payment.response = Some(r);
-                PaymentState::Failed { reason }
-            }
+                    .unwrap_or_else(|| "settlement_failed".to_owned()),
+            },
             Err(e) => settle_error_state(&e),
         };
     }

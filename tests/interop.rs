@@ -12,7 +12,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy::network::TransactionBuilder;
@@ -34,15 +34,6 @@ const PRICE: u64 = 1000;
 
 alloy::sol! {
     function balanceOf(address account) external view returns (uint256);
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Chain(u16);
@@ -165,7 +156,7 @@ impl Env {
     }
 
     /// The gateway binary on a fresh port with either facilitator; returns its base URL.
-    async fn gateway(&self, name: &str, facilitator: &str) -> (String, Proc) {
+    async fn gateway(&self, name: &str, facilitator: &str) -> (String, KillOnDrop) {
         let port = free_port();
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -202,13 +193,13 @@ mime_type = "application/json"
             .stderr(log_file(&self.dir, &format!("{name}.log")))
             .spawn()
             .unwrap();
-        let proc = Proc(child);
+        let proc = KillOnDrop(child);
         let base = format!("http://127.0.0.1:{port}");
         wait_http(&base).await;
         (base, proc)
     }
 
-    async fn ts_facilitator(&self) -> (String, Proc) {
+    async fn ts_facilitator(&self) -> (String, KillOnDrop) {
         let port = free_port();
         let child = Command::new("node")
             .current_dir(format!("{ROOT}/tools/node"))
@@ -218,7 +209,7 @@ mime_type = "application/json"
             .stderr(log_file(&self.dir, "ts-facilitator.log"))
             .spawn()
             .unwrap();
-        let proc = Proc(child);
+        let proc = KillOnDrop(child);
         let url = format!("http://127.0.0.1:{port}");
         wait_http(&format!("{url}/supported")).await;
         (url, proc)
@@ -597,7 +588,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .stderr(log_file(&env.dir, "standalone-facilitator.log"))
         .spawn()
         .unwrap();
-    let _standalone = Proc(child);
+    let _standalone = KillOnDrop(child);
     let url = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{url}/supported")).await;
     let supported: serde_json::Value = http()

@@ -10,15 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn write_config(
     name: &str,
     upstream: &str,
@@ -77,7 +68,7 @@ async fn binary_serves_challenges_and_payments() {
         port,
         "base-sepolia",
     );
-    let _gw = Running(spawn(&config));
+    let _gw = KillOnDrop(spawn(&config));
     let url = format!("http://127.0.0.1:{port}/paid/thing");
     let mut first = None;
     for _ in 0..100 {

@@ -4,7 +4,7 @@ use alloy::primitives::{Address, B256, U256};
 use async_trait::async_trait;
 
 use super::*;
-use crate::protocol::{self, SupportedResponse, VerifyResponse, X402Version};
+use crate::protocol::{self, SettleResponse, SupportedResponse, VerifyResponse, X402Version};
 use crate::verify::{Held, ReplayKey};
 
 struct Scripted(Mutex<Option<Result<SettleResponse, FacilitatorError>>>);
