@@ -16,6 +16,28 @@ ensure_build_tools() {
   fi
 }
 
+# Debian packages the load benchmark drives: wrk (load generator), nginx (upstream, fixed-answer
+# facilitator, and the proxy_pass peer), taskset. The nginx package's own service is not
+# started (policy-rc.d says no while installing).
+ensure_bench_tools() {
+  local missing=()
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} for the load benchmark..." >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  local policy=/usr/sbin/policy-rc.d created=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && created=1
+  fi
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -n "$created" ] && $sudo rm -f "$policy"
+  return 0
+}
+
 # Pinned JavaScript tools (anvil, cast, Circle's USDC artifacts, the official x402 packages) in
 # tools/node/node_modules, installed from the lock file.
 ensure_node_tools() {

@@ -14,3 +14,5 @@ cargo build --release --locked
 "$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
 cargo test --locked --all-targets
 cargo bench --locked --no-run
+# The load benchmark does not run here (minutes of load), but everything it runs is built.
+benches/load/run.sh --build-only

@@ -37,6 +37,25 @@ pub fn random_nonce() -> B256 {
     B256::from(b)
 }
 
+/// The validity window of an authorization, in unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// `validAfter`.
+    pub valid_after: u64,
+    /// `validBefore`.
+    pub valid_before: u64,
+}
+
+impl Window {
+    /// The reference clients' window: `now - 600` to `now + maxTimeoutSeconds`.
+    pub fn reference(now: u64, max_timeout_seconds: u64) -> Self {
+        Window {
+            valid_after: now.saturating_sub(VALID_AFTER_SLACK_SECONDS),
+            valid_before: now.saturating_add(max_timeout_seconds),
+        }
+    }
+}
+
 struct Signed {
     signature: String,
     authorization: serde_json::Value,
@@ -49,9 +68,8 @@ fn sign(
     asset: &str,
     pay_to: &str,
     amount: &str,
-    max_timeout: u64,
     extra: &v2::Eip712Extra,
-    now: u64,
+    window: Window,
     nonce: B256,
 ) -> Result<Signed, SignError> {
     let net = Network::parse(network).ok_or_else(|| SignError::Network(network.to_owned()))?;
@@ -62,8 +80,8 @@ fn sign(
         from: signer.address(),
         to,
         value,
-        valid_after: now.saturating_sub(VALID_AFTER_SLACK_SECONDS),
-        valid_before: now + max_timeout,
+        valid_after: window.valid_after,
+        valid_before: window.valid_before,
         nonce,
     };
     let sep = evm::domain_separator(&extra.name, &extra.version, net.chain_id(), asset);
@@ -89,16 +107,28 @@ pub fn sign_v2(
         .accepts
         .get(index)
         .ok_or(SignError::Field("accepts"))?;
+    let window = Window::reference(now, r.max_timeout_seconds);
+    sign_v2_in_window(signer, required, index, window, nonce)
+}
+
+/// Like [`sign_v2`] with an explicit validity window (load generators pre-sign headers that
+/// must stay valid for a whole run).
+///
+/// # Errors
+/// [`SignError`].
+pub fn sign_v2_in_window(
+    signer: &PrivateKeySigner,
+    required: &v2::PaymentRequired,
+    index: usize,
+    window: Window,
+    nonce: B256,
+) -> Result<String, SignError> {
+    let r = required
+        .accepts
+        .get(index)
+        .ok_or(SignError::Field("accepts"))?;
     let s = sign(
-        signer,
-        &r.network,
-        &r.asset,
-        &r.pay_to,
-        &r.amount,
-        r.max_timeout_seconds,
-        &r.extra,
-        now,
-        nonce,
+        signer, &r.network, &r.asset, &r.pay_to, &r.amount, &r.extra, window, nonce,
     )?;
     let json = serde_json::json!({
         "x402Version": 2,
@@ -125,9 +155,8 @@ pub fn sign_v1(
         &r.asset,
         &r.pay_to,
         &r.max_amount_required,
-        r.max_timeout_seconds,
         &r.extra,
-        now,
+        Window::reference(now, r.max_timeout_seconds),
         nonce,
     )?;
     let json = serde_json::json!({

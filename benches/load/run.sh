@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The load benchmark, one command (not in CI: it takes a few minutes; CI runs `--build-only`).
+#
+#   benches/load/run.sh                     build, install wrk/nginx/node packages, run every
+#                                           scenario, write docs/benchmarks.md
+#   benches/load/run.sh --only gw_free,pingora --duration 5     a subset (keys: bench.py --help)
+#   benches/load/run.sh --build-only        build everything the benchmark runs, run nothing
+#
+# Loopback only, bounded in time (warm-up + --duration per scenario). Logs and raw results:
+# .local/bench/. Needs 2+ CPUs: the system under test is pinned to CPU 0, the load to CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/env.sh
+
+build_only=""
+if [ "${1:-}" = "--build-only" ]; then build_only=1; shift; fi
+
+ensure_build_tools
+echo "building the gateway, the bare Pingora proxy and the header signer (release)..." >&2
+cargo build --release --locked --quiet --bin x402-gateway --example bare_pingora --example presign
+echo "building the x402-axum peer (release, own lock file)..." >&2
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/axum-peer" \
+  cargo build --release --locked --quiet --manifest-path benches/load/peers/axum/Cargo.toml
+dir=benches/load/peers/express
+if [ ! -d "$dir/node_modules/@x402/express" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+  echo "installing the @x402/express peer's packages..." >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+ensure_node_tools
+python3 -m py_compile benches/load/bench.py
+node --check "$dir/server.mjs"
+if [ -n "$build_only" ]; then
+  echo "load benchmark built (not run)" >&2
+  exit 0
+fi
+ensure_bench_tools
+exec python3 benches/load/bench.py "$@"
