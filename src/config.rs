@@ -92,6 +92,29 @@ impl SettlementMode {
     }
 }
 
+/// Who gives the verdict on a payment before it is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationMode {
+    /// Default: the local checks, then the facilitator's `/verify` (verdicts cached).
+    Facilitator,
+    /// The local checks alone (recipient, amount, time window, EIP-712 signature recovered to
+    /// `from`, replay guard); the facilitator is only asked to `/settle`, which always happens
+    /// before any byte of the response is released, so a payment that cannot settle releases
+    /// nothing. Signatures the gateway cannot check itself (smart wallets) still go to
+    /// `/verify`.
+    Local,
+}
+
+impl VerificationMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationMode::Facilitator => "facilitator",
+            VerificationMode::Local => "local",
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -185,6 +208,8 @@ pub struct EmbeddedConfig {
 /// `[verification]`: the local fast path and the verdict cache.
 #[derive(Clone, Debug)]
 pub struct VerificationConfig {
+    /// Whether `/verify` is asked before serving.
+    pub mode: VerificationMode,
     /// How long a facilitator verdict is reused for the same payload (capped at `validBefore`).
     pub cache_ttl: Duration,
     /// Most verdicts kept.

@@ -93,6 +93,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         (None, None) => {}
     }
+    println!("  verification {}", c.verification.mode.as_str());
     println!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {

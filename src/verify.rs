@@ -1,4 +1,5 @@
-//! Payment verification: local fast path → replay guard → verdict cache → facilitator.
+//! Payment verification: local fast path → replay guard → verdict cache → facilitator
+//! (skipped in `local` mode when the signature was recovered locally).
 //!
 //! Owns: [`Verifier`], which turns a payment header for a route into a [`Verified`] payment (an
 //! authorization now held in flight) or a [`VerifyError`]. Local rejections never reach the
@@ -16,12 +17,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{keccak256, Address, U256};
 
-use crate::config::{PaymentOption, VerificationConfig};
+use crate::config::{PaymentOption, VerificationConfig, VerificationMode};
 use crate::pricing::PricedRoute;
 use crate::protocol::{PaymentPayload, X402Version};
 pub use cache::VerdictCache;
 pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError};
-pub use local::PaymentRejection;
+pub use local::{PaymentRejection, SignatureCheck};
 pub use replay::{Held, ReplayGuard, ReplayKey};
 
 /// Why a payment did not verify.
@@ -69,6 +70,7 @@ pub struct Verifier {
     facilitator: Arc<dyn Facilitator>,
     cache: VerdictCache,
     replay: ReplayGuard,
+    mode: VerificationMode,
 }
 
 impl Verifier {
@@ -78,6 +80,7 @@ impl Verifier {
             facilitator,
             cache: VerdictCache::new(config.cache_capacity, config.cache_ttl),
             replay: ReplayGuard::new(),
+            mode: config.mode,
         }
     }
 
@@ -110,7 +113,7 @@ impl Verifier {
         };
         let index = local::select_option(&route.rule.options, &challenge.options, &payload)?;
         let option: &PaymentOption = &route.rule.options[index];
-        let (payer, _) = local::check_payment(&payload, option, now)?;
+        let (payer, signature) = local::check_payment(&payload, option, now)?;
         let auth = &payload.payload.authorization;
 
         let canonical = payload.to_canonical_json();
@@ -140,29 +143,13 @@ impl Verifier {
                 Held::Used => PaymentRejection::AlreadyUsed,
             })?;
 
-        let digest = keccak256(facilitator_body.as_bytes());
-        let verdict = match self.cache.get(&digest) {
-            Some(v) => v,
-            None => match self.facilitator.verify(&facilitator_body).await {
-                Ok(v) => {
-                    self.cache.insert(digest, v.clone(), auth.valid_before, now);
-                    v
-                }
-                Err(e) => {
-                    self.replay.release(&key);
-                    return Err(VerifyError::Unavailable(e));
-                }
-            },
-        };
-        if !verdict.is_valid {
-            self.replay.release(&key);
-            return Err(PaymentRejection::Facilitator {
-                reason: verdict
-                    .invalid_reason
-                    .unwrap_or_else(|| "invalid_payment".to_owned()),
-                message: verdict.invalid_message,
-            }
-            .into());
+        // Local mode: a signature recovered to `from` is the whole verdict; settlement (always
+        // before release) is the facilitator's say.
+        let ask_facilitator =
+            self.mode == VerificationMode::Facilitator || signature == SignatureCheck::Deferred;
+        if ask_facilitator {
+            self.facilitator_verdict(&facilitator_body, &key, auth.valid_before, now)
+                .await?;
         }
         Ok(Verified {
             version: payload.version,
@@ -177,5 +164,41 @@ impl Verifier {
             key,
             valid_before: auth.valid_before,
         })
+    }
+
+    /// Asks the facilitator's `/verify` (or the verdict cache); releases the held
+    /// authorization unless the verdict is valid.
+    async fn facilitator_verdict(
+        &self,
+        facilitator_body: &str,
+        key: &ReplayKey,
+        valid_before: u64,
+        now: u64,
+    ) -> Result<(), VerifyError> {
+        let digest = keccak256(facilitator_body.as_bytes());
+        let verdict = match self.cache.get(&digest) {
+            Some(v) => v,
+            None => match self.facilitator.verify(facilitator_body).await {
+                Ok(v) => {
+                    self.cache.insert(digest, v.clone(), valid_before, now);
+                    v
+                }
+                Err(e) => {
+                    self.replay.release(key);
+                    return Err(VerifyError::Unavailable(e));
+                }
+            },
+        };
+        if !verdict.is_valid {
+            self.replay.release(key);
+            return Err(PaymentRejection::Facilitator {
+                reason: verdict
+                    .invalid_reason
+                    .unwrap_or_else(|| "invalid_payment".to_owned()),
+                message: verdict.invalid_message,
+            }
+            .into());
+        }
+        Ok(())
     }
 }

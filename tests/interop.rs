@@ -169,8 +169,8 @@ threads = 1
 [upstream]
 url = "{}"
 [facilitator]
-{facilitator}
 settle_timeout = "20s"
+{facilitator}
 [payment]
 pay_to = "{PAYEE}"
 network = "base-sepolia"
@@ -611,4 +611,43 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     let (ts_url, _ts) = env.ts_facilitator().await;
     let (base, _gw2) = env.gateway("ts", &format!("url = \"{ts_url}\"")).await;
     all_clients_pay(&env, &base, "TypeScript facilitator").await;
+
+    // Local verification: no /verify; the chain's answer to /settle still gates every release.
+    let (base, _gw4) = env
+        .gateway(
+            "local",
+            &format!("{rpc_line}\n[verification]\nmode = \"local\""),
+        )
+        .await;
+    pays_exactly(
+        &env,
+        "our pay v2, local verification",
+        || run_pay(&format!("{base}/paid/local"), false),
+        "eip155:84532",
+    )
+    .await;
+    let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
+    let broke = alloy::signers::local::PrivateKeySigner::random();
+    let p = x402_gateway::client::sign_v2(
+        &broke,
+        &required,
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
+    )
+    .unwrap();
+    let payee0 = env.balance(PAYEE).await;
+    let resp = http()
+        .get(format!("{base}/paid/broke"))
+        .header("payment-signature", p)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402, "an unfunded payment must not be served");
+    assert!(!decode_receipt(&resp, "payment-response").is_success());
+    assert!(
+        !resp.text().await.unwrap().contains("\"upstream\""),
+        "content released without settlement"
+    );
+    assert_eq!(env.balance(PAYEE).await, payee0);
 }

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use x402_gateway::{client, protocol};
 
 const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
 const NONCE_USED: &str = "nonce_already_used";
@@ -226,4 +227,79 @@ async fn concurrent_replay_serves_once() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 402, 402, 402, 402, 402, 402, 402]);
     assert_eq!((gw.facilitator.settle_calls(), gw.upstream.count()), (1, 1));
+}
+
+/// `[verification] mode = "local"`: no `/verify`; `/settle` still gates every release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_verification_settles_without_verify_and_still_gates_release() {
+    let gw = TestGateway::start_with(ROUTES, "[verification]\nmode = \"local\"").await;
+    // The facilitator would refuse; local mode never asks it.
+    gw.facilitator.set_verify(VerifyScript::Invalid {
+        status: 200,
+        reason: INSUFFICIENT,
+    });
+    let (payment, resp) = pay(&gw, "/paid/x").await;
+    assert_settled(&resp);
+    assert_eq!(gw.counts(), (0, 1, 1));
+
+    // A replay is refused locally.
+    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
+    assert_eq!(gw.counts(), (0, 1, 1));
+
+    // A payment that cannot settle releases nothing, in either settlement mode.
+    gw.facilitator.set_settle(SettleScript::Fail(INSUFFICIENT));
+    let (_, resp) = pay(&gw, "/paid/x").await;
+    assert_settle_failed(resp, Some(INSUFFICIENT)).await;
+    assert_eq!(
+        gw.counts(),
+        (0, 2, 2),
+        "after_response: upstream ran, answer withheld"
+    );
+    let (_, resp) = pay(&gw, "/reports/r").await;
+    assert_settle_failed(resp, Some(INSUFFICIENT)).await;
+    assert_eq!(
+        gw.counts(),
+        (0, 3, 2),
+        "before_upstream: upstream never ran"
+    );
+
+    // Local rejections still never reach the facilitator.
+    let cheap = pay_v2_tampered(
+        &gw,
+        "/paid/x",
+        |r| r.accepts[0].amount = "1".to_owned(),
+        now(),
+        client::random_nonce(),
+    )
+    .await;
+    assert_eq!(gw.send("/paid/x", &cheap).await.status(), 402);
+    assert_eq!(gw.counts(), (0, 3, 2));
+}
+
+/// A signature the gateway cannot check itself (smart wallet) still goes to `/verify` in
+/// local mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_verification_defers_smart_wallet_signatures_to_the_facilitator() {
+    let gw = TestGateway::start_with(ROUTES, "[verification]\nmode = \"local\"").await;
+    let wallet_payment = || async {
+        let payment = pay_v2(&gw, "/paid/x").await;
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&protocol::decode_header(payment.as_bytes()).unwrap()).unwrap();
+        json["payload"]["signature"] = format!("0x{}", "ab".repeat(100)).into();
+        protocol::encode_header(json.to_string().as_bytes())
+    };
+
+    gw.facilitator.set_verify(VerifyScript::Invalid {
+        status: 200,
+        reason: "invalid_exact_evm_payload_signature",
+    });
+    assert_rejected(
+        &gw.send("/paid/x", &wallet_payment().await).await,
+        "invalid_exact_evm_payload_signature",
+    );
+    assert_eq!(gw.counts(), (1, 0, 0));
+
+    gw.facilitator.set_verify(VerifyScript::Valid);
+    assert_settled(&gw.send("/paid/x", &wallet_payment().await).await);
+    assert_eq!(gw.counts(), (2, 1, 1));
 }

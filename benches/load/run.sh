@@ -27,7 +27,7 @@ if [ ! -d "$dir/node_modules/@x402/express" ] || [ "$dir/package-lock.json" -nt 
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 ensure_node_tools
-python3 -m py_compile benches/load/bench.py
+python3 -c "import ast,sys; ast.parse(open(sys.argv[1]).read())" benches/load/bench.py
 node --check "$dir/server.mjs"
 if [ -n "$build_only" ]; then
   echo "load benchmark built (not run)" >&2

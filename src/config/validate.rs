@@ -14,7 +14,7 @@ use super::money::{self, Price};
 use super::{
     assets, Asset, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig, LogFormat,
     LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
-    SettlementMode, UpstreamConfig, VerificationConfig,
+    SettlementMode, UpstreamConfig, VerificationConfig, VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -316,7 +316,19 @@ fn is_private_key(v: &str) -> bool {
 // === [verification], [logging] ===
 
 fn verification(s: &Section<'_>) -> VerificationConfig {
+    let mode = match s.str("mode") {
+        None | Some("facilitator") => VerificationMode::Facilitator,
+        Some("local") => VerificationMode::Local,
+        Some(other) => {
+            s.issue(
+                "mode",
+                format!("`{other}` is not \"facilitator\" or \"local\""),
+            );
+            VerificationMode::Facilitator
+        }
+    };
     let v = VerificationConfig {
+        mode,
         cache_ttl: s.duration("cache_ttl").unwrap_or(Duration::from_secs(30)),
         cache_capacity: s.uint("cache_capacity").unwrap_or(10_000),
     };

@@ -239,3 +239,20 @@ fn embedded_facilitator_config() {
         .iter()
         .any(|i| i.key == "facilitator.rpc"));
 }
+
+#[test]
+fn verification_mode() {
+    assert_eq!(
+        load(MINIMAL).unwrap().verification.mode,
+        VerificationMode::Facilitator
+    );
+    let local = format!("{MINIMAL}\n[verification]\nmode = \"local\"\n");
+    assert_eq!(
+        load(&local).unwrap().verification.mode,
+        VerificationMode::Local
+    );
+    let issues = load(&local.replace("\"local\"", "\"trust-me\"")).unwrap_err();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].key, "verification.mode");
+    assert!(issues[0].message.contains("\"facilitator\" or \"local\""));
+}
