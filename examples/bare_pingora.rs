@@ -14,6 +14,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::Result;
 
+/// The gateway's allocator, so the comparison isolates the x402 work.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare {
     peer: HttpPeer,
     body: Bytes,

@@ -1,5 +1,10 @@
 //! The `x402-gateway` binary: parse the command line, load the config, run.
 
+/// mimalloc: the gateway allocates small, short-lived buffers on every request, where it beats
+/// the system allocator (measured in docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod pay_cmd;
 
