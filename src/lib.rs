@@ -80,8 +80,8 @@ pub enum StartupError {
     #[error("the facilitator does not support these route options:\n{}", .0.iter().map(|s| format!("  - {s}")).collect::<Vec<_>>().join("\n"))]
     Unsupported(Vec<String>),
     /// The HTTP client for the facilitator could not be built.
-    #[error("cannot build the facilitator HTTP client")]
-    Client(#[source] reqwest::Error),
+    #[error("cannot build the facilitator HTTP client: {0}")]
+    Client(String),
     /// The embedded facilitator could not connect to its chains.
     #[error("embedded facilitator: {0}")]
     Embedded(#[source] facilitator::EmbeddedError),

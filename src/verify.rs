@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod facilitator;
+pub mod http1;
 pub mod local;
 pub mod replay;
 

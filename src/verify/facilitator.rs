@@ -1,6 +1,6 @@
 //! Talking to a facilitator: the [`Facilitator`] trait (so tests and the embedded facilitator
-//! can stand in) and [`FacilitatorClient`], its HTTP implementation over one pooled `reqwest`
-//! client.
+//! can stand in) and [`FacilitatorClient`], its HTTP implementation: `/verify` and `/settle`
+//! over the lean keep-alive client of [`super::http1`], `/supported` over `reqwest`.
 //!
 //! Owns: request timeouts, auth headers, and reading answers strictly. A `/verify` answer of
 //! any status (200, 400, 500) that carries `isValid` is a *verdict*; a `/settle` answer that
@@ -12,20 +12,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue};
 
+use super::http1::{Endpoint, Http1Client};
 use crate::config::FacilitatorConfig;
 use crate::protocol::{SettleResponse, SupportedResponse, VerifyResponse};
 
 /// Why a facilitator gave no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum FacilitatorError {
-    /// Connection refused, reset, DNS failure.
+    /// Connection refused, reset, DNS failure, an answer that is not HTTP.
     #[error("facilitator unreachable at {url}")]
     Unreachable {
         /// The endpoint.
         url: String,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// True when no connection was made (the request was certainly not processed).
+        connect: bool,
     },
     /// No answer within the timeout.
     #[error("facilitator did not answer {url} within {timeout:?}")]
@@ -57,7 +60,7 @@ pub enum FacilitatorError {
 impl FacilitatorError {
     /// True when the request may have been processed (so a settlement might have happened).
     pub fn may_have_happened(&self) -> bool {
-        !matches!(self, FacilitatorError::Unreachable { source, .. } if source.is_connect())
+        !matches!(self, FacilitatorError::Unreachable { connect: true, .. })
     }
 }
 
@@ -76,6 +79,9 @@ pub trait Facilitator: Send + Sync {
 /// HTTP facilitator client.
 pub struct FacilitatorClient {
     http: reqwest::Client,
+    hot: Http1Client,
+    verify: Endpoint,
+    settle: Endpoint,
     verify_url: String,
     settle_url: String,
     supported_url: String,
@@ -87,9 +93,16 @@ impl FacilitatorClient {
     /// A client for the facilitator at `url` with the timeouts and headers of `config`. Connections are pooled and kept alive.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (TLS setup).
-    pub fn new(url: &str, config: &FacilitatorConfig) -> Result<Self, reqwest::Error> {
+    /// When the URL is not `http(s)://` or the HTTP clients cannot be built (TLS setup).
+    pub fn new(url: &str, config: &FacilitatorConfig) -> Result<Self, String> {
         install_crypto_provider();
+        let connect_timeout = config.timeout.min(Duration::from_secs(5));
+        let hot = Http1Client::new(url, connect_timeout)?;
+        let raw_headers: Vec<(String, String)> = config
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.expose().to_owned()))
+            .collect();
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if let Ok(mut v) = HeaderValue::from_str(value.expose()) {
@@ -99,13 +112,16 @@ impl FacilitatorClient {
         }
         let http = reqwest::Client::builder()
             .default_headers(headers)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .build()?;
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(FacilitatorClient {
             http,
+            hot,
+            verify: Http1Client::endpoint(url, "/verify", &raw_headers, true),
+            settle: Http1Client::endpoint(url, "/settle", &raw_headers, false),
             verify_url: format!("{url}/verify"),
             settle_url: format!("{url}/settle"),
             supported_url: format!("{url}/supported"),
@@ -136,7 +152,8 @@ impl FacilitatorClient {
             }),
             Ok(Err(source)) => Err(FacilitatorError::Unreachable {
                 url: url.to_owned(),
-                source,
+                connect: source.is_connect(),
+                source: Box::new(source),
             }),
             Ok(Ok(r)) => Ok(r),
         }
@@ -144,16 +161,23 @@ impl FacilitatorClient {
 
     async fn post(
         &self,
+        endpoint: &Endpoint,
         url: &str,
         body: &str,
         timeout: Duration,
     ) -> Result<(u16, bytes::Bytes), FacilitatorError> {
-        let req = self
-            .http
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.to_owned());
-        self.call(req, url, timeout).await
+        match tokio::time::timeout(timeout, self.hot.post(endpoint, body)).await {
+            Err(_) => Err(FacilitatorError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            }),
+            Ok(Err(source)) => Err(FacilitatorError::Unreachable {
+                url: url.to_owned(),
+                connect: source.is_connect(),
+                source: Box::new(source),
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
     }
 }
 
@@ -194,13 +218,15 @@ pub fn read_settle(
 #[async_trait]
 impl Facilitator for FacilitatorClient {
     async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError> {
-        let (status, bytes) = self.post(&self.verify_url, body, self.timeout).await?;
+        let (status, bytes) = self
+            .post(&self.verify, &self.verify_url, body, self.timeout)
+            .await?;
         read_verify(&self.verify_url, status, &bytes)
     }
 
     async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
         let (status, bytes) = self
-            .post(&self.settle_url, body, self.settle_timeout)
+            .post(&self.settle, &self.settle_url, body, self.settle_timeout)
             .await?;
         read_settle(&self.settle_url, status, &bytes)
     }
