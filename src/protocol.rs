@@ -408,16 +408,16 @@ impl PaymentPayload {
     /// with every integer written as a decimal string (the spec's form), whatever spelling the
     /// client used.
     pub fn to_canonical_json(&self) -> String {
-        let payload = serde_json::json!({
-            "signature": self.payload.signature.to_string(),
-            "authorization": self.payload.authorization.to_json(),
-        });
-        let mut out = serde_json::Map::new();
-        out.insert("x402Version".into(), self.version.number().into());
+        use std::fmt::Write;
+        let a = &self.payload.authorization;
+        let mut out = String::with_capacity(1024);
+        let _ = write!(out, r#"{{"x402Version":{}"#, self.version.number());
         match self.version {
             X402Version::V1 => {
-                out.insert("scheme".into(), self.scheme.clone().into());
-                out.insert("network".into(), self.network.clone().into());
+                out.push_str(r#","scheme":"#);
+                out.push_str(&json_string(&self.scheme));
+                out.push_str(r#","network":"#);
+                out.push_str(&json_string(&self.network));
             }
             X402Version::V2 => {
                 for (key, raw) in [
@@ -425,16 +425,25 @@ impl PaymentPayload {
                     ("accepted", &self.accepted),
                     ("extensions", &self.extensions),
                 ] {
+                    // Raw values were checked to be JSON when the header was parsed.
                     if let Some(raw) = raw {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(raw.get()) {
-                            out.insert(key.into(), v);
-                        }
+                        let _ = write!(out, r#","{key}":{}"#, raw.get());
                     }
                 }
             }
         }
-        out.insert("payload".into(), payload);
-        serde_json::Value::Object(out).to_string()
+        let _ = write!(
+            out,
+            r#","payload":{{"signature":"{}","authorization":{{"from":"{}","to":"{}","value":"{}","validAfter":"{}","validBefore":"{}","nonce":"{}"}}}}}}"#,
+            self.payload.signature,
+            a.from.to_checksum(None),
+            a.to.to_checksum(None),
+            a.value,
+            a.valid_after,
+            a.valid_before,
+            a.nonce,
+        );
+        out
     }
 }
 

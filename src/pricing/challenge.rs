@@ -102,7 +102,12 @@ pub struct Challenge {
     pub options: Vec<PreparedOption>,
     /// Pre-rendered answer for routes with a fixed `resource`: (header value, v1 body).
     fixed: Option<(String, Bytes)>,
+    /// Answers rendered per URL, reused by later requests for the same URL.
+    rendered: moka::sync::Cache<Box<str>, (String, Bytes)>,
 }
+
+/// URLs whose rendered challenge is kept, per route.
+const RENDERED_PER_ROUTE: u64 = 4096;
 
 fn v2_requirements(o: &PaymentOption) -> v2::PaymentRequirements {
     v2::PaymentRequirements {
@@ -188,6 +193,7 @@ impl Challenge {
             v1,
             options,
             fixed: None,
+            rendered: moka::sync::Cache::new(RENDERED_PER_ROUTE),
         };
         if let Some(url) = &route.resource {
             c.fixed = Some((
@@ -211,13 +217,18 @@ impl Challenge {
     /// The unpaid answer (header value, v1 body); pre-rendered when the route has a fixed
     /// `resource`, which is then used whatever `url` is.
     pub fn unpaid(&self, url: &str) -> (String, Bytes) {
-        match &self.fixed {
-            Some((h, b)) => (h.clone(), b.clone()),
-            None => (
-                self.payment_required(url, V2_PAYMENT_REQUIRED),
-                Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
-            ),
+        if let Some((h, b)) = &self.fixed {
+            return (h.clone(), b.clone());
         }
+        if let Some(hit) = self.rendered.get(url) {
+            return hit;
+        }
+        let answer = (
+            self.payment_required(url, V2_PAYMENT_REQUIRED),
+            Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
+        );
+        self.rendered.insert(url.into(), answer.clone());
+        answer
     }
 
     /// The HTML page for browsers.
