@@ -1,7 +1,9 @@
 //! The floor of the gateway's stack for the load benchmark (`benches/load/run.sh`): a Pingora
 //! proxy with the gateway's server settings and no x402 logic. Every request is forwarded to
 //! the upstream, except paths under `/early`, which get a static 402 written from
-//! `request_filter` (Pingora's early-response floor, keeping the connection open).
+//! `request_filter` (Pingora's early-response floor, keeping the connection open). `/early-sized`
+//! answers a static 402 of the gateway challenge's shape and size (the same headers, a
+//! 631-byte `PAYMENT-REQUIRED`, a 423-byte body): the floor for writing the same bytes.
 //!
 //! ```sh
 //! cargo run --release --example bare_pingora -- 127.0.0.1:18300 127.0.0.1:18100
@@ -21,6 +23,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Bare {
     peer: HttpPeer,
     body: Bytes,
+    sized_header: http::HeaderValue,
+    sized_body: Bytes,
 }
 
 #[async_trait]
@@ -30,15 +34,28 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        if !session.req_header().uri.path().starts_with("/early") {
+        let path = session.req_header().uri.path();
+        if !path.starts_with("/early") {
             return Ok(false);
         }
-        let mut h = ResponseHeader::build(402, Some(2))?;
+        let sized = path.starts_with("/early-sized");
+        let body = if sized { &self.sized_body } else { &self.body };
+        let mut h = ResponseHeader::build(402, Some(8))?;
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(http::header::CONTENT_LENGTH, self.body.len())?;
+        h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        if sized {
+            h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+            h.insert_header(http::header::VARY, "Accept")?;
+            h.insert_header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+            h.insert_header(
+                http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
+            )?;
+            h.insert_header("payment-required", self.sized_header.clone())?;
+        }
         session.write_response_header(Box::new(h), false).await?;
         session
-            .write_response_body(Some(self.body.clone()), true)
+            .write_response_body(Some(body.clone()), true)
             .await?;
         Ok(true)
     }
@@ -58,6 +75,9 @@ fn main() {
     let bare = Bare {
         peer: HttpPeer::new(upstream.as_str(), false, String::new()),
         body: Bytes::from_static(br#"{"error":"payment required"}"#),
+        sized_header: http::HeaderValue::from_str(&"e".repeat(631))
+            .unwrap_or_else(|_| unreachable!("ASCII letters are a valid header value")),
+        sized_body: Bytes::from(format!(r#"{{"error":"{}"}}"#, "x".repeat(423 - 12))),
     };
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen);

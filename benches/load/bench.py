@@ -82,7 +82,10 @@ SCENARIOS = [
     Scenario("nginx", "nginx `proxy_pass`", "nginx", "/free/x"),
     Scenario("nginx_402", "nginx static 402 (`return 402`)", "nginx", "/early", ready_status=402),
     Scenario("pingora", "bare Pingora passthrough", "pingora", "/free/x"),
-    Scenario("pingora_402", "bare Pingora early 402", "pingora", "/early", ready_status=402),
+    Scenario("pingora_402", "bare Pingora early 402 (28-byte body)", "pingora", "/early",
+             ready_status=402),
+    Scenario("pingora_402_sized", "bare Pingora early 402, gateway-sized (static 1.2 KB)",
+             "pingora", "/early-sized", ready_status=402),
     Scenario("gw_free", "x402-gateway free route", "gateway", "/free/x"),
     Scenario("gw_402", "x402-gateway 402 challenge", "gateway", "/paid", ready_status=402),
     Scenario("gw_paid_after", "x402-gateway paid, after_response", "gateway", "/paid", paid=True,
@@ -475,6 +478,8 @@ def write_doc(results: list[dict], args: argparse.Namespace) -> None:
         ("gateway free ÷ nginx proxy_pass", "gw_free", "nginx", "as close as possible"),
         ("bare Pingora ÷ nginx proxy_pass", "pingora", "nginx", ""),
         ("gateway 402 ÷ bare Pingora early 402", "gw_402", "pingora_402", "≥ 1.0×"),
+        ("gateway 402 ÷ bare Pingora early 402 of the same size", "gw_402", "pingora_402_sized",
+         "≥ 1.0×"),
         ("gateway 402 ÷ nginx static 402", "gw_402", "nginx_402", ""),
     ]
     for mode in ("after", "before"):

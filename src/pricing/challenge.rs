@@ -7,6 +7,7 @@
 //! since one unreadable entry makes legacy `x402-fetch` throw on the whole challenge.
 
 use bytes::Bytes;
+use http::HeaderValue;
 
 use crate::config::{PaymentOption, RouteRule};
 use crate::protocol::{self, json_string, v1, v2};
@@ -101,9 +102,15 @@ pub struct Challenge {
     /// Per option, in route order.
     pub options: Vec<PreparedOption>,
     /// Pre-rendered answer for routes with a fixed `resource`: (header value, v1 body).
-    fixed: Option<(String, Bytes)>,
+    fixed: Option<(HeaderValue, Bytes)>,
     /// Answers rendered per URL, reused by later requests for the same URL.
-    rendered: moka::sync::Cache<Box<str>, (String, Bytes)>,
+    rendered: moka::sync::Cache<Box<str>, (HeaderValue, Bytes)>,
+}
+
+/// A header value from base64 text (always valid: base64 is visible ASCII), prepared once so
+/// every answer reuses it without copying or re-validating.
+pub fn base64_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// URLs whose rendered challenge is kept, per route.
@@ -197,7 +204,7 @@ impl Challenge {
         };
         if let Some(url) = &route.resource {
             c.fixed = Some((
-                c.payment_required(url, V2_PAYMENT_REQUIRED),
+                base64_value(c.payment_required(url, V2_PAYMENT_REQUIRED)),
                 Bytes::from(c.v1_body(url, V1_PAYMENT_REQUIRED)),
             ));
         }
@@ -216,7 +223,7 @@ impl Challenge {
 
     /// The unpaid answer (header value, v1 body); pre-rendered when the route has a fixed
     /// `resource`, which is then used whatever `url` is.
-    pub fn unpaid(&self, url: &str) -> (String, Bytes) {
+    pub fn unpaid(&self, url: &str) -> (HeaderValue, Bytes) {
         if let Some((h, b)) = &self.fixed {
             return (h.clone(), b.clone());
         }
@@ -224,7 +231,7 @@ impl Challenge {
             return hit;
         }
         let answer = (
-            self.payment_required(url, V2_PAYMENT_REQUIRED),
+            base64_value(self.payment_required(url, V2_PAYMENT_REQUIRED)),
             Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
         );
         self.rendered.insert(url.into(), answer.clone());

@@ -174,3 +174,32 @@ resource = "https://api.example.com/x"
         serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
     assert_eq!(pr.resource.url, "https://api.example.com/x");
 }
+
+#[test]
+fn rendered_challenges_are_reused_per_url_only() {
+    let t = table(ROUTES);
+    let c = t
+        .lookup(&Method::GET, "/weather/paris")
+        .unwrap()
+        .challenge
+        .as_ref()
+        .unwrap();
+    let url_of = |h: &http::HeaderValue| {
+        let pr: v2::PaymentRequired =
+            serde_json::from_slice(&decode_header(h.as_bytes()).unwrap()).unwrap();
+        pr.resource.url
+    };
+    let (paris, paris_body) = c.unpaid("http://gw/weather/paris");
+    let (again, again_body) = c.unpaid("http://gw/weather/paris");
+    assert_eq!((&paris, &paris_body), (&again, &again_body));
+    let (rome, rome_body) = c.unpaid("http://gw/weather/rome");
+    assert_eq!(url_of(&paris), "http://gw/weather/paris");
+    assert_eq!(url_of(&rome), "http://gw/weather/rome");
+    assert!(std::str::from_utf8(&rome_body)
+        .unwrap()
+        .contains("/weather/rome"));
+    assert_eq!(
+        url_of(&c.unpaid("http://gw/weather/paris").0),
+        "http://gw/weather/paris"
+    );
+}

@@ -31,14 +31,14 @@ pub struct Answer {
     /// Content type of `body`.
     pub content_type: &'static str,
     /// Extra headers.
-    pub headers: Vec<(HeaderName, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The body.
     pub body: Bytes,
 }
 
 impl Answer {
     /// A 402 challenge or rejection: `PAYMENT-REQUIRED` (v2) + v1 JSON body (or HTML).
-    pub fn payment_required(payment_required: String, body: Bytes, html: bool) -> Answer {
+    pub fn payment_required(payment_required: HeaderValue, body: Bytes, html: bool) -> Answer {
         Answer {
             status: 402,
             content_type: if html {
@@ -56,7 +56,7 @@ impl Answer {
         let body = serde_json::json!({"error": e.reason(), "message": e.to_string()}).to_string();
         let mut headers = Vec::new();
         if let Some(s) = e.retry_after() {
-            headers.push((header::RETRY_AFTER, s.to_string()));
+            headers.push((header::RETRY_AFTER, HeaderValue::from(s)));
         }
         Answer {
             status: e.status(),
@@ -68,8 +68,13 @@ impl Answer {
 
     /// Adds a receipt header.
     pub fn with_receipt(mut self, receipt: Option<(HeaderName, String)>) -> Answer {
-        if let Some(r) = receipt {
-            self.headers.push(r);
+        if let Some((name, value)) = receipt {
+            match HeaderValue::try_from(value) {
+                Ok(v) => self.headers.push((name, v)),
+                Err(_) => {
+                    tracing::error!(header = %name, "dropped a receipt that is not a valid header value")
+                }
+            }
         }
         self
     }
@@ -90,14 +95,7 @@ impl Answer {
             h.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS)?;
         }
         for (name, value) in &self.headers {
-            match HeaderValue::from_str(value) {
-                Ok(v) => {
-                    h.append_header(name.clone(), v)?;
-                }
-                Err(_) => {
-                    tracing::error!(header = %name, "dropped a header value that is not valid")
-                }
-            }
+            h.append_header(name.clone(), value.clone())?;
         }
         Ok(h)
     }
