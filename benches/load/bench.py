@@ -103,6 +103,9 @@ SCENARIOS = [
     Scenario("gw_anvil", "x402-gateway paid, embedded facilitator on anvil (real USDC)",
              "gateway", "/paid-before", paid=True, ready_status=402, connections=16,
              embedded=True),
+    Scenario("gw_anvil_local", "x402-gateway paid, embedded facilitator on anvil, local "
+             "verification", "gateway", "/paid-before", paid=True, ready_status=402,
+             connections=16, embedded=True, verification='mode = "local"'),
 ]
 
 
