@@ -414,7 +414,7 @@ impl EmbeddedFacilitator {
         }))
     }
 
-    /// Submits the transfer and waits for its receipt.
+    /// Submits the transfer and waits for its receipt (see [`wait_receipt`]).
     async fn submit(&self, c: &Checked<'_>) -> Result<SettleResponse, FacilitatorError> {
         let a = &c.payload.payload.authorization;
         let payer = Some(a.from.to_checksum(None));
@@ -476,11 +476,7 @@ impl EmbeddedFacilitator {
             }
         };
         let hash: B256 = *pending.tx_hash();
-        match pending
-            .with_timeout(Some(self.receipt_timeout))
-            .get_receipt()
-            .await
-        {
+        match wait_receipt(&c.chain.reader, hash, self.receipt_timeout).await {
             Ok(r) if r.status() => Ok(done(true, None, hash.to_string())),
             Ok(_) => Ok(done(
                 false,
@@ -602,6 +598,33 @@ impl Facilitator for EmbeddedFacilitator {
             }
         }
         Ok(SupportedResponse { kinds })
+    }
+}
+
+/// Polls for a transaction's receipt until `timeout`: 10 ms after sending, doubling up to
+/// 500 ms. A local chain mines at once and answers on the first polls; a real chain's block
+/// time is met within half a second; nothing is polled while no settlement waits (alloy's
+/// block watcher polls every 250 ms even on a local chain, which capped settlements at about
+/// four per second per waiting request).
+async fn wait_receipt(
+    reader: &DynProvider,
+    hash: B256,
+    timeout: Duration,
+) -> Result<alloy::rpc::types::TransactionReceipt, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match reader.get_transaction_receipt(hash).await {
+            Ok(Some(receipt)) => return Ok(receipt),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, tx = %hash, "receipt not readable yet"),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("no receipt within {timeout:?}"));
+        }
+        tokio::time::sleep(delay.min(left)).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 
