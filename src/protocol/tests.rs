@@ -204,3 +204,18 @@ fn parse_uint_edges() {
     }
     assert_eq!(parse_uint(&"9".repeat(79)), None);
 }
+
+#[test]
+fn v2_challenge_without_description_or_mime_type_is_read() {
+    // As x402-axum 2.0.2 sends it when no description is configured.
+    let json = r#"{"x402Version":2,"error":"Payment-Signature header is required","resource":{"url":"http://h/paid"},"accepts":[{"scheme":"exact","network":"eip155:84532","amount":"1000","payTo":"0x90F79bf6EB2c4f870365E785982E1f101E93b906","maxTimeoutSeconds":300,"asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","extra":{"name":"USDC","version":"2"}}]}"#;
+    let r: v2::PaymentRequired = serde_json::from_str(json).unwrap();
+    assert_eq!(r.resource.url, "http://h/paid");
+    assert_eq!(
+        (
+            r.resource.description.as_str(),
+            r.resource.mime_type.as_str()
+        ),
+        ("", "")
+    );
+}

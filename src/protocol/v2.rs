@@ -45,9 +45,12 @@ pub struct PaymentRequirements {
 pub struct ResourceInfo {
     /// The public URL of the protected resource.
     pub url: String,
-    /// Human description.
+    /// Human description (optional in the spec; servers such as x402-axum may omit it, read as
+    /// `""`; the gateway always sends it).
+    #[serde(default)]
     pub description: String,
-    /// MIME type of the resource.
+    /// MIME type of the resource (optional in the spec, as `description`).
+    #[serde(default)]
     pub mime_type: String,
 }
 
