@@ -229,7 +229,9 @@ class Bench:
 
     def start_chain(self) -> str:
         port = PORTS["chain"]
-        out = subprocess.run([str(ROOT / "scripts/chain.sh"), "start", str(port)],
+        # Pinned with the load: the chain is part of the environment, not the system under test.
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, str(ROOT / "scripts/chain.sh"), "start",
+                              str(port)],
                              capture_output=True, text=True, env=dict(os.environ, PAYER_USDC="1000"))
         if out.returncode != 0:
             raise SystemExit(f"chain.sh start failed: {out.stderr}")
