@@ -30,8 +30,11 @@ use tokio_rustls::TlsConnector;
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Idle connections kept.
 const MAX_IDLE: usize = 256;
-/// Idle connections older than this are not reused (servers commonly close after 60–75 s).
-const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+/// Idle connections older than this are not reused, unless the server announced its own idle
+/// timeout (`Keep-Alive: timeout=N`, then N − 1 s). Node's default is 5 s, so a connection that
+/// sat idle longer may be closing as we write to it: a `/settle` lost that way is an unknown
+/// outcome, so stale reuse is avoided rather than retried.
+const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(4);
 
 /// Why a call failed (no HTTP answer).
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +205,7 @@ impl Http1Client {
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
-            if conn.idle_since.elapsed() < MAX_IDLE_AGE && conn.looks_alive() {
+            if conn.idle_since.elapsed() < conn.max_idle && conn.looks_alive() {
                 return Some(conn);
             }
         }
@@ -238,6 +241,7 @@ impl Http1Client {
             io,
             buf: Vec::with_capacity(4096),
             idle_since: Instant::now(),
+            max_idle: DEFAULT_MAX_IDLE,
         })
     }
 }
@@ -251,6 +255,7 @@ struct Conn {
     io: Io,
     buf: Vec<u8>,
     idle_since: Instant,
+    max_idle: Duration,
 }
 
 /// A failed exchange: whether the request was fully written and whether any answer byte came.
@@ -320,7 +325,11 @@ impl Conn {
                     body,
                     consumed,
                     keep_alive,
+                    idle_timeout,
                 }) => {
+                    if let Some(t) = idle_timeout {
+                        self.max_idle = t.saturating_sub(Duration::from_secs(1));
+                    }
                     let reusable = keep_alive && consumed == self.buf.len();
                     return Ok(((status, body), reusable));
                 }
@@ -355,6 +364,8 @@ enum Parsed {
         body: Bytes,
         consumed: usize,
         keep_alive: bool,
+        /// The server's announced idle timeout (`Keep-Alive: timeout=N`).
+        idle_timeout: Option<Duration>,
     },
 }
 
@@ -383,6 +394,7 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
         }
         let mut framing = Framing::Close;
         let mut keep_alive = resp.version == Some(1);
+        let mut idle_timeout = None;
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 let n = std::str::from_utf8(h.value)
@@ -399,6 +411,13 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
                 if contains_token(h.value, b"chunked") {
                     framing = Framing::Chunked;
                 }
+            } else if h.name.eq_ignore_ascii_case("keep-alive") {
+                idle_timeout = std::str::from_utf8(h.value).ok().and_then(|v| {
+                    v.split(',')
+                        .find_map(|p| p.trim().strip_prefix("timeout="))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                });
             } else if h.name.eq_ignore_ascii_case("connection") {
                 if contains_token(h.value, b"close") {
                     keep_alive = false;
@@ -408,12 +427,16 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
             }
         }
         let body_start = start + head_len;
+        if matches!(status, 204 | 304) {
+            framing = Framing::Length(0);
+        }
         return match framing {
             Framing::Length(n) if buf.len() >= body_start + n => Ok(Parsed::Complete {
                 status,
                 body: Bytes::copy_from_slice(&buf[body_start..body_start + n]),
                 consumed: body_start + n,
                 keep_alive,
+                idle_timeout,
             }),
             Framing::Length(_) | Framing::Close => Ok(Parsed::Partial),
             Framing::Chunked => match dechunk(&buf[body_start..])? {
@@ -422,6 +445,7 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
                     body,
                     consumed: body_start + used,
                     keep_alive,
+                    idle_timeout,
                 }),
                 None => Ok(Parsed::Partial),
             },

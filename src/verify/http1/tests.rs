@@ -9,6 +9,7 @@ fn complete(buf: &[u8]) -> (u16, Bytes, usize, bool) {
             body,
             consumed,
             keep_alive,
+            ..
         } => (status, body, consumed, keep_alive),
         Parsed::Partial => panic!("partial"),
     }
@@ -26,8 +27,27 @@ fn content_length_answers() {
     }
     let close = b"HTTP/1.1 400 Bad\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}";
     assert!(!complete(close).3);
+    let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+    assert_eq!(complete(empty), (204, Bytes::new(), empty.len(), true));
     let old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}";
     assert!(!complete(old).3, "HTTP/1.0 closes unless asked");
+}
+
+#[test]
+fn announced_idle_timeouts_are_read() {
+    let a = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(
+        parse_response(a).unwrap(),
+        Parsed::Complete { idle_timeout: Some(t), .. } if t == Duration::from_secs(5)
+    ));
+    let b = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(
+        parse_response(b).unwrap(),
+        Parsed::Complete {
+            idle_timeout: None,
+            ..
+        }
+    ));
 }
 
 #[test]
