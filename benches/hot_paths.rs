@@ -1,5 +1,5 @@
 //! Microbenchmarks of the per-request work: route lookup on a 1,000-route table, 402
-//! rendering, payment header decode, local verification (decode + EIP-712 hash + recovery),
+//! rendering (and the per-URL reuse of a rendered 402), payment header decode, local verification (decode + EIP-712 hash + recovery),
 //! replay-guard check and verdict-cache hit.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -50,6 +50,15 @@ fn benches(c: &mut Criterion) {
     let route = table.lookup(&Method::GET, "/api/v5/item999/x").unwrap();
     let challenge = route.challenge.as_ref().unwrap();
     c.bench_function("render_402_v1_and_v2", |b| {
+        b.iter(|| {
+            let url = black_box("http://127.0.0.1:8402/api/v5/item999/x");
+            (
+                challenge.payment_required(url, "Payment required"),
+                challenge.v1_body(url, "X-PAYMENT header is required"),
+            )
+        })
+    });
+    c.bench_function("402_rendered_once_per_url_hit", |b| {
         b.iter(|| challenge.unpaid(black_box("http://127.0.0.1:8402/api/v5/item999/x")))
     });
 
