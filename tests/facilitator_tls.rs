@@ -141,6 +141,7 @@ async fn tls_facilitator(dir: &Path) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>
                         }
                     }
                     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let close = buf[head_end..head_end + len].starts_with(b"\"close\"");
                     buf.drain(..head_end + len);
                     r.fetch_add(1, Ordering::SeqCst);
                     let body = if head.starts_with("POST /facilitator/verify ") {
@@ -156,6 +157,11 @@ async fn tls_facilitator(dir: &Path) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>
                         body.len()
                     );
                     if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        // An idle close as servers do it: close_notify, then FIN.
+                        let _ = tls.shutdown().await;
                         return;
                     }
                 }
@@ -203,9 +209,21 @@ async fn over_https(dir: &Path) {
         "one TLS connection, kept alive"
     );
 
+    // The server closes the connection after answering: the next call (a settle, which is
+    // never re-sent) must not go out on the closed connection.
+    assert!(client.verify("\"close\"").await.unwrap().is_valid);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(client.settle("{}").await.unwrap().is_success());
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "a new connection after the close"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 8);
+
     // A certificate that does not name the host is refused before anything is sent.
     let other = format!("https://127.0.0.1:{port}/facilitator");
     let client = FacilitatorClient::new(&other, &config.facilitator).unwrap();
     assert!(client.settle("{}").await.is_err());
-    assert_eq!(requests.load(Ordering::SeqCst), 6);
+    assert_eq!(requests.load(Ordering::SeqCst), 8);
 }

@@ -104,7 +104,7 @@ pub struct Challenge {
     /// Pre-rendered answer for routes with a fixed `resource`: (header value, v1 body).
     fixed: Option<(HeaderValue, Bytes)>,
     /// Answers rendered per URL, reused by later requests for the same URL.
-    rendered: moka::sync::Cache<Box<str>, (HeaderValue, Bytes)>,
+    pub(crate) rendered: moka::sync::Cache<Box<str>, (HeaderValue, Bytes)>,
 }
 
 /// A header value from base64 text (always valid: base64 is visible ASCII), prepared once so
@@ -113,8 +113,17 @@ pub fn base64_value(text: String) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// URLs whose rendered challenge is kept, per route.
-const RENDERED_PER_ROUTE: u64 = 4096;
+/// Bytes of rendered challenges kept per route (URL + header + body; about 300 answers of a
+/// typical size). The URL comes from the client, so the cache is bounded by size, not count.
+const RENDERED_BYTES_PER_ROUTE: u64 = 512 * 1024;
+/// The size of one kept answer.
+#[allow(clippy::borrowed_box)] // moka's weigher signature takes the key by reference
+fn weigh_rendered(url: &Box<str>, (h, b): &(HeaderValue, Bytes)) -> u32 {
+    u32::try_from(url.len() + h.len() + b.len()).unwrap_or(u32::MAX)
+}
+
+/// Longer URLs are rendered every time, never kept.
+const MAX_CACHED_URL: usize = 1024;
 
 fn v2_requirements(o: &PaymentOption) -> v2::PaymentRequirements {
     v2::PaymentRequirements {
@@ -200,7 +209,10 @@ impl Challenge {
             v1,
             options,
             fixed: None,
-            rendered: moka::sync::Cache::new(RENDERED_PER_ROUTE),
+            rendered: moka::sync::Cache::builder()
+                .weigher(weigh_rendered)
+                .max_capacity(RENDERED_BYTES_PER_ROUTE)
+                .build(),
         };
         if let Some(url) = &route.resource {
             c.fixed = Some((
@@ -234,7 +246,9 @@ impl Challenge {
             base64_value(self.payment_required(url, V2_PAYMENT_REQUIRED)),
             Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
         );
-        self.rendered.insert(url.into(), answer.clone());
+        if url.len() <= MAX_CACHED_URL {
+            self.rendered.insert(url.into(), answer.clone());
+        }
         answer
     }
 

@@ -203,3 +203,24 @@ fn rendered_challenges_are_reused_per_url_only() {
         "http://gw/weather/paris"
     );
 }
+
+#[test]
+fn long_urls_are_rendered_but_never_kept() {
+    let t = table(ROUTES);
+    let c = t
+        .lookup(&Method::GET, "/weather/paris")
+        .unwrap()
+        .challenge
+        .as_ref()
+        .unwrap();
+    let long = format!("http://gw/weather/paris?q={}", "a".repeat(4096));
+    let (h, _) = c.unpaid(&long);
+    let pr: v2::PaymentRequired =
+        serde_json::from_slice(&decode_header(h.as_bytes()).unwrap()).unwrap();
+    assert_eq!(pr.resource.url, long);
+    c.rendered.run_pending_tasks();
+    assert_eq!(c.rendered.entry_count(), 0);
+    let _ = c.unpaid("http://gw/weather/paris");
+    c.rendered.run_pending_tasks();
+    assert_eq!(c.rendered.entry_count(), 1);
+}

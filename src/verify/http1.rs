@@ -16,11 +16,11 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -204,7 +204,7 @@ impl Http1Client {
 
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop() {
             if conn.idle_since.elapsed() < conn.max_idle && conn.looks_alive() {
                 return Some(conn);
             }
@@ -266,19 +266,19 @@ struct Failure {
 }
 
 impl Conn {
-    /// False when the peer has closed (or, for plain TCP, sent something unasked).
-    fn looks_alive(&self) -> bool {
-        let (tcp, tls) = match &self.io {
-            Io::Plain(t) => (t, false),
-            Io::Tls(t) => (t.get_ref().0, true),
-        };
+    /// False when the peer has closed or sent something unasked. Plain TCP is peeked; a TLS
+    /// stream is read without waiting, so the TLS layer consumes what is pending (session
+    /// tickets; a `close_notify` then reads as end of stream).
+    fn looks_alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
-        match tcp.poll_peek(&mut Context::from_waker(Waker::noop()), &mut buf) {
-            Poll::Pending => true,
-            // TLS may deliver session tickets after the handshake: the TLS layer reads them.
-            Poll::Ready(Ok(n)) => n > 0 && tls,
-            Poll::Ready(Err(_)) => false,
+        match &mut self.io {
+            Io::Plain(tcp) => tcp.poll_peek(&mut cx, &mut buf).is_pending(),
+            // Anything ready (end of stream, an error, an unasked answer byte) means dead.
+            Io::Tls(tls) => std::pin::Pin::new(tls.as_mut())
+                .poll_read(&mut cx, &mut buf)
+                .is_pending(),
         }
     }
 
@@ -454,11 +454,19 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
 }
 
 /// At end of stream, an answer framed by the close is complete.
-fn parse_response_at_eof(buf: &[u8]) -> Option<(u16, Bytes)> {
+fn parse_response_at_eof(mut buf: &[u8]) -> Option<(u16, Bytes)> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) else {
-        return None;
+    let head_len = loop {
+        let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) else {
+            return None;
+        };
+        if !(100..200).contains(&resp.code.unwrap_or(0)) {
+            break head_len;
+        }
+        // Skip an interim answer.
+        buf = &buf[head_len..];
+        resp = httparse::Response::new(&mut headers);
     };
     let framed = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("content-length")
@@ -491,7 +499,7 @@ fn dechunk(mut data: &[u8]) -> Result<Option<(Bytes, usize)>, TransportError> {
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| TransportError::Protocol("bad chunk size"))?;
-        if body.len() + size > MAX_RESPONSE_BYTES {
+        if size > MAX_RESPONSE_BYTES - body.len() {
             return Err(TransportError::Protocol("answer too large"));
         }
         data = &data[line_end + 2..];

@@ -70,6 +70,15 @@ fn chunked_answers_and_interim_answers() {
 }
 
 #[test]
+fn hostile_chunk_sizes_are_errors_not_panics() {
+    for size in ["ffffffffffffffff", "fffffffffffffffe", "100001"] {
+        let a =
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n{size}\r\nabc");
+        assert!(parse_response(a.as_bytes()).is_err(), "{size}");
+    }
+}
+
+#[test]
 fn bad_and_oversized_answers_are_errors() {
     assert!(parse_response(b"garbage\r\n\r\n").is_err());
     assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
@@ -84,6 +93,11 @@ fn bad_and_oversized_answers_are_errors() {
     assert_eq!(
         parse_response_at_eof(a),
         Some((200, Bytes::from_static(b"{\"isValid\":true}")))
+    );
+    assert_eq!(
+        parse_response_at_eof(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n{}"),
+        Some((200, Bytes::from_static(b"{}"))),
+        "an interim answer is skipped"
     );
     assert_eq!(
         parse_response_at_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}"),
