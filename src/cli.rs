@@ -54,28 +54,7 @@ pub(crate) enum Command {
     ///
     /// The response body goes to stdout, everything else to stderr. Exits 0 when the final
     /// answer is 2xx.
-    Pay {
-        /// Name of the environment variable holding the payer's private key.
-        #[arg(long, default_value = "X402_PAYER_KEY")]
-        key: String,
-        /// Refuse to pay more than this: "$0.10", "0.10 USDC", or atomic units "100000".
-        #[arg(long, default_value = "$0.10")]
-        max: String,
-        /// HTTP method.
-        #[arg(short = 'X', long, default_value = "GET")]
-        method: String,
-        /// Request header "Name: value" (repeatable).
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
-        /// Request body.
-        #[arg(short = 'd', long)]
-        data: Option<String>,
-        /// Pay with protocol version 1 (X-PAYMENT, the JSON body challenge) instead of 2.
-        #[arg(long)]
-        v1: bool,
-        /// The URL to request.
-        url: String,
-    },
+    Pay(crate::pay_cmd::PayArgs),
     /// Serve a small sample JSON API (GET /weather/{city}, GET /health) that knows nothing of
     /// payments: the upstream of the demo.
     SampleApi {

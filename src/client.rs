@@ -103,12 +103,9 @@ pub fn sign_v2(
     now: u64,
     nonce: B256,
 ) -> Result<String, SignError> {
-    let r = required
-        .accepts
-        .get(index)
-        .ok_or(SignError::Field("accepts"))?;
+    let r = v2_option(required, index)?;
     let window = Window::reference(now, r.max_timeout_seconds);
-    sign_v2_in_window(signer, required, index, window, nonce)
+    sign_v2_option(signer, required, r, window, nonce)
 }
 
 /// Like [`sign_v2`] with an explicit validity window (load generators pre-sign headers that
@@ -123,10 +120,26 @@ pub fn sign_v2_in_window(
     window: Window,
     nonce: B256,
 ) -> Result<String, SignError> {
-    let r = required
+    sign_v2_option(signer, required, v2_option(required, index)?, window, nonce)
+}
+
+fn v2_option(
+    required: &v2::PaymentRequired,
+    index: usize,
+) -> Result<&v2::PaymentRequirements, SignError> {
+    required
         .accepts
         .get(index)
-        .ok_or(SignError::Field("accepts"))?;
+        .ok_or(SignError::Field("accepts"))
+}
+
+fn sign_v2_option(
+    signer: &PrivateKeySigner,
+    required: &v2::PaymentRequired,
+    r: &v2::PaymentRequirements,
+    window: Window,
+    nonce: B256,
+) -> Result<String, SignError> {
     let s = sign(
         signer, &r.network, &r.asset, &r.pay_to, &r.amount, &r.extra, window, nonce,
     )?;

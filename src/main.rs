@@ -25,33 +25,14 @@ fn main() -> ExitCode {
         cli::Command::Check { config } => check(&config),
         cli::Command::Run { config, listen } => run(&config, listen),
         cli::Command::Facilitator { config, listen } => facilitator(&config, listen),
-        cli::Command::Pay {
-            key,
-            max,
-            method,
-            headers,
-            data,
-            v1,
-            url,
-        } => {
-            let args = pay_cmd::PayArgs {
-                key_env: key,
-                max,
-                method,
-                headers,
-                data,
-                v1,
-                url,
-            };
-            match runtime().map(|rt| rt.block_on(pay_cmd::run(args))) {
-                Ok(Ok(true)) => ExitCode::SUCCESS,
-                Ok(Ok(false)) => ExitCode::FAILURE,
-                Ok(Err(e)) | Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+        cli::Command::Pay(args) => match runtime().map(|rt| rt.block_on(pay_cmd::run(args))) {
+            Ok(Ok(true)) => ExitCode::SUCCESS,
+            Ok(Ok(false)) => ExitCode::FAILURE,
+            Ok(Err(e)) | Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         cli::Command::SampleApi { listen } => {
             let mut server = new_server(1, &listen);
             server::add_sample_api_service(&mut server, &listen);

@@ -8,14 +8,28 @@ use x402_gateway::config::{assets, money};
 use x402_gateway::protocol::{self, v1, v2, Network};
 use x402_gateway::{client, verify};
 
-/// What to request and how much may be paid.
+/// What to request and how much may be paid (the `pay` command's arguments).
+#[derive(clap::Args, Debug)]
 pub(crate) struct PayArgs {
+    /// Name of the environment variable holding the payer's private key.
+    #[arg(long = "key", default_value = "X402_PAYER_KEY")]
     pub(crate) key_env: String,
+    /// Refuse to pay more than this: "$0.10", "0.10 USDC", or atomic units "100000".
+    #[arg(long, default_value = "$0.10")]
     pub(crate) max: String,
+    /// HTTP method.
+    #[arg(short = 'X', long, default_value = "GET")]
     pub(crate) method: String,
+    /// Request header "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
     pub(crate) headers: Vec<String>,
+    /// Request body.
+    #[arg(short = 'd', long)]
     pub(crate) data: Option<String>,
+    /// Pay with protocol version 1 (X-PAYMENT, the JSON body challenge) instead of 2.
+    #[arg(long)]
     pub(crate) v1: bool,
+    /// The URL to request.
     pub(crate) url: String,
 }
 

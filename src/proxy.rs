@@ -32,7 +32,6 @@ use pingora::{Error, Result};
 
 use crate::config::{Config, SettlementMode};
 use crate::error::GatewayError;
-use crate::pricing::challenge::base64_value;
 use crate::pricing::{PriceTable, PricedRoute};
 use crate::protocol::{PAYMENT_SIGNATURE, SETTLEMENT_OVERRIDES, X_PAYMENT};
 use crate::settle::{Payment, PaymentState, Settler};
@@ -130,7 +129,7 @@ impl Gateway {
             Some(e) => {
                 let text = e.challenge_error();
                 (
-                    base64_value(challenge.payment_required(url, &text)),
+                    challenge.payment_required(url, &text),
                     Bytes::from(challenge.v1_body(url, &text)),
                 )
             }
@@ -431,7 +430,7 @@ impl Gateway {
             Some(c) => {
                 let text = e.challenge_error();
                 Answer::payment_required(
-                    base64_value(c.payment_required(&ctx.resource_url, &text)),
+                    c.payment_required(&ctx.resource_url, &text),
                     Bytes::from(c.v1_body(&ctx.resource_url, &text)),
                     false,
                 )

@@ -246,22 +246,18 @@ class Bench:
                            capture_output=True)
 
     # --- systems under test ----------------------------------------------------------------
-    def start_system(self, s: Scenario) -> tuple[Proc, int]:
+    def start_system(self, s: Scenario, port: int) -> Proc:
         name = f"sut-{s.key}"
         if s.system == "upstream":
-            port = PORTS["upstream_sut"]
-            return self.nginx(name, "upstream.conf", SUT_CPU, PORT=port), port
+            return self.nginx(name, "upstream.conf", SUT_CPU, PORT=port)
         if s.system == "nginx":
-            port = PORTS["nginx"]
             return self.nginx(name, "proxy.conf", SUT_CPU, PORT=port,
-                              UPSTREAM_PORT=PORTS["upstream"]), port
+                              UPSTREAM_PORT=PORTS["upstream"])
         if s.system == "pingora":
-            port = PORTS["pingora"]
             binary = target_dir() / "release/examples/bare_pingora"
             return Proc(name, [str(binary), f"127.0.0.1:{port}",
-                               f"127.0.0.1:{PORTS['upstream']}"], SUT_CPU), port
+                               f"127.0.0.1:{PORTS['upstream']}"], SUT_CPU)
         if s.system == "gateway":
-            port = PORTS["gateway"]
             env = {}
             if s.embedded:
                 rpc = self.start_chain()
@@ -274,22 +270,20 @@ class Bench:
                           UPSTREAM_PORT=PORTS["upstream"], FACILITATOR=facilitator,
                           VERIFICATION=s.verification)
             binary = target_dir() / "release/x402-gateway"
-            return Proc(name, [str(binary), "run", "--config", str(conf)], SUT_CPU, env), port
+            return Proc(name, [str(binary), "run", "--config", str(conf)], SUT_CPU, env)
         if s.system == "axum":
-            port = PORTS["axum"]
             binary = target_dir() / "axum-peer/release/x402-axum-peer"
             env = {"LISTEN": f"127.0.0.1:{port}",
                    "UPSTREAM_URL": f"http://127.0.0.1:{PORTS['upstream']}",
                    "FACILITATOR_URL": f"http://127.0.0.1:{PORTS['facilitator']}",
                    "THREADS": "1"}
-            return Proc(name, [str(binary)], SUT_CPU, env), port
+            return Proc(name, [str(binary)], SUT_CPU, env)
         if s.system == "express":
-            port = PORTS["express"]
             env = {"LISTEN_PORT": str(port), "NODE_ENV": "production",
                    "UPSTREAM_URL": f"http://127.0.0.1:{PORTS['upstream']}",
                    "FACILITATOR_URL": f"http://127.0.0.1:{PORTS['facilitator']}"}
             return Proc(name, ["node", "server.mjs"], SUT_CPU, env,
-                        cwd=HERE / "peers/express"), port
+                        cwd=HERE / "peers/express")
         raise SystemExit(f"unknown system {s.system}")
 
     # --- payment headers -------------------------------------------------------------------
@@ -342,10 +336,10 @@ class Bench:
             stdout=subprocess.DEVNULL, stderr=open(WORK / "perf.log", "ab"))
 
     def run_scenario(self, s: Scenario) -> dict:
-        port = {"upstream": PORTS["upstream_sut"]}.get(s.system, PORTS.get(s.system, 0))
+        port = PORTS["upstream_sut" if s.system == "upstream" else s.system]
         if not port_free(port):
             raise SystemExit(f"port {port} is in use (needed for {s.key})")
-        proc, port = self.start_system(s)
+        proc = self.start_system(s, port)
         try:
             headers = wait_http(proc, port, s.path, s.ready_status)
             header_file, offset = None, 0

@@ -107,9 +107,9 @@ pub struct Challenge {
     pub(crate) rendered: moka::sync::Cache<Box<str>, (HeaderValue, Bytes)>,
 }
 
-/// A header value from base64 text (always valid: base64 is visible ASCII), prepared once so
-/// every answer reuses it without copying or re-validating.
-pub fn base64_value(text: String) -> HeaderValue {
+/// A header value from base64 text (always valid: base64 is visible ASCII), built without a
+/// copy so kept answers are reused without copying or re-validating.
+fn base64_value(text: String) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -216,7 +216,7 @@ impl Challenge {
         };
         if let Some(url) = &route.resource {
             c.fixed = Some((
-                base64_value(c.payment_required(url, V2_PAYMENT_REQUIRED)),
+                c.payment_required(url, V2_PAYMENT_REQUIRED),
                 Bytes::from(c.v1_body(url, V1_PAYMENT_REQUIRED)),
             ));
         }
@@ -224,8 +224,10 @@ impl Challenge {
     }
 
     /// `PAYMENT-REQUIRED` header value (base64 JSON) for a resource URL and error text.
-    pub fn payment_required(&self, url: &str, error: &str) -> String {
-        protocol::encode_header(self.v2.render(url, error).as_bytes())
+    pub fn payment_required(&self, url: &str, error: &str) -> HeaderValue {
+        base64_value(protocol::encode_header(
+            self.v2.render(url, error).as_bytes(),
+        ))
     }
 
     /// The v1 JSON body.
@@ -243,7 +245,7 @@ impl Challenge {
             return hit;
         }
         let answer = (
-            base64_value(self.payment_required(url, V2_PAYMENT_REQUIRED)),
+            self.payment_required(url, V2_PAYMENT_REQUIRED),
             Bytes::from(self.v1_body(url, V1_PAYMENT_REQUIRED)),
         );
         if url.len() <= MAX_CACHED_URL {

@@ -40,6 +40,20 @@ fn idx(t: &PriceTable, m: &Method, target: &str) -> Option<usize> {
     t.lookup(m, target).map(|r| r.rule.index)
 }
 
+/// The challenge of the `/weather/*` route.
+fn weather_challenge(t: &PriceTable) -> &challenge::Challenge {
+    t.lookup(&Method::GET, "/weather/paris")
+        .unwrap()
+        .challenge
+        .as_ref()
+        .unwrap()
+}
+
+/// The v2 challenge in a `PAYMENT-REQUIRED` value.
+fn required(h: &http::HeaderValue) -> v2::PaymentRequired {
+    serde_json::from_slice(&decode_header(h.as_bytes()).unwrap()).unwrap()
+}
+
 #[test]
 fn lookup_matches_normalised_paths() {
     let t = table(ROUTES);
@@ -89,12 +103,10 @@ price = "free"
 #[test]
 fn challenge_renders_valid_v1_and_v2() {
     let t = table(ROUTES);
-    let r = t.lookup(&Method::GET, "/weather/paris").unwrap();
-    let c = r.challenge.as_ref().unwrap();
+    let c = weather_challenge(&t);
     let url = "http://gw.example/weather/paris?q=\"x\"";
     let (header, body) = c.unpaid(url);
-    let pr: v2::PaymentRequired =
-        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr = required(&header);
     assert_eq!(pr.x402_version, 2);
     assert_eq!(pr.resource.url, url);
     assert_eq!(pr.error.as_deref(), Some("Payment required"));
@@ -144,8 +156,7 @@ path = "/x"
         .as_ref()
         .unwrap();
     let (header, body) = c.unpaid("http://h/x");
-    let pr: v2::PaymentRequired =
-        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr = required(&header);
     assert_eq!(pr.accepts.len(), 2);
     let b: v1::PaymentRequirementsResponse = serde_json::from_slice(&body).unwrap();
     assert_eq!(b.accepts.len(), 1);
@@ -170,36 +181,27 @@ resource = "https://api.example.com/x"
         .as_ref()
         .unwrap();
     let (header, _) = c.unpaid("http://ignored/x");
-    let pr: v2::PaymentRequired =
-        serde_json::from_slice(&decode_header(header.as_bytes()).unwrap()).unwrap();
+    let pr = required(&header);
     assert_eq!(pr.resource.url, "https://api.example.com/x");
 }
 
 #[test]
 fn rendered_challenges_are_reused_per_url_only() {
     let t = table(ROUTES);
-    let c = t
-        .lookup(&Method::GET, "/weather/paris")
-        .unwrap()
-        .challenge
-        .as_ref()
-        .unwrap();
-    let url_of = |h: &http::HeaderValue| {
-        let pr: v2::PaymentRequired =
-            serde_json::from_slice(&decode_header(h.as_bytes()).unwrap()).unwrap();
-        pr.resource.url
-    };
+    let c = weather_challenge(&t);
     let (paris, paris_body) = c.unpaid("http://gw/weather/paris");
     let (again, again_body) = c.unpaid("http://gw/weather/paris");
     assert_eq!((&paris, &paris_body), (&again, &again_body));
     let (rome, rome_body) = c.unpaid("http://gw/weather/rome");
-    assert_eq!(url_of(&paris), "http://gw/weather/paris");
-    assert_eq!(url_of(&rome), "http://gw/weather/rome");
+    assert_eq!(required(&paris).resource.url, "http://gw/weather/paris");
+    assert_eq!(required(&rome).resource.url, "http://gw/weather/rome");
     assert!(std::str::from_utf8(&rome_body)
         .unwrap()
         .contains("/weather/rome"));
     assert_eq!(
-        url_of(&c.unpaid("http://gw/weather/paris").0),
+        required(&c.unpaid("http://gw/weather/paris").0)
+            .resource
+            .url,
         "http://gw/weather/paris"
     );
 }
@@ -207,16 +209,10 @@ fn rendered_challenges_are_reused_per_url_only() {
 #[test]
 fn long_urls_are_rendered_but_never_kept() {
     let t = table(ROUTES);
-    let c = t
-        .lookup(&Method::GET, "/weather/paris")
-        .unwrap()
-        .challenge
-        .as_ref()
-        .unwrap();
+    let c = weather_challenge(&t);
     let long = format!("http://gw/weather/paris?q={}", "a".repeat(4096));
     let (h, _) = c.unpaid(&long);
-    let pr: v2::PaymentRequired =
-        serde_json::from_slice(&decode_header(h.as_bytes()).unwrap()).unwrap();
+    let pr = required(&h);
     assert_eq!(pr.resource.url, long);
     c.rendered.run_pending_tasks();
     assert_eq!(c.rendered.entry_count(), 0);

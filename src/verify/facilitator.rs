@@ -117,11 +117,15 @@ impl FacilitatorClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let (verify, settle) = (
+            hot.endpoint("/verify", &raw_headers, true),
+            hot.endpoint("/settle", &raw_headers, false),
+        );
         Ok(FacilitatorClient {
             http,
             hot,
-            verify: Http1Client::endpoint(url, "/verify", &raw_headers, true),
-            settle: Http1Client::endpoint(url, "/settle", &raw_headers, false),
+            verify,
+            settle,
             verify_url: format!("{url}/verify"),
             settle_url: format!("{url}/settle"),
             supported_url: format!("{url}/supported"),
@@ -141,22 +145,10 @@ impl FacilitatorClient {
             let status = resp.status().as_u16();
             Ok::<_, reqwest::Error>((status, resp.bytes().await?))
         };
-        match tokio::time::timeout(timeout, send).await {
-            Err(_) => Err(FacilitatorError::Timeout {
-                url: url.to_owned(),
-                timeout,
-            }),
-            Ok(Err(e)) if e.is_timeout() => Err(FacilitatorError::Timeout {
-                url: url.to_owned(),
-                timeout,
-            }),
-            Ok(Err(source)) => Err(FacilitatorError::Unreachable {
-                url: url.to_owned(),
-                connect: source.is_connect(),
-                source: Box::new(source),
-            }),
-            Ok(Ok(r)) => Ok(r),
-        }
+        bounded(url, timeout, send, |e: &reqwest::Error| {
+            (e.is_timeout(), e.is_connect())
+        })
+        .await
     }
 
     async fn post(
@@ -166,18 +158,36 @@ impl FacilitatorClient {
         body: &str,
         timeout: Duration,
     ) -> Result<(u16, bytes::Bytes), FacilitatorError> {
-        match tokio::time::timeout(timeout, self.hot.post(endpoint, body)).await {
-            Err(_) => Err(FacilitatorError::Timeout {
+        bounded(url, timeout, self.hot.post(endpoint, body), |e| {
+            (false, e.is_connect())
+        })
+        .await
+    }
+}
+
+/// Runs one facilitator call within `timeout`; `classify` says whether a transport error is a
+/// timeout and whether it happened before connecting.
+async fn bounded<T, E: std::error::Error + Send + Sync + 'static>(
+    url: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    classify: impl FnOnce(&E) -> (bool, bool),
+) -> Result<T, FacilitatorError> {
+    let timed_out = || FacilitatorError::Timeout {
+        url: url.to_owned(),
+        timeout,
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => match classify(&e) {
+            (true, _) => Err(timed_out()),
+            (false, connect) => Err(FacilitatorError::Unreachable {
                 url: url.to_owned(),
-                timeout,
+                connect,
+                source: Box::new(e),
             }),
-            Ok(Err(source)) => Err(FacilitatorError::Unreachable {
-                url: url.to_owned(),
-                connect: source.is_connect(),
-                source: Box::new(source),
-            }),
-            Ok(Ok(r)) => Ok(r),
-        }
+        },
     }
 }
 

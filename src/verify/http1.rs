@@ -83,6 +83,10 @@ pub struct Endpoint {
 /// The client: one per facilitator, shared by all requests.
 pub struct Http1Client {
     target: Target,
+    /// The base URL's path, without a trailing `/`.
+    path_prefix: String,
+    /// The `Host` header value.
+    authority: String,
     connect_timeout: Duration,
     idle: Mutex<Vec<Conn>>,
 }
@@ -120,6 +124,10 @@ impl Http1Client {
             None
         };
         Ok(Http1Client {
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+            authority: uri
+                .authority()
+                .map_or(String::new(), |a| a.as_str().to_owned()),
             target: Target { host, port, tls },
             connect_timeout,
             idle: Mutex::new(Vec::new()),
@@ -127,21 +135,8 @@ impl Http1Client {
     }
 
     /// Prepares `POST {base path}{path}` with `headers` (name, value) on every call.
-    pub fn endpoint(
-        base: &str,
-        path: &str,
-        headers: &[(String, String)],
-        idempotent: bool,
-    ) -> Endpoint {
-        let uri: Option<http::Uri> = base.parse().ok();
-        let prefix = uri
-            .as_ref()
-            .map_or("", |u| u.path().trim_end_matches('/'))
-            .to_owned();
-        let authority = uri
-            .as_ref()
-            .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
-            .unwrap_or_default();
+    pub fn endpoint(&self, path: &str, headers: &[(String, String)], idempotent: bool) -> Endpoint {
+        let (prefix, authority) = (&self.path_prefix, &self.authority);
         let mut head = format!(
             "POST {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nAccept: application/json\r\nUser-Agent: x402-gateway/{}\r\n",
             env!("CARGO_PKG_VERSION")

@@ -108,8 +108,12 @@ fn bad_and_oversized_answers_are_errors() {
 
 #[test]
 fn endpoint_heads() {
-    let e = Http1Client::endpoint(
+    let client = Http1Client::new(
         "https://x402.example.com/api/facilitator",
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let e = client.endpoint(
         "/settle",
         &[("authorization".to_owned(), "Bearer t".to_owned())],
         false,
@@ -178,7 +182,7 @@ const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
 async fn reuses_connections_and_replaces_closed_ones() {
     let (url, task) = server(vec![(OK, false), (OK, true), (OK, false), (OK, false)]).await;
     let client = Http1Client::new(&url, Duration::from_secs(1)).unwrap();
-    let verify = Http1Client::endpoint(&url, "/verify", &[], true);
+    let verify = client.endpoint("/verify", &[], true);
     for i in 0..4 {
         let (status, body) = client
             .post(&verify, &format!("{{\"n\":{i}}}"))
@@ -212,7 +216,7 @@ async fn a_lost_settle_answer_is_an_error_never_a_resend() {
         n
     });
     let client = Http1Client::new(&url, Duration::from_secs(1)).unwrap();
-    let settle = Http1Client::endpoint(&url, "/settle", &[], false);
+    let settle = client.endpoint("/settle", &[], false);
     let err = client.post(&settle, "{}").await.unwrap_err();
     assert!(!err.is_connect());
     assert_eq!(accepted.await.unwrap(), 1, "the settle was sent once");
@@ -227,7 +231,7 @@ async fn refused_connections_are_connect_errors() {
     let url = format!("http://127.0.0.1:{port}");
     let client = Http1Client::new(&url, Duration::from_secs(1)).unwrap();
     let e = client
-        .post(&Http1Client::endpoint(&url, "/settle", &[], false), "{}")
+        .post(&client.endpoint("/settle", &[], false), "{}")
         .await
         .unwrap_err();
     assert!(e.is_connect(), "{e}");
