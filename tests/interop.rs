@@ -363,19 +363,27 @@ async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
     }
 }
 
-/// A signed v2 payment for `required.accepts[0]` as a facilitator request body.
-fn facilitator_body(
+/// A fresh signed v2 payment for `required.accepts[0]`.
+fn sign_fresh(
     signer: &alloy::signers::local::PrivateKeySigner,
     required: &x402_gateway::protocol::v2::PaymentRequired,
 ) -> String {
-    let p = x402_gateway::client::sign_v2(
+    x402_gateway::client::sign_v2(
         signer,
         required,
         0,
         now(),
         x402_gateway::client::random_nonce(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A signed v2 payment for `required.accepts[0]` as a facilitator request body.
+fn facilitator_body(
+    signer: &alloy::signers::local::PrivateKeySigner,
+    required: &x402_gateway::protocol::v2::PaymentRequired,
+) -> String {
+    let p = sign_fresh(signer, required);
     let payload = x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
     format!(
         r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
@@ -400,14 +408,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .await
         .unwrap();
     let required = decode_required(&resp);
-    let payment = x402_gateway::client::sign_v2(
-        &payer(),
-        &required,
-        0,
-        now(),
-        x402_gateway::client::random_nonce(),
-    )
-    .unwrap();
+    let payment = sign_fresh(&payer(), &required);
     let first = http()
         .get(format!("{base}/paid/replay"))
         .header("payment-signature", &payment)
@@ -488,14 +489,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     // A payer without balance gets an insufficient-balance 402, and nothing reaches the upstream.
     let broke = alloy::signers::local::PrivateKeySigner::random();
     let before = env.upstream.count();
-    let p = x402_gateway::client::sign_v2(
-        &broke,
-        &required,
-        0,
-        now(),
-        x402_gateway::client::random_nonce(),
-    )
-    .unwrap();
+    let p = sign_fresh(&broke, &required);
     let resp = http()
         .get(format!("{base}/paid/replay"))
         .header("payment-signature", p)
@@ -518,14 +512,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .send()
         .await
         .unwrap();
-    let p = x402_gateway::client::sign_v2(
-        &mover,
-        &decode_required(&resp),
-        0,
-        now(),
-        x402_gateway::client::random_nonce(),
-    )
-    .unwrap();
+    let p = sign_fresh(&mover, &decode_required(&resp));
     let payee0 = env.balance(PAYEE).await;
     let request = tokio::spawn(
         http()
@@ -628,14 +615,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     .await;
     let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
     let broke = alloy::signers::local::PrivateKeySigner::random();
-    let p = x402_gateway::client::sign_v2(
-        &broke,
-        &required,
-        0,
-        now(),
-        x402_gateway::client::random_nonce(),
-    )
-    .unwrap();
+    let p = sign_fresh(&broke, &required);
     let payee0 = env.balance(PAYEE).await;
     let resp = http()
         .get(format!("{base}/paid/broke"))
