@@ -81,7 +81,7 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let guard = ReplayGuard::new();
+    let guard = ReplayGuard::new(usize::MAX);
     let mut n = 0u64;
     c.bench_function("replay_guard_acquire_fresh", |b| {
         b.iter(|| {

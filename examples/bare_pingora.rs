@@ -71,7 +71,16 @@ fn main() {
         eprintln!("usage: bare_pingora LISTEN_ADDR UPSTREAM_ADDR");
         std::process::exit(2);
     };
-    let mut server = x402_gateway::new_server(1, &listen);
+    let port = listen.rsplit(':').next().unwrap_or("0");
+    let dir = x402_gateway::config::runtime_dir(&|k| std::env::var(k).ok());
+    let Ok(mut server) = x402_gateway::new_server(
+        1,
+        &dir.join(format!("bare-pingora-{port}.pid")),
+        &dir.join(format!("bare-pingora-{port}.sock")),
+    ) else {
+        eprintln!("cannot set up the server");
+        std::process::exit(1);
+    };
     let bare = Bare {
         peer: HttpPeer::new(upstream.as_str(), false, String::new()),
         body: Bytes::from_static(br#"{"error":"payment required"}"#),

@@ -8,14 +8,16 @@
 
 pub mod assets;
 mod file;
+pub mod limits;
 pub mod money;
 pub mod secret;
 mod validate;
 
-pub use validate::parse_pattern;
+pub use limits::{Cidr, LimitsConfig, Rate};
+pub use validate::{parse_pattern, runtime_dir};
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
@@ -137,8 +139,43 @@ pub struct Config {
     pub verification: VerificationConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
     /// `[[route]]`, in file order (first match wins).
     pub routes: Vec<RouteRule>,
+}
+
+/// What happens to a request whose method no route lists, on a path a priced route covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnlistedMethods {
+    /// Default: `405 Method Not Allowed` with `Allow`; nothing reaches the upstream.
+    Reject,
+    /// Charge it as the first priced route covering the path.
+    Charge,
+    /// Let it through free (the behaviour before this key existed).
+    Pass,
+}
+
+impl UnlistedMethods {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnlistedMethods::Reject => "reject",
+            UnlistedMethods::Charge => "charge",
+            UnlistedMethods::Pass => "pass",
+        }
+    }
+}
+
+/// The `Host` header sent upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostHeader {
+    /// Default: the upstream URL's `host[:port]` (what nginx's `proxy_pass` sends).
+    Upstream,
+    /// The client's `Host`, unchanged.
+    Client,
+    /// This literal value.
+    Literal(String),
 }
 
 /// `[server]`: the listening side.
@@ -156,6 +193,15 @@ pub struct ServerConfig {
     pub cors_allow_origin: Option<String>,
     /// Seconds a client may take to send its request headers and body.
     pub client_timeout: Duration,
+    /// What a method no route lists gets on a priced path.
+    pub unlisted_methods: UnlistedMethods,
+    /// Peers whose `X-Forwarded-For` (and other forwarding headers) are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Pingora's pid file, in a private directory.
+    pub pid_file: PathBuf,
+    /// The socket on which a new process takes over the listening sockets, in a private
+    /// directory.
+    pub upgrade_sock: PathBuf,
 }
 
 /// `[upstream]`: where paid and free requests go.
@@ -163,12 +209,23 @@ pub struct ServerConfig {
 pub struct UpstreamConfig {
     /// The URL as written.
     pub url: String,
-    /// `host:port` to connect to.
+    /// `host:port` as written (for logs and the default `Host`).
     pub address: String,
+    /// The host: a name (resolved at run time, again every `resolve_interval`) or an IP.
+    pub host: String,
+    /// The port.
+    pub port: u16,
     /// Whether to use TLS.
     pub tls: bool,
-    /// TLS server name (the host).
+    /// TLS server name: `tls_server_name`, or the host.
     pub sni: String,
+    /// Private CA certificates (DER) that the upstream's certificate must chain to, instead of
+    /// the system roots (`tls_ca`).
+    pub tls_ca: Option<Vec<Vec<u8>>>,
+    /// The `Host` header sent upstream.
+    pub host_header: HostHeader,
+    /// How often a host name is resolved again.
+    pub resolve_interval: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for the next read from the upstream.
@@ -194,15 +251,35 @@ pub struct FacilitatorConfig {
     pub headers: Vec<(HeaderName, Secret)>,
     /// How often `/supported` is fetched again.
     pub supported_refresh: Duration,
+    /// The standalone facilitator server's own rules (`x402-gateway facilitator`).
+    pub server: FacilitatorServerConfig,
 }
 
 /// The embedded facilitator: settles on chain itself through JSON-RPC.
 #[derive(Clone, Debug)]
 pub struct EmbeddedConfig {
-    /// JSON-RPC URL per network.
-    pub rpc: Vec<(Network, String)>,
+    /// JSON-RPC URL per network (secrets: API keys live in such URLs).
+    pub rpc: Vec<(Network, Secret)>,
     /// Private keys that submit settlements (redacted in `Debug`).
     pub signer_keys: Vec<Secret>,
+    /// Timeout of every JSON-RPC call.
+    pub rpc_timeout: Duration,
+}
+
+/// Who may use `x402-gateway facilitator`, and for what.
+#[derive(Clone, Debug)]
+pub struct FacilitatorServerConfig {
+    /// Bearer token every request must carry (`server_token`); required unless the server
+    /// listens on loopback only.
+    pub token: Option<Secret>,
+    /// Recipients it settles for (`server_pay_to`; default: every `pay_to` of this file).
+    pub pay_to: Vec<Address>,
+    /// The smallest value it settles (`server_min_value`), per asset.
+    pub min_value: money::Price,
+    /// Requests per client IP (`server_rate`); `None`: unlimited.
+    pub rate: Option<Rate>,
+    /// Largest request body in bytes (`server_max_body`).
+    pub max_body: usize,
 }
 
 /// `[verification]`: the local fast path and the verdict cache.
@@ -266,6 +343,8 @@ pub struct RouteRule {
     pub settlement: SettlementMode,
     /// Payment options in order of preference; empty means free.
     pub options: Vec<PaymentOption>,
+    /// Whether `Upgrade: websocket` (and so `101 Switching Protocols`) is allowed.
+    pub websocket: bool,
 }
 
 impl RouteRule {
@@ -320,12 +399,17 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string(), &|k| {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml_in(&text, &path.display().to_string(), dir, &|k| {
             std::env::var(k).ok()
         })
     }
 
-    /// Validates configuration text. `origin` names it in errors; `env` resolves `${VAR}`.
+    /// Validates configuration text. `origin` names it in errors; `env` resolves `${VAR}`;
+    /// relative file names in it are taken from the current directory.
     ///
     /// # Errors
     /// [`ConfigError::Syntax`] or [`ConfigError::Invalid`] with every problem found.
@@ -334,13 +418,27 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::from_toml_in(text, origin, Path::new("."), env)
+    }
+
+    /// As [`Config::from_toml`], with relative file names (`tls_ca`, `pid_file`, …) taken
+    /// from `dir` (the config file's directory).
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] or [`ConfigError::Invalid`] with every problem found.
+    pub fn from_toml_in(
+        text: &str,
+        origin: &str,
+        dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     path: origin.to_owned(),
                     message: e.to_string(),
                 })?;
-        validate::validate(&table, env).map_err(|issues| ConfigError::Invalid {
+        validate::validate(&table, dir, env).map_err(|issues| ConfigError::Invalid {
             path: origin.to_owned(),
             issues,
         })

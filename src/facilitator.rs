@@ -2,43 +2,53 @@
 //! so the gateway needs no third-party facilitator (no API key, no vendor in the money path).
 //!
 //! Owns: [`EmbeddedFacilitator`] (an implementation of [`Facilitator`]) and the standalone
-//! facilitator HTTP server (`facilitator/server.rs`).
-//! - verify: the local checks of `verify::local`, then on chain: `authorizationState(from,
-//!   nonce)` unused, `balanceOf(from) ≥ value`, and an `eth_call` simulation of
-//!   `transferWithAuthorization`. Reasons are named as the reference facilitators name them.
+//! facilitator HTTP server (`facilitator/server.rs`); request reading and local checks live in
+//! `facilitator/check.rs`.
+//! - verify: the local checks, then on chain, at the latest *mined* block:
+//!   `authorizationState(from, nonce)` unused, `balanceOf(from) ≥ value`, and an `eth_call`
+//!   simulation of `transferWithAuthorization`. Reasons are named as the reference
+//!   facilitators name them.
 //! - settle: the same checks without simulation, then `transferWithAuthorization` (the
 //!   `v, r, s` overload for 65-byte signatures, the `bytes` overload otherwise) from one of the
-//!   signer keys, chosen round-robin. Each signer keeps its own nonce, taken from the pending
-//!   count at first use and again after any send error (so a restart or a failed send never
-//!   causes a "nonce too low" storm). The receipt is awaited up to `settle_timeout`; on timeout
-//!   `authorizationState` decides: used means settled, otherwise the answer is
-//!   `settlement_pending` with the transaction hash (never "failed").
+//!   signer keys, chosen round-robin. The transaction is signed here, so its hash is known
+//!   before it is sent. Each signer keeps its own nonce, taken from the pending count at first
+//!   use and again after any send error.
+//! - Success is only our own transaction's mined receipt with status 1. A receipt not seen
+//!   within `settle_timeout`, or a send whose answer was lost, is `settlement_pending` with the
+//!   transaction hash: unknown, never success and never failure. No state read ever counts as
+//!   a settlement (`authorizationState` is also true when someone else settled the
+//!   authorization, or the payer cancelled it).
+//! - Every JSON-RPC call has a timeout (`rpc_timeout`), including the two made under a signer's
+//!   nonce lock, so a stalled RPC never holds a payment or a signer indefinitely.
 //!
 //! Keys come from the environment only (`config`), are never logged, and the `Debug` of the
-//! configuration redacts them.
+//! configuration redacts them. RPC URLs (which often carry API keys) are secrets too: errors
+//! are logged with them redacted.
 
+pub mod check;
 pub mod server;
 
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::config::{Asset, EmbeddedConfig, PaymentOption};
+use crate::config::{EmbeddedConfig, Secret};
 use crate::protocol::{
-    evm, parse_address, parse_uint, v2::Eip712Extra, Network, PaymentPayload, SettleResponse,
-    SupportedKind, SupportedResponse, VerifyResponse,
+    ErrorReason, Network, PaymentPayload, SettleResponse, SupportedKind, SupportedResponse,
+    VerifyResponse,
 };
-use crate::verify::{local, unix_now, Facilitator, FacilitatorError};
+use crate::verify::{unix_now, Facilitator, FacilitatorError};
+use check::{invalid, Invalid, Parsed};
 
 alloy::sol! {
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
@@ -76,7 +86,7 @@ pub enum EmbeddedError {
 
 struct Signer {
     address: Address,
-    provider: DynProvider,
+    wallet: EthereumWallet,
     /// Next nonce to use; `None`: read the pending count first.
     nonce: Mutex<Option<u64>>,
 }
@@ -84,6 +94,8 @@ struct Signer {
 struct Chain {
     network: Network,
     reader: DynProvider,
+    /// The RPC URL, to redact it from error texts.
+    url: Secret,
     signers: Vec<Signer>,
     next: AtomicUsize,
 }
@@ -92,83 +104,78 @@ impl Chain {
     fn signer(&self) -> &Signer {
         &self.signers[self.next.fetch_add(1, Ordering::Relaxed) % self.signers.len()]
     }
+
+    /// An RPC error as text, with the URL (and so any API key in it) redacted.
+    fn error(&self, e: impl std::fmt::Display) -> String {
+        redact(&e.to_string(), self.url.expose())
+    }
+}
+
+/// Replaces `url` (and its path and query, where API keys live) in `text`.
+pub fn redact(text: &str, url: &str) -> String {
+    if url.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = text.replace(url, &redacted_url(url));
+    // Error texts may carry the URL re-serialised (with a trailing slash) or its key alone.
+    if let Some((_, path)) = url.split_once("://").and_then(|(_, r)| r.split_once('/')) {
+        if path.len() >= 8 {
+            out = out.replace(path, "[redacted]");
+        }
+    }
+    out
+}
+
+/// `scheme://host[:port]/[redacted]`: enough to tell endpoints apart, nothing secret.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if rest.len() > authority.len() {
+        format!("{scheme}://{authority}/[redacted]")
+    } else {
+        format!("{scheme}://{authority}")
+    }
 }
 
 /// A facilitator that settles on chain itself.
 pub struct EmbeddedFacilitator {
     chains: Vec<Chain>,
     receipt_timeout: Duration,
+    rpc_timeout: Duration,
 }
 
 /// A request that passed every check: what settlement needs.
 struct Checked<'a> {
     chain: &'a Chain,
-    payload: PaymentPayload,
-    asset: Address,
-    network_name: String,
-}
-
-/// A verdict of "invalid", with the payer when known.
-struct Invalid {
-    reason: &'static str,
-    message: String,
-    payer: Option<Address>,
-    network: String,
-}
-
-fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        reason,
-        message: message.into(),
-        payer: None,
-        network: String::new(),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireRequest<'a> {
-    x402_version: serde_json::Value,
-    #[serde(borrow)]
-    payment_payload: &'a RawValue,
-    payment_requirements: WireRequirements,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireRequirements {
-    scheme: String,
-    network: String,
-    #[serde(default)]
-    amount: Option<String>,
-    #[serde(default)]
-    max_amount_required: Option<String>,
-    asset: String,
-    pay_to: String,
-    #[serde(default)]
-    extra: Option<serde_json::Value>,
-}
-
-fn rpc_error(e: impl std::fmt::Display) -> FacilitatorError {
-    FacilitatorError::Chain(e.to_string())
+    parsed: Parsed,
 }
 
 /// Maps a revert or RPC error text of `transferWithAuthorization` to a reference reason.
-fn revert_reason(message: &str) -> &'static str {
+fn revert_reason(message: &str) -> ErrorReason {
     let m = message.to_ascii_lowercase();
     if m.contains("authorization is used") || m.contains("used or canceled") {
-        "invalid_exact_evm_nonce_already_used"
+        ErrorReason::NonceAlreadyUsed
     } else if m.contains("exceeds balance") {
-        "invalid_exact_evm_insufficient_balance"
+        ErrorReason::InsufficientBalance
     } else if m.contains("invalid signature") {
-        "invalid_exact_evm_signature"
+        ErrorReason::InvalidSignature
     } else if m.contains("not yet valid") {
-        "invalid_exact_evm_payload_authorization_valid_after"
+        ErrorReason::ValidAfter
     } else if m.contains("authorization is expired") {
-        "invalid_exact_evm_payload_authorization_valid_before"
+        ErrorReason::ValidBefore
     } else {
-        "invalid_exact_evm_transaction_simulation_failed"
+        ErrorReason::SimulationFailed
     }
+}
+
+/// Whether a node's refusal of a raw transaction means it has the transaction already (so it
+/// *was* sent).
+fn already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("known transaction") || m.contains("already imported")
 }
 
 impl EmbeddedFacilitator {
@@ -193,19 +200,28 @@ impl EmbeddedFacilitator {
         let mut chains = Vec::new();
         for (network, url) in &c.rpc {
             let parsed: reqwest::Url = url
+                .expose()
                 .parse()
                 .map_err(|_| EmbeddedError::Url(network.to_string()))?;
             let reader = ProviderBuilder::new()
                 .disable_recommended_fillers()
-                .connect_http(parsed.clone())
+                .connect_http(parsed)
                 .erased();
-            let got = reader
-                .get_chain_id()
-                .await
-                .map_err(|e| EmbeddedError::Rpc {
-                    network: network.to_string(),
-                    message: e.to_string(),
-                })?;
+            let got = match tokio::time::timeout(c.rpc_timeout, reader.get_chain_id()).await {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) => {
+                    return Err(EmbeddedError::Rpc {
+                        network: network.to_string(),
+                        message: redact(&e.to_string(), url.expose()),
+                    })
+                }
+                Err(_) => {
+                    return Err(EmbeddedError::Rpc {
+                        network: network.to_string(),
+                        message: format!("no answer within {:?}", c.rpc_timeout),
+                    })
+                }
+            };
             if got != network.chain_id() {
                 return Err(EmbeddedError::ChainMismatch {
                     network: network.to_string(),
@@ -216,17 +232,14 @@ impl EmbeddedFacilitator {
                 .iter()
                 .map(|k| Signer {
                     address: k.address(),
-                    provider: ProviderBuilder::new()
-                        .disable_recommended_fillers()
-                        .wallet(EthereumWallet::from(k.clone()))
-                        .connect_http(parsed.clone())
-                        .erased(),
+                    wallet: EthereumWallet::from(k.clone()),
                     nonce: Mutex::new(None),
                 })
                 .collect();
             chains.push(Chain {
                 network: network.clone(),
                 reader,
+                url: url.clone(),
                 signers,
                 next: AtomicUsize::new(0),
             });
@@ -234,6 +247,7 @@ impl EmbeddedFacilitator {
         Ok(EmbeddedFacilitator {
             chains,
             receipt_timeout,
+            rpc_timeout: c.rpc_timeout,
         })
     }
 
@@ -245,268 +259,259 @@ impl EmbeddedFacilitator {
             .unwrap_or_default()
     }
 
+    /// One JSON-RPC call within `rpc_timeout`; errors are redacted texts.
+    async fn rpc<T>(
+        &self,
+        chain: &Chain,
+        call: impl Future<Output = alloy::transports::TransportResult<T>>,
+    ) -> Result<T, RpcFailure> {
+        match tokio::time::timeout(self.rpc_timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.as_error_resp().is_some() => Err(RpcFailure::Refused(chain.error(e))),
+            Ok(Err(e)) => Err(RpcFailure::Transport(chain.error(e))),
+            Err(_) => Err(RpcFailure::Timeout),
+        }
+    }
+
+    /// Reads a view function of the token at the latest mined block (never `pending`).
+    async fn read(
+        &self,
+        chain: &Chain,
+        asset: Address,
+        input: Vec<u8>,
+    ) -> Result<Bytes, RpcFailure> {
+        let tx = TransactionRequest::default()
+            .with_to(asset)
+            .with_input(Bytes::from(input));
+        self.rpc(chain, chain.reader.call(tx).latest().into_future())
+            .await
+    }
+
     /// Every check of a facilitator request; `simulate` adds the `eth_call` of the transfer.
     async fn check(
         &self,
         body: &str,
         simulate: bool,
     ) -> Result<Result<Checked<'_>, Invalid>, FacilitatorError> {
-        let Ok(req) = serde_json::from_str::<WireRequest<'_>>(body) else {
-            return Ok(Err(invalid(
-                "invalid_payload",
-                "the request is not an x402 facilitator request",
-            )));
-        };
-        let payload = match PaymentPayload::from_json(req.payment_payload.get().as_bytes()) {
+        let parsed = match check::parse_request(body.as_bytes(), unix_now()) {
             Ok(p) => p,
-            Err(e) => return Ok(Err(invalid("invalid_payload", e.to_string()))),
+            Err(i) => return Ok(Err(i)),
         };
-        let r = &req.payment_requirements;
-        if req.x402_version.as_u64() != Some(u64::from(payload.version.number())) {
+        let Some(chain) = self.chains.iter().find(|c| c.network == parsed.network) else {
             return Ok(Err(invalid(
-                "invalid_x402_version",
-                "x402Version differs from the payload's",
-            )));
-        }
-        if r.scheme != "exact" || payload.scheme != "exact" {
-            return Ok(Err(invalid(
-                "invalid_exact_evm_scheme",
-                "only the exact scheme is supported",
-            )));
-        }
-        let Some(network) = Network::parse(&r.network) else {
-            return Ok(Err(invalid(
-                "invalid_network",
-                format!("unknown network {}", r.network),
+                ErrorReason::InvalidNetwork,
+                format!("no RPC configured for {}", parsed.network),
             )));
         };
-        if !network.is_named(&payload.network) {
-            return Ok(Err(invalid(
-                "invalid_exact_evm_network_mismatch",
-                "payload and requirements name different networks",
-            )));
-        }
-        let Some(chain) = self.chains.iter().find(|c| c.network == network) else {
-            return Ok(Err(invalid(
-                "invalid_network",
-                format!("no RPC configured for {network}"),
-            )));
-        };
-        let extra: Option<Eip712Extra> =
-            r.extra.clone().and_then(|e| serde_json::from_value(e).ok());
-        let Some(extra) = extra else {
-            return Ok(Err(invalid(
-                "invalid_exact_evm_missing_eip712_domain",
-                "extra.name and extra.version are required",
-            )));
-        };
-        let amount = r
-            .amount
-            .as_deref()
-            .or(r.max_amount_required.as_deref())
-            .and_then(parse_uint);
-        let (Some(asset), Some(pay_to), Some(amount)) =
-            (parse_address(&r.asset), parse_address(&r.pay_to), amount)
-        else {
-            return Ok(Err(invalid(
-                "invalid_payment_requirements",
-                "asset, payTo or amount is malformed",
-            )));
-        };
-        let option = PaymentOption {
-            domain_separator: evm::domain_separator(
-                &extra.name,
-                &extra.version,
-                network.chain_id(),
-                asset,
-            ),
-            network: network.clone(),
-            asset: Asset {
-                symbol: String::new(),
-                address: asset,
-                decimals: 0,
-                name: extra.name,
-                version: extra.version,
-                usd_stable: false,
-            },
-            amount,
-            pay_to,
-            max_timeout_seconds: 0,
-        };
-        let network_name = if payload.version.number() == 1 {
-            network.v1_name().unwrap_or_default().to_owned()
-        } else {
-            network.caip2().to_owned()
-        };
-        let a = payload.payload.authorization.clone();
+        let a = parsed.payload.payload.authorization.clone();
         let with = |mut i: Invalid| {
             i.payer = Some(a.from);
-            i.network = network_name.clone();
+            i.network = parsed.network_name.clone();
             i
         };
-        if let Err(e) = local::check_payment(&payload, &option, unix_now()) {
-            let reason = match e {
-                local::PaymentRejection::RecipientMismatch => {
-                    "invalid_exact_evm_recipient_mismatch"
-                }
-                local::PaymentRejection::AmountMismatch { .. } => {
-                    "invalid_exact_evm_authorization_value"
-                }
-                local::PaymentRejection::NotYetValid => {
-                    "invalid_exact_evm_payload_authorization_valid_after"
-                }
-                local::PaymentRejection::Expired => {
-                    "invalid_exact_evm_payload_authorization_valid_before"
-                }
-                _ => "invalid_exact_evm_signature",
-            };
-            return Ok(Err(with(invalid(reason, e.to_string()))));
-        }
-        let read = |input: Bytes| {
-            chain.reader.call(
-                TransactionRequest::default()
-                    .with_to(asset)
-                    .with_input(input),
-            )
-        };
-        let state = read(
+        let state = self.read(
+            chain,
+            parsed.asset,
             authorizationStateCall {
                 authorizer: a.from,
                 nonce: a.nonce,
             }
-            .abi_encode()
-            .into(),
+            .abi_encode(),
         );
-        let balance = read(balanceOfCall { account: a.from }.abi_encode().into());
+        let balance = self.read(
+            chain,
+            parsed.asset,
+            balanceOfCall { account: a.from }.abi_encode(),
+        );
         let (state, balance) = tokio::join!(state, balance);
-        let used = authorizationStateCall::abi_decode_returns(&state.map_err(rpc_error)?)
-            .map_err(rpc_error)?;
+        let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
+        let used = authorizationStateCall::abi_decode_returns(&state.map_err(not_sent)?)
+            .map_err(|e| FacilitatorError::ChainNotSent(e.to_string()))?;
         if used {
             return Ok(Err(with(invalid(
-                "invalid_exact_evm_nonce_already_used",
+                ErrorReason::NonceAlreadyUsed,
                 "this authorization was already used on chain",
             ))));
         }
-        let balance: U256 =
-            balanceOfCall::abi_decode_returns(&balance.map_err(rpc_error)?).map_err(rpc_error)?;
+        let balance: U256 = balanceOfCall::abi_decode_returns(&balance.map_err(not_sent)?)
+            .map_err(|e| FacilitatorError::ChainNotSent(e.to_string()))?;
         if balance < a.value {
             return Ok(Err(with(invalid(
-                "invalid_exact_evm_insufficient_balance",
+                ErrorReason::InsufficientBalance,
                 format!("balance {balance} is less than {}", a.value),
             ))));
         }
         if simulate {
-            let tx = transfer_request(chain.signers[0].address, asset, &payload);
-            if let Err(e) = chain.reader.call(tx).await {
-                let text = e.to_string();
-                // A transport failure is an outage, not a verdict.
-                if e.as_error_resp().is_none() {
-                    return Err(rpc_error(text));
+            let tx = transfer_request(chain.signers[0].address, parsed.asset, &parsed.payload);
+            match self
+                .rpc(chain, chain.reader.call(tx).latest().into_future())
+                .await
+            {
+                Ok(_) => {}
+                Err(RpcFailure::Refused(text)) => {
+                    return Ok(Err(with(invalid(revert_reason(&text), text))));
                 }
-                return Ok(Err(with(invalid(revert_reason(&text), text))));
+                // A transport failure is an outage, not a verdict.
+                Err(e) => return Err(not_sent(e)),
             }
         }
-        Ok(Ok(Checked {
-            chain,
-            payload,
-            asset,
-            network_name,
-        }))
+        Ok(Ok(Checked { chain, parsed }))
     }
 
-    /// Submits the transfer and waits for its receipt (see [`wait_receipt`]).
+    /// Signs and sends the transfer, then waits for its receipt: success only from our own
+    /// mined receipt with status 1.
     async fn submit(&self, c: &Checked<'_>) -> Result<SettleResponse, FacilitatorError> {
-        let a = &c.payload.payload.authorization;
+        let p = &c.parsed;
+        let a = &p.payload.payload.authorization;
         let payer = Some(a.from.to_checksum(None));
-        let done = |success: bool, reason: Option<&str>, tx: String| SettleResponse {
+        let done = |success: bool, reason: Option<ErrorReason>, tx: String| SettleResponse {
             success: Some(success),
-            error_reason: reason.map(str::to_owned),
+            error_reason: reason.map(|r| r.as_str().to_owned()),
             error_message: None,
             payer: payer.clone(),
             transaction: Some(tx),
-            network: Some(c.network_name.clone()),
+            network: Some(p.network_name.clone()),
         };
-        let signer = c.chain.signer();
-        let tx = transfer_request(signer.address, c.asset, &c.payload);
-        let gas = match c.chain.reader.estimate_gas(tx.clone()).await {
-            Ok(g) => g,
-            Err(e) if e.as_error_resp().is_some() => {
-                return Ok(done(
-                    false,
-                    Some(revert_reason(&e.to_string())),
-                    String::new(),
-                ));
-            }
-            Err(e) => return Err(rpc_error(e)),
-        };
-        let fees = c
-            .chain
-            .reader
-            .estimate_eip1559_fees()
+        let chain = c.chain;
+        let signer = chain.signer();
+        let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
+        let tx = transfer_request(signer.address, p.asset, &p.payload);
+        let gas = match self
+            .rpc(chain, chain.reader.estimate_gas(tx.clone()).into_future())
             .await
-            .map_err(rpc_error)?;
+        {
+            Ok(g) => g,
+            Err(RpcFailure::Refused(text)) => {
+                return Ok(done(false, Some(revert_reason(&text)), String::new()));
+            }
+            Err(e) => return Err(not_sent(e)),
+        };
+        let fees = self
+            .rpc(chain, chain.reader.estimate_eip1559_fees())
+            .await
+            .map_err(not_sent)?;
         let tx = tx
-            .with_chain_id(c.chain.network.chain_id())
+            .with_chain_id(chain.network.chain_id())
             .with_gas_limit(gas.saturating_mul(12) / 10)
             .with_max_fee_per_gas(fees.max_fee_per_gas)
             .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        let pending = {
+        let hash = {
             let mut next = signer.nonce.lock().await;
             let nonce = match *next {
                 Some(n) => n,
-                None => c
-                    .chain
-                    .reader
-                    .get_transaction_count(signer.address)
-                    .pending()
-                    .await
-                    .map_err(rpc_error)?,
-            };
-            match signer.provider.send_transaction(tx.with_nonce(nonce)).await {
-                Ok(p) => {
-                    *next = Some(nonce + 1);
-                    p
-                }
-                Err(e) => {
-                    // Resynchronise from the chain next time, whatever happened.
-                    *next = None;
-                    tracing::warn!(error = %e, signer = %signer.address, "settlement transaction not sent");
-                    return Err(rpc_error(e));
-                }
-            }
-        };
-        let hash: B256 = *pending.tx_hash();
-        match wait_receipt(&c.chain.reader, hash, self.receipt_timeout).await {
-            Ok(r) if r.status() => Ok(done(true, None, hash.to_string())),
-            Ok(_) => Ok(done(
-                false,
-                Some("invalid_exact_evm_transaction_failed"),
-                hash.to_string(),
-            )),
-            Err(e) => {
-                tracing::warn!(error = %e, tx = %hash, "no receipt in time; reading authorizationState");
-                let input = authorizationStateCall {
-                    authorizer: a.from,
-                    nonce: a.nonce,
-                }
-                .abi_encode();
-                let used = c
-                    .chain
-                    .reader
-                    .call(
-                        TransactionRequest::default()
-                            .with_to(c.asset)
-                            .with_input(Bytes::from(input)),
+                None => self
+                    .rpc(
+                        chain,
+                        chain
+                            .reader
+                            .get_transaction_count(signer.address)
+                            .pending()
+                            .into_future(),
                     )
                     .await
-                    .ok()
-                    .and_then(|out| authorizationStateCall::abi_decode_returns(&out).ok());
-                Ok(if used == Some(true) {
-                    done(true, None, hash.to_string())
-                } else {
-                    done(false, Some("settlement_pending"), hash.to_string())
-                })
+                    .map_err(not_sent)?,
+            };
+            let envelope = tx
+                .with_nonce(nonce)
+                .build(&signer.wallet)
+                .await
+                .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
+            let hash: B256 = *envelope.tx_hash();
+            let raw = envelope.encoded_2718();
+            match self
+                .rpc(chain, chain.reader.send_raw_transaction(&raw))
+                .await
+            {
+                Ok(_) => *next = Some(nonce + 1),
+                Err(RpcFailure::Refused(text)) if already_known(&text) => {
+                    *next = Some(nonce + 1);
+                }
+                Err(RpcFailure::Refused(text)) => {
+                    // The node refused it: nothing was sent. Resynchronise the nonce.
+                    *next = None;
+                    tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
+                    return Err(FacilitatorError::ChainNotSent(text));
+                }
+                Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
+                    // The answer was lost: the transaction may be in the mempool. Its hash is
+                    // known; the outcome is unknown.
+                    *next = None;
+                    tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
+                    return Ok(done(
+                        false,
+                        Some(ErrorReason::SettlementPending),
+                        hash.to_string(),
+                    ));
+                }
             }
+            hash
+        };
+        match self.wait_receipt(chain, hash).await {
+            Some(r) if r.status() => Ok(done(true, None, hash.to_string())),
+            Some(_) => Ok(done(
+                false,
+                Some(ErrorReason::TransactionFailed),
+                hash.to_string(),
+            )),
+            None => {
+                tracing::warn!(tx = %hash, timeout = ?self.receipt_timeout, "no receipt in time; settlement pending");
+                Ok(done(
+                    false,
+                    Some(ErrorReason::SettlementPending),
+                    hash.to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Polls for a transaction's receipt until `receipt_timeout`: 10 ms after sending, doubling
+    /// up to 500 ms. A local chain mines at once and answers on the first polls; a real chain's
+    /// block time is met within half a second; nothing is polled while no settlement waits
+    /// (alloy's block watcher polls every 250 ms even on a local chain, which capped
+    /// settlements at about four per second per waiting request). Each poll has the RPC
+    /// timeout.
+    async fn wait_receipt(
+        &self,
+        chain: &Chain,
+        hash: B256,
+    ) -> Option<alloy::rpc::types::TransactionReceipt> {
+        let deadline = tokio::time::Instant::now() + self.receipt_timeout;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match self
+                .rpc(chain, chain.reader.get_transaction_receipt(hash))
+                .await
+            {
+                Ok(Some(receipt)) => return Some(receipt),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, tx = %hash, "receipt not readable yet"),
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            tokio::time::sleep(delay.min(left)).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Why a JSON-RPC call gave no value.
+#[derive(Debug)]
+enum RpcFailure {
+    /// No answer within `rpc_timeout`.
+    Timeout,
+    /// The node answered with a JSON-RPC error (a revert, a refused transaction); redacted.
+    Refused(String),
+    /// The call failed in transport (it may or may not have reached the node); redacted.
+    Transport(String),
+}
+
+impl std::fmt::Display for RpcFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcFailure::Timeout => f.write_str("RPC call timed out"),
+            RpcFailure::Refused(e) | RpcFailure::Transport(e) => f.write_str(e),
         }
     }
 }
@@ -556,12 +561,19 @@ impl Facilitator for EmbeddedFacilitator {
                 is_valid: true,
                 invalid_reason: None,
                 invalid_message: None,
-                payer: Some(c.payload.payload.authorization.from.to_checksum(None)),
+                payer: Some(
+                    c.parsed
+                        .payload
+                        .payload
+                        .authorization
+                        .from
+                        .to_checksum(None),
+                ),
             },
             Err(i) => VerifyResponse {
                 is_valid: false,
-                invalid_reason: Some(i.reason.to_owned()),
-                invalid_message: Some(i.message),
+                invalid_reason: Some(i.reason.as_str().to_owned()),
+                invalid_message: Some(i.reason.text().to_owned()),
                 payer: i.payer.map(|p| p.to_checksum(None)),
             },
         })
@@ -572,8 +584,8 @@ impl Facilitator for EmbeddedFacilitator {
             Ok(c) => self.submit(&c).await,
             Err(i) => Ok(SettleResponse {
                 success: Some(false),
-                error_reason: Some(i.reason.to_owned()),
-                error_message: Some(i.message),
+                error_reason: Some(i.reason.as_str().to_owned()),
+                error_message: Some(i.reason.text().to_owned()),
                 payer: i.payer.map(|p| p.to_checksum(None)),
                 transaction: Some(String::new()),
                 network: Some(i.network),
@@ -601,54 +613,44 @@ impl Facilitator for EmbeddedFacilitator {
     }
 }
 
-/// Polls for a transaction's receipt until `timeout`: 10 ms after sending, doubling up to
-/// 500 ms. A local chain mines at once and answers on the first polls; a real chain's block
-/// time is met within half a second; nothing is polled while no settlement waits (alloy's
-/// block watcher polls every 250 ms even on a local chain, which capped settlements at about
-/// four per second per waiting request).
-async fn wait_receipt(
-    reader: &DynProvider,
-    hash: B256,
-    timeout: Duration,
-) -> Result<alloy::rpc::types::TransactionReceipt, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(10);
-    loop {
-        match reader.get_transaction_receipt(hash).await {
-            Ok(Some(receipt)) => return Ok(receipt),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, tx = %hash, "receipt not readable yet"),
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(format!("no receipt within {timeout:?}"));
-        }
-        tokio::time::sleep(delay.min(left)).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::revert_reason;
+    use super::*;
 
     #[test]
     fn reverts_map_to_reference_reasons() {
         assert_eq!(
             revert_reason("execution reverted: FiatTokenV2: authorization is used or canceled"),
-            "invalid_exact_evm_nonce_already_used"
+            ErrorReason::NonceAlreadyUsed
         );
         assert_eq!(
             revert_reason("execution reverted: ERC20: transfer amount exceeds balance"),
-            "invalid_exact_evm_insufficient_balance"
+            ErrorReason::InsufficientBalance
         );
         assert_eq!(
             revert_reason("execution reverted: FiatTokenV2: invalid signature"),
-            "invalid_exact_evm_signature"
+            ErrorReason::InvalidSignature
         );
         assert_eq!(
             revert_reason("something else"),
-            "invalid_exact_evm_transaction_simulation_failed"
+            ErrorReason::SimulationFailed
+        );
+    }
+
+    #[test]
+    fn rpc_urls_are_redacted_from_error_texts() {
+        let url = "https://base-mainnet.g.alchemy.com/v2/SECRETKEY123";
+        let text = format!("error sending request for url ({url}/): connection refused");
+        let r = redact(&text, url);
+        assert!(!r.contains("SECRETKEY123"), "{r}");
+        assert!(r.contains("base-mainnet.g.alchemy.com"), "{r}");
+        assert_eq!(
+            redacted_url("https://user:pw@rpc.example:8545/key?x=1"),
+            "https://rpc.example:8545/[redacted]"
+        );
+        assert_eq!(
+            redacted_url("http://127.0.0.1:8545"),
+            "http://127.0.0.1:8545"
         );
     }
 }

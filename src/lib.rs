@@ -10,23 +10,28 @@
 //! # Layout
 //! - [`config`]: `gateway.toml` → validated [`config::Config`] (every problem reported at once).
 //! - [`protocol`]: x402 wire types and codecs, v1 and v2; EIP-3009/EIP-712 hashing.
-//! - [`pricing`]: route lookup (fail-closed path normalisation) and prepared 402 challenges.
+//! - [`pricing`]: route lookup (every reading of a path and method, fail closed) and prepared
+//!   402 challenges.
 //! - [`verify`]: local fast path, replay guard, verdict cache, facilitator client.
 //! - [`settle`]: settlement and the payment state machine.
+//! - [`limiter`]: per-client token buckets (challenges, failed payments).
+//! - [`payments`]: every payment decision, with no Pingora types.
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
-//! - [`error`]: the one mapping from errors to HTTP answers.
+//! - [`error`]: the one mapping from errors to HTTP answers ([`error::rescue`]).
 //! - [`facilitator`]: the embedded facilitator (settles on chain over JSON-RPC) and the
 //!   standalone facilitator server.
 //! - [`client`]: signing payments (tests and command-line payers).
 //! - [`telemetry`]: logging setup.
 //!
-//! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `proxy`;
-//! this file and `main.rs` compose them.
+//! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
+//! ← `proxy`; this file and `main.rs` compose them.
 
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod facilitator;
+pub mod limiter;
+pub mod payments;
 pub mod pricing;
 pub mod protocol;
 pub mod proxy;
@@ -35,6 +40,7 @@ pub mod telemetry;
 pub mod verify;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +51,10 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use config::{Config, PaymentOption};
+use payments::Payments;
 use pricing::PriceTable;
 use protocol::{SupportedKind, SupportedResponse};
+use proxy::upstream::{Resolver, UpstreamTarget};
 use proxy::Gateway;
 use verify::{Facilitator, FacilitatorError, Verifier};
 
@@ -88,6 +96,9 @@ pub enum StartupError {
     /// Pingora could not be set up.
     #[error("cannot set up the server: {0}")]
     Server(String),
+    /// The directory of the pid file or upgrade socket is not private.
+    #[error("{0}")]
+    RuntimeDir(String),
 }
 
 fn kind(version: u8, network: &str) -> SupportedKind {
@@ -171,8 +182,19 @@ pub fn build_gateway(
         config.routes.clone(),
         &v1_ok,
     )));
-    let verifier = Arc::new(Verifier::new(facilitator, &config.verification));
-    Ok(Gateway::new(config, table, verifier))
+    let bounded: Arc<dyn Facilitator> = Arc::new(verify::facilitator::Bounded::new(
+        facilitator,
+        config.limits.max_concurrent_facilitator_calls,
+        config.facilitator.timeout,
+    ));
+    let verifier = Arc::new(Verifier::new(
+        bounded,
+        &config.verification,
+        config.limits.max_pending_payments,
+    ));
+    let payments = Arc::new(Payments::new(config, table, verifier));
+    let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
+    Ok(Gateway::new(config, payments, upstream))
 }
 
 /// Keeps `/supported` fresh and warns when a configured option stops being supported.
@@ -203,42 +225,94 @@ impl BackgroundService for SupportedRefresh {
     }
 }
 
-/// A bootstrapped Pingora server with per-instance pid and upgrade-socket files (named after
-/// the listening port, so several instances can share a machine).
-pub fn new_server(threads: usize, listen: &str) -> Server {
-    let port = listen.rsplit(':').next().unwrap_or("0");
+/// Makes sure `dir` is a directory only this user can use: created `0700` when missing;
+/// refused when another user owns it or when others can write to it (`private`: when group or
+/// others can use it at all), so nobody else can plant a socket or pid file the gateway trusts.
+///
+/// # Errors
+/// [`StartupError::RuntimeDir`].
+pub fn ensure_private_dir(dir: &Path, private: bool) -> Result<(), StartupError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let fail = |m: String| StartupError::RuntimeDir(format!("{}: {m}", dir.display()));
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(format!("cannot create: {e}")))?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(fail("is not a directory".into()));
+    }
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(fail(format!(
+            "is owned by uid {}, not by this user ({uid})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    let forbidden = if private { 0o077 } else { 0o022 };
+    if mode & forbidden != 0 {
+        return Err(fail(format!(
+            "has mode {mode:o}; it must not be {} by others (chmod 700 it, or choose another directory)",
+            if private { "usable" } else { "writable" }
+        )));
+    }
+    Ok(())
+}
+
+/// A bootstrapped Pingora server whose pid file and upgrade socket live in private
+/// directories (see [`ensure_private_dir`]).
+///
+/// # Errors
+/// [`StartupError::RuntimeDir`].
+pub fn new_server(
+    threads: usize,
+    pid_file: &Path,
+    upgrade_sock: &Path,
+) -> Result<Server, StartupError> {
+    for (path, default_dir) in [(pid_file, false), (upgrade_sock, false)] {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let is_default = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("x402-gateway"));
+        ensure_private_dir(dir, default_dir || is_default)?;
+    }
     let conf = ServerConf {
         threads,
-        pid_file: std::env::temp_dir()
-            .join(format!("x402-gateway-{port}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("x402-gateway-{port}.sock"))
-            .display()
-            .to_string(),
+        pid_file: pid_file.display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(10),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server
+    Ok(server)
 }
 
-/// The Pingora server: the gateway on `listen`, plus the `/supported` refresher.
+/// The Pingora server: the gateway on `listen`, plus the `/supported` refresher and the
+/// upstream resolver.
+///
+/// # Errors
+/// [`StartupError::RuntimeDir`].
 pub fn build_server(
     config: &Config,
     gateway: Gateway,
     facilitator: Arc<dyn Facilitator>,
-) -> Server {
-    let mut server = new_server(config.server.threads, &config.server.listen);
+) -> Result<Server, StartupError> {
+    let s = &config.server;
+    let mut server = new_server(s.threads, &s.pid_file, &s.upgrade_sock)?;
+    let upstream = gateway.upstream().clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
         "x402-gateway",
     );
-    service.add_tcp(&config.server.listen);
+    service.add_tcp(&s.listen);
     server.add_service(service);
     server.add_service(background_service(
         "supported refresh",
@@ -247,5 +321,6 @@ pub fn build_server(
             config: config.clone(),
         },
     ));
-    server
+    server.add_service(background_service("upstream resolver", Resolver(upstream)));
+    Ok(server)
 }

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use x402_gateway::config::{Config, ConfigError};
-use x402_gateway::facilitator::server;
+use x402_gateway::config::{runtime_dir, Config, ConfigError};
+use x402_gateway::facilitator::{redacted_url, server};
 use x402_gateway::verify::Facilitator;
 use x402_gateway::{
     build_gateway, build_server, connect_facilitator, fetch_supported, new_server, telemetry,
@@ -34,7 +34,20 @@ fn main() -> ExitCode {
             }
         },
         cli::Command::SampleApi { listen } => {
-            let mut server = new_server(1, &listen);
+            let port = listen.rsplit(':').next().unwrap_or("0");
+            let dir = runtime_dir(&|k| std::env::var(k).ok());
+            let server = new_server(
+                1,
+                &dir.join(format!("sample-api-{port}.pid")),
+                &dir.join(format!("sample-api-{port}.sock")),
+            );
+            let mut server = match server {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             server::add_sample_api_service(&mut server, &listen);
             server.run_forever()
         }
@@ -64,22 +77,79 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     println!("{}: OK", path.display());
-    println!("  listen       {}", c.server.listen);
-    println!("  upstream     {}", c.upstream.url);
+    let s = &c.server;
+    println!("  listen       {}", s.listen);
+    println!(
+        "  upstream     {}{}{}",
+        c.upstream.url,
+        if c.upstream.tls_ca.is_some() {
+            " (private CA)"
+        } else {
+            ""
+        },
+        if c.upstream.sni != c.upstream.host {
+            format!(" (TLS name {})", c.upstream.sni)
+        } else {
+            String::new()
+        }
+    );
     match (&c.facilitator.url, &c.facilitator.embedded) {
         (Some(url), _) => println!("  facilitator  {url}"),
         (None, Some(e)) => println!(
-            "  facilitator  embedded: {} signer key(s); {}",
+            "  facilitator  embedded: {} signer key(s); {}; rpc timeout {:?}",
             e.signer_keys.len(),
             e.rpc
                 .iter()
-                .map(|(n, u)| format!("{n} via {u}"))
+                .map(|(n, u)| format!("{n} via {}", redacted_url(u.expose())))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            e.rpc_timeout
         ),
         (None, None) => {}
     }
+    if c.facilitator.embedded.is_some() {
+        let f = &c.facilitator.server;
+        println!(
+            "  facilitator server (x402-gateway facilitator): {} on {}; pays to {}; min value {:?}; rate {}",
+            if f.token.is_some() { "bearer token" } else { "no token (loopback only)" },
+            c.facilitator.listen,
+            f.pay_to.iter().map(|a| a.to_checksum(None)).collect::<Vec<_>>().join(", "),
+            f.min_value,
+            f.rate.map_or("off".to_owned(), |r| r.to_string())
+        );
+    }
     println!("  verification {}", c.verification.mode.as_str());
+    println!(
+        "  methods      unlisted methods on priced paths: {}",
+        s.unlisted_methods.as_str()
+    );
+    let l = &c.limits;
+    println!(
+        "  limits       body {} B on priced routes; headers {} B; {} pending payments; challenges {}/client; failed payments {}/client; {} facilitator calls in flight",
+        l.max_request_body,
+        l.max_header_bytes,
+        l.max_pending_payments,
+        l.challenge_rate.map_or("off".to_owned(), |r| r.to_string()),
+        l.failed_payment_rate.map_or("off".to_owned(), |r| r.to_string()),
+        l.max_concurrent_facilitator_calls
+    );
+    println!(
+        "  proxies      {}",
+        if s.trusted_proxies.is_empty() {
+            "none trusted: X-Forwarded-For is replaced".to_owned()
+        } else {
+            s.trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!(
+        "  runtime      pid {}; upgrade socket {}",
+        s.pid_file.display(),
+        s.upgrade_sock.display()
+    );
     println!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
@@ -170,7 +240,13 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = build_server(&c, gateway, client);
+    let server = match build_server(&c, gateway, client) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(listen = %c.server.listen, upstream = %c.upstream.url, routes = c.routes.len(), "x402-gateway running");
     server.run_forever()
 }
@@ -193,8 +269,32 @@ fn facilitator(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut server = new_server(c.server.threads, &listen);
-    server::add_facilitator_service(&mut server, f, &listen);
+    let port = listen.rsplit(':').next().unwrap_or("0");
+    let dir = runtime_dir(&|k| std::env::var(k).ok());
+    let mut server = match new_server(
+        c.server.threads,
+        &dir.join(format!("facilitator-{port}.pid")),
+        &dir.join(format!("facilitator-{port}.sock")),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let open = listen
+        .parse::<std::net::SocketAddr>()
+        .map_or(true, |a| !a.ip().is_loopback());
+    if open && c.facilitator.server.token.is_none() {
+        eprintln!("error: [facilitator] server_token is required to listen on {listen} (beyond loopback): anyone who reaches it could make your signer keys pay gas");
+        return ExitCode::from(2);
+    }
+    server::add_facilitator_service(
+        &mut server,
+        f,
+        server::ServerPolicy::new(&c.facilitator.server),
+        &listen,
+    );
     tracing::info!(%listen, kinds = supported.kinds.len(), "x402 facilitator running");
     server.run_forever()
 }

@@ -1,25 +1,45 @@
 //! The price table: which route a request falls under, and what that route charges.
 //!
 //! Owns: [`PriceTable`] (route list, trie matcher, prepared challenges) and the fail-closed
-//! lookup rules:
-//! - paths are normalised as an upstream router would (`pricing/path.rs`);
+//! lookup rules of [`PriceTable::classify`]:
+//! - a path has every reading an upstream router may give it (`pricing/path.rs`: encoded
+//!   slashes both ways, `;` path parameters, Unicode case foldings), and a request has every
+//!   method reading the caller found (the method, upper-cased, and any override); the request
+//!   is charged if *any* (method, path) reading is priced, at the strictest such route;
 //! - a path with a malformed escape matches the *strictest* priced route (highest price);
-//! - an encoded slash is read both ways, and the request is charged if either reading is priced;
-//! - `HEAD` falls under routes that list `GET` (routers answer `HEAD` with the `GET` handler).
+//! - `HEAD` falls under routes that list `GET` (routers answer `HEAD` with the `GET` handler);
+//! - a method that no route lists, on a path a priced route covers, is [`Lookup::Unlisted`]:
+//!   the caller rejects, charges or passes it per `[server] unlisted_methods`.
 //!
-//! Does not own: `OPTIONS` preflight handling (`proxy`), verification (`verify`).
+//! Does not own: which method readings a request has, `OPTIONS` preflights, verification.
 
 pub mod challenge;
 pub mod matcher;
 pub mod path;
 
 use alloy::primitives::U256;
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::config::{PaymentOption, RouteRule};
 pub use challenge::Challenge;
 use matcher::Matcher;
-use path::Normalized;
+use path::Readings;
+
+/// What a request falls under.
+#[derive(Debug)]
+pub enum Lookup<'t> {
+    /// No route: the request passes through free.
+    None,
+    /// The route that applies (free or priced).
+    Route(&'t PricedRoute),
+    /// A priced route covers the path, but no route lists the method.
+    Unlisted {
+        /// The first priced route covering the path (what `unlisted_methods = "charge"` uses).
+        covering: &'t PricedRoute,
+        /// The methods routes list on this path, for the `Allow` header.
+        allow: HeaderValue,
+    },
+}
 
 /// A route with its prepared challenge.
 #[derive(Debug)]
@@ -79,28 +99,105 @@ impl PriceTable {
         &self.routes
     }
 
-    /// The route a request falls under, or `None` (pass through free). `target` is the request
-    /// target as received (`/path?query`).
+    /// The route a request for `method` falls under (first match of the primary reading, or a
+    /// priced match of any reading), or `None` (pass through free, or a method no route lists).
+    /// `target` is the request target as received (`/path?query`).
     pub fn lookup(&self, method: &Method, target: &str) -> Option<&PricedRoute> {
-        let allowed = |i: usize| {
+        match self.classify(std::slice::from_ref(method), target) {
+            Lookup::Route(r) => Some(r),
+            Lookup::None | Lookup::Unlisted { .. } => None,
+        }
+    }
+
+    /// Classifies a request: `methods` are its method readings (primary first), `target` the
+    /// request target as received.
+    pub fn classify(&self, methods: &[Method], target: &str) -> Lookup<'_> {
+        let readings = path::readings(target);
+        if readings == Readings::Malformed {
+            return self
+                .strictest
+                .map_or(Lookup::None, |i| Lookup::Route(&self.routes[i]));
+        }
+        let priced = |i: usize| self.routes[i].is_priced();
+        let allows = |m: &Method, i: usize| {
             let r = &self.routes[i].rule;
-            r.allows(method) || (method == Method::HEAD && r.allows(&Method::GET))
+            r.allows(m) || (m == Method::HEAD && r.allows(&Method::GET))
         };
-        let index = match path::normalize(target) {
-            Normalized::Clean(p) => self.matcher.lookup(&p, &allowed),
-            Normalized::Ambiguous(a, b) => {
-                let ia = self.matcher.lookup(&a, &allowed);
-                let ib = self.matcher.lookup(&b, &allowed);
-                let priced = |i: &Option<usize>| i.is_some_and(|i| self.routes[i].is_priced());
-                if priced(&ia) || !priced(&ib) {
-                    ia.or(ib)
-                } else {
-                    ib
+        // The primary (method, path) reading decides, unless it is free and another is priced.
+        let primary_method = methods.first().unwrap_or(&Method::GET);
+        let primary = readings
+            .primary()
+            .and_then(|p| self.matcher.lookup(p, &|i| allows(primary_method, i)));
+        if let Some(i) = primary.filter(|&i| priced(i)) {
+            return Lookup::Route(&self.routes[i]);
+        }
+        let mut best: Option<usize> = None;
+        for p in readings.iter() {
+            for m in methods {
+                if let Some(i) = self.matcher.lookup(p, &|i| priced(i) && allows(m, i)) {
+                    if best.is_none_or(|b| self.stricter(i, b)) {
+                        best = Some(i);
+                    }
                 }
             }
-            Normalized::Malformed => self.strictest,
+        }
+        if let Some(i) = best {
+            return Lookup::Route(&self.routes[i]);
+        }
+        // Nothing priced for any method reading. A free route that lists the method applies;
+        // otherwise a priced route covering the path makes the method unlisted.
+        if let Some(i) = primary {
+            return Lookup::Route(&self.routes[i]);
+        }
+        let covering = readings
+            .iter()
+            .filter_map(|p| self.matcher.lookup(p, &priced))
+            .min();
+        let Some(covering) = covering else {
+            return Lookup::None;
         };
-        index.map(|i| &self.routes[i])
+        let mut listed: Vec<Method> = Vec::new();
+        for p in readings.iter() {
+            self.matcher.each(p, &mut |i| {
+                for m in self.routes[i].rule.methods.iter().flatten() {
+                    if !listed.contains(m) {
+                        listed.push(m.clone());
+                    }
+                }
+            });
+        }
+        if listed.contains(&Method::GET) && !listed.contains(&Method::HEAD) {
+            listed.push(Method::HEAD);
+        }
+        let allow = listed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Lookup::Unlisted {
+            covering: &self.routes[covering],
+            allow: HeaderValue::from_str(&allow).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+
+    /// Whether route `a` charges more than route `b` (ties: the earlier route).
+    fn stricter(&self, a: usize, b: usize) -> bool {
+        let (ra, rb) = (&self.routes[a].rule, &self.routes[b].rule);
+        strictness(ra).cmp(&strictness(rb)).then(b.cmp(&a)).is_gt()
+    }
+
+    /// Whether any reading of `target` is covered by a priced route, whatever the method.
+    pub fn covers_priced(&self, target: &str) -> bool {
+        let readings = path::readings(target);
+        if readings == Readings::Malformed {
+            return self.strictest.is_some();
+        }
+        let covered = readings.iter().any(|p| {
+            self.matcher
+                .lookup(p, &|i| self.routes[i].is_priced())
+                .is_some()
+        });
+        covered
     }
 }
 

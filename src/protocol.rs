@@ -11,6 +11,7 @@
 
 pub mod evm;
 pub mod network;
+pub mod reason;
 pub mod v1;
 pub mod v2;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use network::Network;
+pub use reason::ErrorReason;
 
 // === Header names ===
 

@@ -1,166 +1,113 @@
-//! The Pingora adapter: `Gateway` implements `ProxyHttp` and delegates every decision to the
-//! pure modules (`pricing`, `verify`, `settle`).
+//! The Pingora adapter: `Gateway` implements `ProxyHttp`, asks [`Payments`] for every decision
+//! and writes what it is told.
 //!
 //! Owns: per-request state ([`RequestCtx`]) and which phase does what:
 //!
-//! | Phase                     | `before_upstream`               | `after_response` (default)                         |
-//! |---------------------------|---------------------------------|----------------------------------------------------|
-//! | `request_filter`          | price → 402, or verify → settle | price → 402, or verify                             |
-//! | `upstream_request_filter` | strip payment headers           | strip payment headers                              |
-//! | `response_filter`         | attach receipt                  | status < 400: settle, then receipt or 402; ≥ 400: release unsettled |
-//! | `response_body_filter`    | pass                            | after a failed settlement: swallow upstream body, emit the 402 body |
-//! | `fail_to_proxy`           | 502 with receipt                | release, 502                                       |
-//! | `logging`                 | one line per paid request; release anything still held        ||
+//! | Phase                     | `before_upstream`                     | `after_response` (default)                      |
+//! |---------------------------|---------------------------------------|-------------------------------------------------|
+//! | `request_filter`          | header size; admit: price → 402 / 405 / 429 / preflight 204, or verify | same                |
+//! | `request_body_filter`     | count body bytes on priced routes (413 above the limit)                 ||
+//! | `upstream_peer`           | a resolved upstream address           | same                                            |
+//! | `upstream_request_filter` | settle (the upstream connection is up; nothing sent yet), then strip credentials, overrides, upgrades, forwarding headers | strip, no settlement |
+//! | `response_filter`         | 1xx: pass; attach receipt             | 1xx: pass; final status < 400: settle, then receipt or our answer; ≥ 400: release unsettled |
+//! | `response_body_filter`    | pass                                  | after a failed settlement: swallow the upstream body, emit ours |
+//! | `fail_to_proxy`           | our pending answer, or 502 with any receipt | release, 502                              |
+//! | `logging`                 | one line per paid request; the payment's hold is dropped here at the latest ||
 //!
-//! The pending payment is an `Option` in the context, consumed on every terminal path; `logging`
-//! is the last safety net. Nothing here decides whether a payment is valid.
+//! The pending payment is an `Option` in the context and carries its replay-guard hold, which
+//! gives the authorization back when dropped unless settlement consumed it, so no path has to
+//! remember to release it. Nothing here decides whether a payment is valid.
 
 pub mod respond;
 pub mod upstream;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::HeaderValue;
-use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, Result};
+use pingora::{Error, ErrorType, Result};
 
-use crate::config::{Config, SettlementMode};
-use crate::error::GatewayError;
-use crate::pricing::{PriceTable, PricedRoute};
-use crate::protocol::{PAYMENT_SIGNATURE, SETTLEMENT_OVERRIDES, X_PAYMENT};
-use crate::settle::{Payment, PaymentState, Settler};
-use crate::verify::Verifier;
-use respond::Answer;
-use upstream::UpstreamTarget;
+use crate::config::{Cidr, Config, SettlementMode};
+use crate::error::{rescue, Answer, Asking, GatewayError};
+use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
+use crate::protocol::{ErrorReason, SETTLEMENT_OVERRIDES};
+use crate::settle::Payment;
+use upstream::{Forwarding, UpstreamTarget};
 
 /// The gateway service: shared state of all requests.
 pub struct Gateway {
-    table: Arc<ArcSwap<PriceTable>>,
-    verifier: Arc<Verifier>,
-    settler: Settler,
-    upstream: UpstreamTarget,
-    public_url: Option<String>,
-    cors_origin: Option<HeaderValue>,
-    client_timeout: std::time::Duration,
+    payments: Arc<Payments>,
+    upstream: Arc<UpstreamTarget>,
+    trusted_proxies: Vec<Cidr>,
+    client_timeout: Duration,
+    max_header_bytes: usize,
+    max_request_body: u64,
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
-    table: Option<Arc<PriceTable>>,
-    route: Option<usize>,
-    preflight: bool,
-    resource_url: String,
+    route: Option<Routed>,
     payment: Option<Payment>,
-    /// After a failed after-response settlement: the 402 body replacing the upstream's.
+    priced_path: bool,
+    websocket: bool,
+    resource_url: String,
+    peer: Option<IpAddr>,
+    trusted_peer: bool,
+    body_bytes: u64,
+    /// An answer to write instead of proxying (settlement before the upstream failed, body too
+    /// large).
+    pending: Option<Answer>,
+    /// After a failed after-response settlement: the body replacing the upstream's.
     replacement: Option<Bytes>,
     /// A rejection of a payment attempt, for the log line.
-    rejection: Option<String>,
-}
-
-impl RequestCtx {
-    fn route(&self) -> Option<&PricedRoute> {
-        Some(&self.table.as_ref()?.routes()[self.route?])
-    }
+    rejection: Option<ErrorReason>,
 }
 
 // === impl Gateway ===
 
 impl Gateway {
-    /// A gateway serving `table`.
-    pub fn new(config: &Config, table: Arc<ArcSwap<PriceTable>>, verifier: Arc<Verifier>) -> Self {
+    /// A gateway over `payments`, forwarding to `upstream`.
+    pub fn new(config: &Config, payments: Arc<Payments>, upstream: Arc<UpstreamTarget>) -> Self {
         Gateway {
-            table,
-            settler: Settler::new(verifier.facilitator().clone()),
-            verifier,
-            upstream: UpstreamTarget::new(&config.upstream),
-            public_url: config.server.public_url.clone(),
+            payments,
+            upstream,
+            trusted_proxies: config.server.trusted_proxies.clone(),
             client_timeout: config.server.client_timeout,
-            cors_origin: config
-                .server
-                .cors_allow_origin
-                .as_deref()
-                .and_then(|o| HeaderValue::from_str(o).ok()),
+            max_header_bytes: config.limits.max_header_bytes,
+            max_request_body: config.limits.max_request_body,
         }
     }
 
-    /// The public URL of this request: the configured origin (or `http://` + `Host`) followed
-    /// by the request target as received.
-    fn resource_url(&self, req: &RequestHeader) -> String {
-        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        match &self.public_url {
-            Some(origin) => format!("{origin}{target}"),
-            None => {
-                let host = req
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                    .unwrap_or("localhost");
-                format!("http://{host}{target}")
-            }
-        }
+    /// The payment decisions.
+    pub fn payments(&self) -> &Arc<Payments> {
+        &self.payments
     }
 
-    /// Answers a priced request that carries no usable payment with the route's challenge.
-    async fn challenge(
-        &self,
-        session: &mut Session,
-        route: &PricedRoute,
-        url: &str,
-        error: Option<&GatewayError>,
-        receipt: Option<(http::HeaderName, String)>,
-    ) -> Result<()> {
-        let Some(challenge) = route.challenge.as_ref() else {
-            return Err(Error::explain(
-                pingora::ErrorType::InternalError,
-                "free route has no challenge",
-            ));
-        };
-        let browser = error.is_none() && is_browser(session.req_header());
-        let (header, body) = match error {
-            None => challenge.unpaid(url),
-            Some(e) => {
-                let text = e.challenge_error();
-                (
-                    challenge.payment_required(url, &text),
-                    Bytes::from(challenge.v1_body(url, &text)),
-                )
-            }
-        };
-        let body = if browser {
-            Bytes::from(challenge.html(url))
-        } else {
-            body
-        };
-        let answer = Answer::payment_required(header, body, browser).with_receipt(receipt);
-        respond::write(session, &answer, self.cors_origin.as_ref()).await
+    /// The upstream.
+    pub fn upstream(&self) -> &Arc<UpstreamTarget> {
+        &self.upstream
+    }
+
+    async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<()> {
+        respond::write(session, answer, self.payments.cors_origin()).await
     }
 }
 
-/// Whether an upstream response carries no body at all.
-fn ends_at_header(r: &ResponseHeader) -> bool {
-    matches!(r.status.as_u16(), 204 | 304)
-        || r.headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().trim_ascii() == b"0")
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
 }
 
-/// `Accept` has `text/html` and `User-Agent` has `Mozilla`: the reference servers' test.
-fn is_browser(req: &RequestHeader) -> bool {
-    let has = |name, needle: &str| {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains(needle))
-    };
-    has(http::header::ACCEPT, "text/html") && has(http::header::USER_AGENT, "Mozilla")
+fn priced_route(ctx: &RequestCtx) -> bool {
+    ctx.route.as_ref().is_some_and(|r| r.route().is_priced())
 }
 
 #[async_trait]
@@ -181,82 +128,98 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // A borrowed snapshot of the config (no refcount) serves unmatched paths; an `Arc` is
-        // taken only when a route matched and must outlive this phase.
-        let snapshot = self.table.load();
+        ctx.peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.trusted_peer = ctx
+            .peer
+            .is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p)));
         let req = session.req_header();
-        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // Preflights pass unpaid; the route they ask about only shapes the CORS headers.
-        let method = if req.method == Method::OPTIONS {
-            ctx.preflight = true;
-            req.headers
-                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-                .unwrap_or(Method::GET)
-        } else {
-            req.method.clone()
-        };
-        let Some(index) = snapshot.lookup(&method, target).map(|r| r.rule.index) else {
-            return Ok(false);
-        };
-        let table = arc_swap::Guard::into_inner(snapshot);
-        let route = &table.routes()[index];
-        ctx.route = Some(index);
-        if ctx.preflight || !route.is_priced() {
-            ctx.table = Some(table);
-            return Ok(false);
-        }
-        let url = self.resource_url(req);
-        // PAYMENT-SIGNATURE wins when both are sent; the version inside decides the protocol.
-        let header = req
-            .headers
-            .get(PAYMENT_SIGNATURE)
-            .or_else(|| req.headers.get(X_PAYMENT))
-            .cloned();
-        let Some(header) = header else {
-            self.challenge(session, route, &url, None, None).await?;
+        if header_bytes(req) > self.max_header_bytes {
+            let answer = rescue(
+                &GatewayError::HeadersTooLarge,
+                None,
+                Asking {
+                    url: "",
+                    browser: false,
+                },
+            );
+            self.answer(session, &answer).await?;
             return Ok(true);
+        }
+        let client_ip = if ctx.trusted_peer {
+            upstream::client_ip(
+                ctx.peer,
+                req.headers.get("x-forwarded-for"),
+                &self.trusted_proxies,
+            )
+        } else {
+            ctx.peer
         };
-        match self.verifier.verify(route, header.as_bytes(), &url).await {
-            Ok(verified) => {
-                let mut payment = Payment::new(verified, route.rule.settlement);
-                if payment.mode == SettlementMode::BeforeUpstream {
-                    self.settler
-                        .settle(&mut payment, self.verifier.replay())
-                        .await;
-                    if !matches!(payment.state(), PaymentState::Settled { .. }) {
-                        let e = GatewayError::SettlementFailed {
-                            reason: payment
-                                .failure_reason()
-                                .unwrap_or("settlement_failed")
-                                .to_owned(),
-                        };
-                        let receipt = payment.receipt();
-                        self.challenge(session, route, &url, Some(&e), receipt)
-                            .await?;
-                        ctx.payment = Some(payment);
-                        ctx.table = Some(table);
-                        return Ok(true);
-                    }
+        let incoming = Incoming {
+            method: &req.method,
+            target: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            headers: &req.headers,
+            client_ip,
+        };
+        match self.payments.admit(incoming).await {
+            Admission::Forward(f) => {
+                if f.payment.is_some() && !self.upstream.is_addressable() {
+                    // Nothing to forward to: answer before anything is charged.
+                    let answer = rescue(
+                        &GatewayError::Upstream,
+                        None,
+                        Asking {
+                            url: "",
+                            browser: false,
+                        },
+                    );
+                    self.answer(session, &answer).await?;
+                    return Ok(true);
                 }
-                ctx.payment = Some(payment);
+                ctx.route = f.route;
+                ctx.payment = f.payment;
+                ctx.priced_path = f.priced_path;
+                ctx.websocket = f.websocket;
+                ctx.resource_url = f.resource_url;
+                Ok(false)
             }
-            Err(e) => {
-                let e = GatewayError::from(e);
-                ctx.rejection = Some(e.reason().to_owned());
-                if e.status() == 402 {
-                    self.challenge(session, route, &url, Some(&e), None).await?;
-                } else {
-                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "payment not verified");
-                    respond::write(session, &Answer::error(&e), self.cors_origin.as_ref()).await?;
-                }
-                ctx.table = Some(table);
-                return Ok(true);
+            Admission::Answer(e) => {
+                ctx.route = e.route;
+                ctx.payment = e.payment;
+                ctx.rejection = e.rejection;
+                self.answer(session, &e.answer).await?;
+                Ok(true)
             }
         }
-        ctx.resource_url = url;
-        ctx.table = Some(table);
-        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.max_request_body && priced_route(ctx) {
+                ctx.pending = Some(rescue(
+                    &GatewayError::RequestTooLarge,
+                    None,
+                    Asking {
+                        url: "",
+                        browser: false,
+                    },
+                ));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over [limits] max_request_body",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -267,20 +230,45 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.payment.as_mut() {
             p.forwarded();
         }
-        Ok(self.upstream.peer())
+        self.upstream.peer_for_request()
     }
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        upstream::prepare_request(upstream_request, ip)
+        if let Some(p) = ctx.payment.as_mut() {
+            if p.mode == SettlementMode::BeforeUpstream {
+                // The upstream connection is up and nothing was sent yet: settle now, so that a
+                // payment is never taken for an upstream that cannot be reached.
+                if let Some(answer) = self
+                    .payments
+                    .before_upstream(p, ctx.route.as_ref(), &ctx.resource_url)
+                    .await
+                {
+                    ctx.pending = Some(answer);
+                    let mut e = Error::explain(
+                        ErrorType::InternalError,
+                        "settlement before the upstream failed",
+                    );
+                    e.set_retry(false);
+                    return Err(e);
+                }
+            }
+        }
+        upstream::prepare_request(
+            upstream_request,
+            Forwarding {
+                peer: ctx.peer,
+                trusted_peer: ctx.trusted_peer,
+                proto: "http",
+                priced_path: ctx.priced_path,
+                websocket: ctx.websocket,
+                host: self.upstream.host_header(),
+            },
+        )
     }
 
     async fn response_filter(
@@ -290,52 +278,46 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.remove_header(&SETTLEMENT_OVERRIDES);
-        if let Some(mut payment) = ctx.payment.take() {
+        if ctx.payment.is_some() {
             for h in &respond::RECEIPT_HEADERS {
                 response.remove_header(h);
             }
-            if payment.is_unsettled() {
-                let status = response.status.as_u16();
-                if status >= 400 {
-                    // Upstream failed: nothing is charged, the client may retry the payment.
-                    self.settler
-                        .release(&mut payment, self.verifier.replay(), "upstream_error");
-                } else {
-                    self.settler
-                        .settle(&mut payment, self.verifier.replay())
-                        .await;
+        }
+        let status = response.status.as_u16();
+        let action = self
+            .payments
+            .on_response(
+                ctx.payment.as_mut(),
+                ctx.route.as_ref(),
+                status,
+                &ctx.resource_url,
+            )
+            .await;
+        match action {
+            HeadAction::Interim => return Ok(()),
+            HeadAction::Pass { receipt, private } => {
+                if let Some((name, value)) = receipt {
+                    response.insert_header(name, value)?;
                 }
-            }
-            match payment.state() {
-                PaymentState::Settled { .. } => {
-                    if let Some((name, value)) = payment.receipt() {
-                        response.insert_header(name, value)?;
-                    }
+                if private {
                     respond::make_private(response)?;
                 }
-                PaymentState::Failed { .. } | PaymentState::Unknown { .. } => {
-                    let reason = payment
-                        .failure_reason()
-                        .unwrap_or("settlement_failed")
-                        .to_owned();
-                    let e = GatewayError::SettlementFailed { reason };
-                    let mut answer = self.settlement_failure(ctx, &e, payment.receipt());
-                    // A response that ends at its header (204, 304, `content-length: 0`) gets
-                    // no body-filter call to carry the replacement: answer without a body then
-                    // (the challenge and the receipt are in the headers).
-                    if ends_at_header(response) {
-                        answer.body = Bytes::new();
-                    }
-                    respond::replace_header(response, &answer, self.cors_origin.as_ref())?;
-                    ctx.replacement = Some(answer.body);
-                }
-                _ => {}
             }
-            ctx.payment = Some(payment);
+            HeadAction::Replace(mut answer) => {
+                // A response that ends at its header (204, 304, `content-length: 0`) gets no
+                // body-filter call to carry the replacement: answer without a body then (the
+                // challenge and the receipt are in the headers).
+                if respond::ends_at_header(response) {
+                    answer.body = Bytes::new();
+                }
+                respond::replace_header(response, &answer, self.payments.cors_origin())?;
+                ctx.replacement = Some(answer.body);
+                return Ok(());
+            }
         }
-        if let (Some(origin), Some(route)) = (&self.cors_origin, ctx.route()) {
-            if route.is_priced() && ctx.replacement.is_none() {
-                respond::add_cors(response, origin, ctx.preflight)?;
+        if let Some(origin) = self.payments.cors_origin() {
+            if priced_route(ctx) {
+                respond::add_cors(response, origin)?;
             }
         }
         Ok(())
@@ -347,7 +329,7 @@ impl ProxyHttp for Gateway {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
+    ) -> Result<Option<Duration>> {
         if let Some(replacement) = &ctx.replacement {
             *body = end_of_stream.then(|| replacement.clone());
         }
@@ -360,15 +342,26 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(p) = ctx.payment.as_mut() {
-            self.settler
-                .release(p, self.verifier.replay(), "upstream_unreachable");
-        }
-        let receipt = ctx.payment.as_ref().and_then(Payment::receipt);
-        let answer = Answer::error(&GatewayError::Upstream).with_receipt(receipt);
+        let answer = match ctx.pending.take() {
+            Some(a) => a,
+            None => {
+                if let Some(p) = ctx.payment.as_mut() {
+                    p.release(ErrorReason::UpstreamUnavailable);
+                }
+                tracing::warn!(error = %e, "upstream request failed");
+                rescue(
+                    &GatewayError::Upstream,
+                    None,
+                    Asking {
+                        url: "",
+                        browser: false,
+                    },
+                )
+                .with_receipt(ctx.payment.as_ref().and_then(Payment::receipt))
+            }
+        };
         let code = if session.response_written().is_none() {
-            tracing::warn!(error = %e, "upstream request failed");
-            match respond::write(session, &answer, self.cors_origin.as_ref()).await {
+            match self.answer(session, &answer).await {
                 Ok(()) => answer.status,
                 Err(_) => 0,
             }
@@ -385,10 +378,11 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.payment.as_mut() {
             // The last safety net: a payment still unsettled here was never answered by the
             // upstream (client gone, error path): give it back.
-            self.settler
-                .release(p, self.verifier.replay(), "not_served");
+            p.release(ErrorReason::NotServed);
         }
-        let Some(route) = ctx.route() else { return };
+        let Some(route) = ctx.route.as_ref().map(Routed::route) else {
+            return;
+        };
         if !route.is_priced() || (ctx.payment.is_none() && ctx.rejection.is_none()) {
             return;
         }
@@ -399,7 +393,7 @@ impl ProxyHttp for Gateway {
                 target: "x402_gateway::payment",
                 route = path,
                 outcome = p.state().name(),
-                reason = p.failure_reason().unwrap_or(""),
+                reason = p.failure_reason().map_or("", ErrorReason::as_str),
                 payer = %p.verified.payer,
                 amount = %p.verified.amount,
                 network = p.verified.network.as_str(),
@@ -411,32 +405,10 @@ impl ProxyHttp for Gateway {
                 target: "x402_gateway::payment",
                 route = path,
                 outcome = "rejected",
-                reason = ctx.rejection.as_deref().unwrap_or(""),
+                reason = ctx.rejection.as_ref().map_or("", ErrorReason::as_str),
                 status,
                 "paid request"
             ),
-        }
-    }
-}
-
-impl Gateway {
-    fn settlement_failure(
-        &self,
-        ctx: &RequestCtx,
-        e: &GatewayError,
-        receipt: Option<(http::HeaderName, String)>,
-    ) -> Answer {
-        match ctx.route().and_then(|r| r.challenge.as_ref()) {
-            Some(c) => {
-                let text = e.challenge_error();
-                Answer::payment_required(
-                    c.payment_required(&ctx.resource_url, &text),
-                    Bytes::from(c.v1_body(&ctx.resource_url, &text)),
-                    false,
-                )
-                .with_receipt(receipt)
-            }
-            None => Answer::error(e).with_receipt(receipt),
         }
     }
 }

@@ -2,23 +2,28 @@
 //!
 //! Owns: [`Payment`], an explicit state machine
 //! `Verified → Forwarded → Settled | Failed | Unknown`, with `Released` for payments that were
-//! neither served nor settled; and [`Settler`], which calls the facilitator's `/settle` and
-//! keeps the replay guard in step. The states are what a durable journal records.
+//! neither served nor settled, carrying its [`Hold`] on the replay guard (given back when
+//! dropped unless settlement consumed it); and [`Settler`], which calls the facilitator's
+//! `/settle`.
 //!
 //! Rules (fail closed):
 //! - `success: true` with a transaction hash is the only success; `success: false`, a missing
 //!   `success`, a timeout or a garbled answer is not.
 //! - A timeout or garbled answer is *unknown*: the transfer may have happened, so the
 //!   authorization stays used and nothing is released to the client.
-//! - Once settlement was attempted, the authorization is never served again.
+//! - A facilitator that was certainly not reached (connection refused, or too many calls in
+//!   flight) leaves the payment *released*: nothing happened, and the client may retry it.
+//! - Once settlement was attempted, the authorization is never served again; only a definitive
+//!   refusal without a transaction lets the replay guard forget it (the chain will refuse it
+//!   again, so holding it protects nothing).
 //!
-//! Does not own: when to settle (the proxy phases, per [`SettlementMode`]).
+//! Does not own: when to settle (`payments`, per [`SettlementMode`]).
 
 use std::sync::Arc;
 
 pub use crate::config::SettlementMode;
-use crate::protocol::Receipt;
-use crate::verify::{unix_now, Facilitator, FacilitatorError, ReplayGuard, Verified};
+use crate::protocol::{ErrorReason, Receipt};
+use crate::verify::{Facilitator, FacilitatorError, Hold, Verified};
 
 /// Where a payment is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,17 +40,20 @@ pub enum PaymentState {
     /// Settlement definitively failed; nothing was released.
     Failed {
         /// Reason from the facilitator or the gateway.
-        reason: String,
+        reason: ErrorReason,
     },
-    /// Settlement outcome unknown (timeout, garbled answer); nothing was released.
+    /// Settlement outcome unknown (timeout, garbled answer, transaction not mined yet); nothing
+    /// was released.
     Unknown {
         /// What went wrong.
-        reason: String,
+        reason: ErrorReason,
+        /// The transaction hash, when the facilitator named one.
+        transaction: Option<String>,
     },
     /// Neither served nor settled: the authorization was given back to the client.
     Released {
         /// Why.
-        reason: String,
+        reason: ErrorReason,
     },
 }
 
@@ -76,15 +84,17 @@ pub struct Payment {
     /// When to settle.
     pub mode: SettlementMode,
     state: PaymentState,
+    hold: Option<Hold>,
 }
 
 impl Payment {
-    /// A freshly verified payment.
-    pub fn new(verified: Verified, mode: SettlementMode) -> Self {
+    /// A freshly verified payment; `hold` is its in-flight entry in the replay guard.
+    pub fn new(verified: Verified, mode: SettlementMode, hold: Hold) -> Self {
         Payment {
             verified,
             mode,
             state: PaymentState::Verified,
+            hold: Some(hold),
         }
     }
 
@@ -105,6 +115,14 @@ impl Payment {
         !self.state.is_terminal()
     }
 
+    /// Gives an unsettled payment back to the client: nothing was served, nothing settled.
+    pub fn release(&mut self, reason: ErrorReason) {
+        if self.is_unsettled() {
+            self.hold = None;
+            self.state = PaymentState::Released { reason };
+        }
+    }
+
     /// The receipt header (name, value) for the client: success or failure, in the payment's
     /// protocol version. `None` before settlement or after a release.
     pub fn receipt(&self) -> Option<(http::HeaderName, String)> {
@@ -112,9 +130,15 @@ impl Payment {
         let payer = v.payer.to_checksum(None);
         let (success, transaction, reason) = match &self.state {
             PaymentState::Settled { transaction } => (true, transaction.as_str(), None),
-            PaymentState::Failed { reason } | PaymentState::Unknown { reason } => {
-                (false, "", Some(reason.as_str()))
-            }
+            PaymentState::Failed { reason } => (false, "", Some(reason.as_str())),
+            PaymentState::Unknown {
+                reason,
+                transaction,
+            } => (
+                false,
+                transaction.as_deref().unwrap_or(""),
+                Some(reason.as_str()),
+            ),
             _ => return None,
         };
         let receipt = Receipt {
@@ -131,22 +155,23 @@ impl Payment {
     pub fn transaction(&self) -> Option<&str> {
         match &self.state {
             PaymentState::Settled { transaction } => Some(transaction),
+            PaymentState::Unknown { transaction, .. } => transaction.as_deref(),
             _ => None,
         }
     }
 
     /// The failure reason of a failed, unknown or released payment.
-    pub fn failure_reason(&self) -> Option<&str> {
+    pub fn failure_reason(&self) -> Option<&ErrorReason> {
         match &self.state {
             PaymentState::Failed { reason }
-            | PaymentState::Unknown { reason }
+            | PaymentState::Unknown { reason, .. }
             | PaymentState::Released { reason } => Some(reason),
             _ => None,
         }
     }
 }
 
-/// Calls `/settle` and keeps the replay guard in step with the outcome.
+/// Calls `/settle` and moves a payment to its outcome.
 pub struct Settler {
     facilitator: Arc<dyn Facilitator>,
 }
@@ -157,57 +182,65 @@ impl Settler {
         Settler { facilitator }
     }
 
-    /// Settles `payment`: moves it to `Settled`, `Failed` or `Unknown`. The authorization is
-    /// marked used *before* the call, whatever the outcome, so it can never serve twice.
-    pub async fn settle(&self, payment: &mut Payment, replay: &ReplayGuard) {
+    /// Settles `payment`: moves it to `Settled`, `Failed`, `Unknown` or (facilitator certainly
+    /// not reached) `Released`. The authorization is marked used *before* the call, so it can
+    /// never serve twice whatever the outcome.
+    pub async fn settle(&self, payment: &mut Payment) {
         if !payment.is_unsettled() {
             return;
         }
+        let guard = payment.hold.take().map(Hold::consume);
         let v = &payment.verified;
-        replay.mark_used(&v.key, v.valid_before, unix_now());
         payment.state = match self.facilitator.settle(&v.facilitator_body).await {
             Ok(r) if r.is_success() => PaymentState::Settled {
                 transaction: r.transaction.unwrap_or_default(),
             },
-            // The embedded facilitator's "sent, receipt not seen yet": the transfer may land.
-            Ok(r) if r.error_reason.as_deref() == Some("settlement_pending") => {
-                PaymentState::Unknown {
-                    reason: "settlement_pending".to_owned(),
+            Ok(r) => {
+                let reason = r
+                    .error_reason
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map_or(ErrorReason::SettlementFailed, ErrorReason::parse);
+                let transaction = r.transaction.filter(|t| !t.is_empty());
+                if reason.is_unknown_outcome() {
+                    // The embedded facilitator's "sent, receipt not seen yet": the transfer
+                    // may land.
+                    PaymentState::Unknown {
+                        reason,
+                        transaction,
+                    }
+                } else {
+                    if transaction.is_none() {
+                        if let Some(g) = &guard {
+                            g.forget(&v.key);
+                        }
+                    }
+                    PaymentState::Failed { reason }
                 }
             }
-            Ok(r) => PaymentState::Failed {
-                reason: r
-                    .error_reason
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "settlement_failed".to_owned()),
-            },
-            Err(e) => settle_error_state(&e),
+            Err(e) if !e.may_have_happened() => {
+                // Nothing was sent: give the authorization back for a retry.
+                if let Some(g) = &guard {
+                    g.forget(&v.key);
+                }
+                PaymentState::Released {
+                    reason: match e {
+                        FacilitatorError::Busy => ErrorReason::FacilitatorBusy,
+                        _ => ErrorReason::FacilitatorUnreachable,
+                    },
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payer = %v.payer, "settlement outcome unknown");
+                PaymentState::Unknown {
+                    reason: match e {
+                        FacilitatorError::Timeout { .. } => ErrorReason::SettlementTimeout,
+                        _ => ErrorReason::SettlementUnknown,
+                    },
+                    transaction: None,
+                }
+            }
         };
-    }
-
-    /// Gives an unsettled payment back to the client: nothing was served, nothing settled.
-    pub fn release(&self, payment: &mut Payment, replay: &ReplayGuard, reason: &str) {
-        if payment.is_unsettled() {
-            replay.release(&payment.verified.key);
-            payment.state = PaymentState::Released {
-                reason: reason.to_owned(),
-            };
-        }
-    }
-}
-
-fn settle_error_state(e: &FacilitatorError) -> PaymentState {
-    if e.may_have_happened() {
-        PaymentState::Unknown {
-            reason: match e {
-                FacilitatorError::Timeout { .. } => "settlement_timeout".to_owned(),
-                _ => "settlement_unknown".to_owned(),
-            },
-        }
-    } else {
-        PaymentState::Failed {
-            reason: "facilitator_unreachable".to_owned(),
-        }
     }
 }
 

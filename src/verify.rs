@@ -20,11 +20,11 @@ use alloy::primitives::{keccak256, Address, U256};
 
 use crate::config::{PaymentOption, VerificationConfig, VerificationMode};
 use crate::pricing::PricedRoute;
-use crate::protocol::{PaymentPayload, X402Version};
+use crate::protocol::{ErrorReason, PaymentPayload, X402Version};
 pub use cache::VerdictCache;
 pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError};
 pub use local::{PaymentRejection, SignatureCheck};
-pub use replay::{Held, ReplayGuard, ReplayKey};
+pub use replay::{Held, Hold, ReplayGuard, ReplayKey};
 
 /// Why a payment did not verify.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum VerifyError {
     /// The facilitator could not give a verdict; the client gets a 503 and may retry.
     #[error("facilitator unavailable")]
     Unavailable(#[source] FacilitatorError),
+    /// The replay guard is full of live authorizations; the client gets a 503 and may retry.
+    #[error("too many pending payments")]
+    Busy,
 }
 
 /// A payment that passed verification and is held in flight by the replay guard until it is
@@ -70,17 +73,22 @@ pub fn unix_now() -> u64 {
 pub struct Verifier {
     facilitator: Arc<dyn Facilitator>,
     cache: VerdictCache,
-    replay: ReplayGuard,
+    replay: Arc<ReplayGuard>,
     mode: VerificationMode,
 }
 
 impl Verifier {
-    /// A verifier asking `facilitator`.
-    pub fn new(facilitator: Arc<dyn Facilitator>, config: &VerificationConfig) -> Self {
+    /// A verifier asking `facilitator`, holding at most `max_pending` authorizations in its
+    /// replay guard.
+    pub fn new(
+        facilitator: Arc<dyn Facilitator>,
+        config: &VerificationConfig,
+        max_pending: usize,
+    ) -> Self {
         Verifier {
             facilitator,
             cache: VerdictCache::new(config.cache_capacity, config.cache_ttl),
-            replay: ReplayGuard::new(),
+            replay: Arc::new(ReplayGuard::new(max_pending)),
             mode: config.mode,
         }
     }
@@ -91,21 +99,23 @@ impl Verifier {
     }
 
     /// The replay guard.
-    pub fn replay(&self) -> &ReplayGuard {
+    pub fn replay(&self) -> &Arc<ReplayGuard> {
         &self.replay
     }
 
     /// Verifies a payment header (raw base64 bytes) for a priced route. `resource_url` is the
-    /// URL of this request, used in v1 requirements.
+    /// URL of this request, used in v1 requirements. A verified payment comes with its
+    /// [`Hold`] on the replay guard; any failure gives the authorization back.
     ///
     /// # Errors
-    /// [`VerifyError::Rejected`] with a specific reason, or [`VerifyError::Unavailable`].
+    /// [`VerifyError::Rejected`] with a specific reason, [`VerifyError::Unavailable`] or
+    /// [`VerifyError::Busy`].
     pub async fn verify(
         &self,
         route: &PricedRoute,
         header: &[u8],
         resource_url: &str,
-    ) -> Result<Verified, VerifyError> {
+    ) -> Result<(Verified, Hold), VerifyError> {
         let now = unix_now();
         let payload = PaymentPayload::from_header(header)
             .map_err(|e| PaymentRejection::InvalidPayload(e.to_string()))?;
@@ -140,19 +150,22 @@ impl Verifier {
         self.replay
             .acquire(key.clone(), auth.valid_before, now)
             .map_err(|held| match held {
-                Held::InFlight => PaymentRejection::InFlight,
-                Held::Used => PaymentRejection::AlreadyUsed,
+                Held::InFlight => PaymentRejection::InFlight.into(),
+                Held::Used => PaymentRejection::AlreadyUsed.into(),
+                Held::Full => VerifyError::Busy,
             })?;
+        // From here every early return drops the hold, which gives the authorization back.
+        let hold = Hold::new(self.replay.clone(), key.clone(), auth.valid_before);
 
         // Local mode: a signature recovered to `from` is the whole verdict; settlement (always
         // before release) is the facilitator's say.
         let ask_facilitator =
             self.mode == VerificationMode::Facilitator || signature == SignatureCheck::Deferred;
         if ask_facilitator {
-            self.facilitator_verdict(&facilitator_body, &key, auth.valid_before, now)
+            self.facilitator_verdict(&facilitator_body, auth.valid_before, now)
                 .await?;
         }
-        Ok(Verified {
+        let verified = Verified {
             version: payload.version,
             option: index,
             payer,
@@ -164,38 +177,37 @@ impl Verifier {
             facilitator_body,
             key,
             valid_before: auth.valid_before,
-        })
+        };
+        Ok((verified, hold))
     }
 
-    /// Asks the facilitator's `/verify` (or the verdict cache); releases the held
-    /// authorization unless the verdict is valid.
+    /// Asks the facilitator's `/verify` (or the verdict cache).
     async fn facilitator_verdict(
         &self,
         facilitator_body: &str,
-        key: &ReplayKey,
         valid_before: u64,
         now: u64,
     ) -> Result<(), VerifyError> {
         let digest = keccak256(facilitator_body.as_bytes());
         let verdict = match self.cache.get(&digest) {
             Some(v) => v,
-            None => match self.facilitator.verify(facilitator_body).await {
-                Ok(v) => {
-                    self.cache.insert(digest, v.clone(), valid_before, now);
-                    v
-                }
-                Err(e) => {
-                    self.replay.release(key);
-                    return Err(VerifyError::Unavailable(e));
-                }
-            },
+            None => {
+                let v = self
+                    .facilitator
+                    .verify(facilitator_body)
+                    .await
+                    .map_err(VerifyError::Unavailable)?;
+                self.cache.insert(digest, v.clone(), valid_before, now);
+                v
+            }
         };
         if !verdict.is_valid {
-            self.replay.release(key);
             return Err(PaymentRejection::Facilitator {
                 reason: verdict
                     .invalid_reason
-                    .unwrap_or_else(|| "invalid_payment".to_owned()),
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .map_or(ErrorReason::InvalidPayment, ErrorReason::parse),
                 message: verdict.invalid_message,
             }
             .into());

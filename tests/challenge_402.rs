@@ -90,10 +90,11 @@ async fn free_and_unmatched_paths_pass_through() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["upstream"], true);
     }
-    // A method the route does not list passes through.
+    // A method the priced route does not list is refused (`unlisted_methods = "reject"`).
     let resp = http().post(gw.url("/weather/paris")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(gw.upstream.count(), 4);
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    assert_eq!(gw.upstream.count(), 3);
     assert_eq!(gw.facilitator.verify_calls(), 0);
 }
 
@@ -124,7 +125,7 @@ async fn path_spellings_do_not_bypass_the_paywall() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn preflight_passes_unpaid_and_allows_payment_headers() {
+async fn preflight_is_answered_by_the_gateway_and_allows_payment_headers() {
     let gw = TestGateway::start().await;
     let resp = http()
         .request(reqwest::Method::OPTIONS, gw.url("/weather/paris"))
@@ -137,7 +138,7 @@ async fn preflight_passes_unpaid_and_allows_payment_headers() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 204);
     let allow = resp.headers()["access-control-allow-headers"]
         .to_str()
         .unwrap()
@@ -151,7 +152,12 @@ async fn preflight_passes_unpaid_and_allows_payment_headers() {
         assert!(allow.contains(h), "{h} missing from {allow}");
     }
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
-    assert_eq!(gw.upstream.count(), 1, "the preflight goes to the upstream");
+    assert_eq!(resp.headers()["access-control-allow-methods"], "GET");
+    assert_eq!(
+        gw.upstream.count(),
+        0,
+        "a preflight on a priced path is never forwarded"
+    );
     assert_eq!(gw.facilitator.verify_calls(), 0);
 }
 

@@ -428,9 +428,10 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         &x402_gateway::config::EmbeddedConfig {
             rpc: vec![(
                 x402_gateway::protocol::Network::parse("eip155:84532").unwrap(),
-                env.rpc.clone(),
+                x402_gateway::config::Secret::new(env.rpc.clone()),
             )],
             signer_keys: vec![x402_gateway::config::Secret::new(FACILITATOR_KEY.into())],
+            rpc_timeout: Duration::from_secs(5),
         },
         Duration::from_secs(10),
     )

@@ -4,17 +4,20 @@
 //! route pattern compilation. Reports every problem found, each with its TOML key path.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alloy::primitives::Address;
 use http::{HeaderName, Method};
 
 use super::file::{Issues, Section};
+use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, Asset, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig, LogFormat,
-    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
-    SettlementMode, UpstreamConfig, VerificationConfig, VerificationMode,
+    assets, Asset, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig,
+    HostHeader, LogFormat, LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment,
+    ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
+    VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -23,14 +26,20 @@ const DEFAULT_MAX_TIMEOUT_SECONDS: u64 = 300;
 
 type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
-pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<ConfigIssue>> {
+pub(super) fn validate(
+    root: &toml::Table,
+    dir: &Path,
+    env: Env<'_>,
+) -> Result<Config, Vec<ConfigIssue>> {
     let issues = Issues::default();
     let r = Section::root(root, &issues);
-    let server = server(&r.table("server"));
-    let upstream = upstream(&r.table("upstream"));
-    let facilitator = facilitator(&r.table("facilitator"), env);
+    let server = server(&r.table("server"), dir, env);
+    let upstream = upstream(&r.table("upstream"), dir);
+    let facilitator_section = r.table("facilitator");
+    let facilitator = facilitator(&facilitator_section, env);
     let verification = verification(&r.table("verification"));
     let logging = logging(&r.table("logging"));
+    let limits = limits(&r.table("limits"));
     let defaults = Defaults::read(&r.table("payment"));
     let route_sections = r.tables("route");
     if route_sections.is_empty() && !r.has("route") {
@@ -44,6 +53,24 @@ pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<C
         .enumerate()
         .filter_map(|(i, s)| route(i, s, &defaults))
         .collect();
+    let facilitator = facilitator.map(|mut f| {
+        if f.server.pay_to.is_empty() {
+            // Default: every recipient of this file.
+            let mut all: Vec<Address> = defaults.level.pay_to.into_iter().collect();
+            all.extend(
+                routes
+                    .iter()
+                    .flat_map(|r| r.options.iter().map(|o| o.pay_to)),
+            );
+            all.sort();
+            all.dedup();
+            f.server.pay_to = all;
+        }
+        f
+    });
+    if let Some(f) = &facilitator {
+        check_facilitator_server(&facilitator_section, f);
+    }
     r.finish();
     match (server, upstream, facilitator) {
         (Some(server), Some(upstream), Some(facilitator)) if issues.is_empty() => Ok(Config {
@@ -52,6 +79,7 @@ pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<C
             facilitator,
             verification,
             logging,
+            limits,
             routes,
         }),
         _ => {
@@ -68,7 +96,7 @@ pub(super) fn validate(root: &toml::Table, env: Env<'_>) -> Result<Config, Vec<C
 
 // === [server] ===
 
-fn server(s: &Section<'_>) -> Option<ServerConfig> {
+fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
     let listen = s.str("listen").unwrap_or("0.0.0.0:8402").to_owned();
     if listen.parse::<SocketAddr>().is_err() {
         s.issue(
@@ -114,6 +142,41 @@ fn server(s: &Section<'_>) -> Option<ServerConfig> {
     let client_timeout = s
         .duration("client_timeout")
         .unwrap_or(Duration::from_secs(60));
+    let unlisted_methods = match s.str("unlisted_methods") {
+        None | Some("reject") => UnlistedMethods::Reject,
+        Some("charge") => UnlistedMethods::Charge,
+        Some("pass") => UnlistedMethods::Pass,
+        Some(other) => {
+            s.issue(
+                "unlisted_methods",
+                format!("`{other}` is not \"reject\", \"charge\" or \"pass\""),
+            );
+            UnlistedMethods::Reject
+        }
+    };
+    let trusted_proxies = s
+        .str_array("trusted_proxies")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match Cidr::parse(c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                s.issue(&format!("trusted_proxies[{i}]"), e);
+                None
+            }
+        })
+        .collect();
+    let port = listen.rsplit(':').next().unwrap_or("0").to_owned();
+    let private = runtime_dir(env);
+    let pid_file = s.str("pid_file").map_or_else(
+        || private.join(format!("x402-gateway-{port}.pid")),
+        |p| dir.join(p),
+    );
+    let upgrade_sock = s.str("upgrade_sock").map_or_else(
+        || private.join(format!("x402-gateway-{port}.sock")),
+        |p| dir.join(p),
+    );
     s.finish();
     Some(ServerConfig {
         listen,
@@ -121,12 +184,28 @@ fn server(s: &Section<'_>) -> Option<ServerConfig> {
         threads,
         cors_allow_origin,
         client_timeout,
+        unlisted_methods,
+        trusted_proxies,
+        pid_file,
+        upgrade_sock,
     })
+}
+
+/// The private directory for the pid file and the upgrade socket: `$XDG_RUNTIME_DIR/x402-gateway`
+/// (per user, 0700 by definition), else `<temp>/x402-gateway-<uid>`. It is created 0700 at
+/// start and refused if anyone else owns it or can write to it.
+pub fn runtime_dir(env: Env<'_>) -> PathBuf {
+    if let Some(d) = env("XDG_RUNTIME_DIR").filter(|d| d.starts_with('/')) {
+        return PathBuf::from(d).join("x402-gateway");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    std::env::temp_dir().join(format!("x402-gateway-{uid}"))
 }
 
 // === [upstream] ===
 
-fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
+fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
     let connect_timeout = s
         .duration("connect_timeout")
         .unwrap_or(Duration::from_secs(5));
@@ -136,6 +215,36 @@ fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
     let write_timeout = s
         .duration("write_timeout")
         .unwrap_or(Duration::from_secs(60));
+    let resolve_interval = s
+        .duration("resolve_interval")
+        .unwrap_or(Duration::from_secs(30));
+    let tls_server_name = s.str("tls_server_name").map(str::to_owned);
+    if tls_server_name.as_deref().is_some_and(|n| {
+        n.is_empty() || rustls_pki_types::ServerName::try_from(n.to_owned()).is_err()
+    }) {
+        s.issue("tls_server_name", "is not a DNS name or IP address");
+    }
+    let tls_ca = s.str("tls_ca").and_then(|p| match read_ca(&dir.join(p)) {
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            s.issue("tls_ca", e);
+            None
+        }
+    });
+    let host_header = match s.str("host_header") {
+        None | Some("upstream") => HostHeader::Upstream,
+        Some("client") => HostHeader::Client,
+        Some(v) if !v.is_empty() && http::HeaderValue::from_str(v).is_ok() => {
+            HostHeader::Literal(v.to_owned())
+        }
+        Some(_) => {
+            s.issue(
+                "host_header",
+                "must be \"upstream\", \"client\" or a host name",
+            );
+            HostHeader::Upstream
+        }
+    };
     let url = s.str("url");
     s.finish();
     let Some(url) = url else {
@@ -160,20 +269,54 @@ fn upstream(s: &Section<'_>) -> Option<UpstreamConfig> {
         return None;
     }
     let tls = p.scheme == "https";
+    if !tls {
+        for key in ["tls_ca", "tls_server_name"] {
+            if s.has(key) {
+                s.issue(key, "only used with an https:// url");
+            }
+        }
+    }
+    let port = p.port.unwrap_or(if tls { 443 } else { 80 });
     let address = if p.has_port {
         p.authority.clone()
     } else {
-        format!("{}:{}", p.authority, if tls { 443 } else { 80 })
+        format!("{}:{port}", p.authority)
     };
     Some(UpstreamConfig {
         url: url.to_owned(),
         address,
+        sni: tls_server_name.unwrap_or_else(|| p.host.clone()),
+        host: p.host,
+        port,
         tls,
-        sni: p.host,
+        tls_ca,
+        host_header,
+        resolve_interval,
         connect_timeout,
         read_timeout,
         write_timeout,
     })
+}
+
+/// Reads PEM certificates (a private CA) and checks each is a parsable X.509 certificate.
+fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&text) {
+        let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        if x509_parser::parse_x509_certificate(&cert).is_err() {
+            return Err(format!(
+                "{}: a certificate is not valid X.509",
+                path.display()
+            ));
+        }
+        out.push(cert.to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(out)
 }
 
 // === [facilitator] ===
@@ -211,8 +354,9 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
     let embedded_on = s.bool("embedded").unwrap_or(false);
     let url = s.str("url");
     let embedded = embedded_on.then(|| embedded(s, env));
+    let server = facilitator_server(s, env);
     if !embedded_on {
-        for key in ["rpc", "signer_keys"] {
+        for key in ["rpc", "signer_keys", "rpc_timeout"] {
             if s.has(key) {
                 s.issue(key, "only used with embedded = true");
             }
@@ -255,7 +399,154 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
         settle_timeout,
         headers,
         supported_refresh,
+        server,
     })
+}
+
+/// The standalone facilitator server's keys (`server_*`).
+fn facilitator_server(s: &Section<'_>, env: Env<'_>) -> FacilitatorServerConfig {
+    let token = s.str("server_token").and_then(|t| {
+        if !t.contains("${") {
+            s.issue(
+                "server_token",
+                "write the token as ${VAR}: secrets come from the environment, never from the file",
+            );
+            return None;
+        }
+        match super::secret::expand_env(t, env) {
+            Ok(v) if v.len() >= 16 && http::HeaderValue::from_str(&v).is_ok() => {
+                Some(Secret::new(v))
+            }
+            Ok(_) => {
+                s.issue(
+                    "server_token",
+                    "the token must be at least 16 characters of header-safe text",
+                );
+                None
+            }
+            Err(e) => {
+                s.issue("server_token", e);
+                None
+            }
+        }
+    });
+    let pay_to = s
+        .str_array("server_pay_to")
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            let addr = protocol::parse_address(a);
+            if addr.is_none() {
+                s.issue(
+                    &format!("server_pay_to[{i}]"),
+                    format!("`{a}` is not an address (0x + 40 hex digits)"),
+                );
+            }
+            addr
+        })
+        .collect();
+    let min_value = match s.str_or_int("server_min_value") {
+        None => Price::Dollars("0.001".into()),
+        Some(p) => match money::parse_price(&p) {
+            Ok(Price::Free) => {
+                s.issue("server_min_value", "must be a price, not \"free\"");
+                Price::Atomic(alloy::primitives::U256::from(1))
+            }
+            Ok(p) => p,
+            Err(e) => {
+                s.issue("server_min_value", e);
+                Price::Atomic(alloy::primitives::U256::from(1))
+            }
+        },
+    };
+    let rate = rate(s, "server_rate", "20/s");
+    let max_body = s
+        .str_or_int("server_max_body")
+        .map_or(Ok(64 * 1024), |v| limits::parse_size(&v))
+        .unwrap_or_else(|e| {
+            s.issue("server_max_body", e);
+            64 * 1024
+        });
+    FacilitatorServerConfig {
+        token,
+        pay_to,
+        min_value,
+        rate,
+        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+    }
+}
+
+/// The standalone facilitator must not be open to the network without a token.
+fn check_facilitator_server(s: &Section<'_>, f: &FacilitatorConfig) {
+    if f.embedded.is_none() || f.server.token.is_some() {
+        return;
+    }
+    let loopback = f
+        .listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        s.issue(
+            "server_token",
+            format!(
+                "required when the facilitator listens beyond loopback ({}): anyone who reaches it could make your signer keys pay gas",
+                f.listen
+            ),
+        );
+    }
+}
+
+/// A rate key; `default` applies when it is absent.
+fn rate(s: &Section<'_>, key: &'static str, default: &str) -> Option<limits::Rate> {
+    let text = s.str(key).unwrap_or(default);
+    limits::parse_rate(text).unwrap_or_else(|e| {
+        s.issue(key, e);
+        None
+    })
+}
+
+// === [limits] ===
+
+fn limits(s: &Section<'_>) -> LimitsConfig {
+    let d = LimitsConfig::default();
+    let size = |key: &'static str, default: u64| {
+        s.str_or_int(key)
+            .map_or(Ok(default), |v| limits::parse_size(&v))
+            .unwrap_or_else(|e| {
+                s.issue(key, e);
+                default
+            })
+    };
+    let max_request_body = size("max_request_body", d.max_request_body);
+    let max_header_bytes = size("max_header_bytes", d.max_header_bytes as u64);
+    if max_header_bytes < 4096 {
+        s.issue(
+            "max_header_bytes",
+            "must be at least 4KiB (a payment header alone is about 1.5 KiB)",
+        );
+    }
+    let positive = |key: &'static str, default: usize| match s.uint(key) {
+        Some(0) => {
+            s.issue(key, "must be at least 1");
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => default,
+    };
+    let l = LimitsConfig {
+        max_request_body,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        max_pending_payments: positive("max_pending_payments", d.max_pending_payments),
+        challenge_rate: rate(s, "challenge_rate", "100/s"),
+        failed_payment_rate: rate(s, "failed_payment_rate", "60/m"),
+        max_concurrent_facilitator_calls: positive(
+            "max_concurrent_facilitator_calls",
+            d.max_concurrent_facilitator_calls,
+        ),
+    };
+    s.finish();
+    l
 }
 
 /// `rpc` and `signer_keys` of an embedded facilitator.
@@ -270,8 +561,12 @@ fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> {
                     s.issue(&key, format!("`{net}` is not an EVM network"));
                     continue;
                 };
-                match super::secret::expand_env(url, env).and_then(|u| parse_http_url(&u).map(|_| u)) {
-                    Ok(u) => rpc.push((network, u)),
+                // The expanded URL may hold an API key: errors name the key, never the URL.
+                match super::secret::expand_env(url, env) {
+                    Ok(u) => match parse_http_url(&u) {
+                        Ok(_) => rpc.push((network, Secret::new(u))),
+                        Err(_) => s.issue(&key, "is not an http(s) URL"),
+                    },
                     Err(e) => s.issue(&key, e),
                 }
             }
@@ -305,7 +600,12 @@ fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> {
             }
         }
     }
-    (!rpc.is_empty() && !signer_keys.is_empty()).then_some(EmbeddedConfig { rpc, signer_keys })
+    let rpc_timeout = s.duration("rpc_timeout").unwrap_or(Duration::from_secs(5));
+    (!rpc.is_empty() && !signer_keys.is_empty()).then_some(EmbeddedConfig {
+        rpc,
+        signer_keys,
+        rpc_timeout,
+    })
 }
 
 fn is_private_key(v: &str) -> bool {
@@ -577,6 +877,7 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
         }
     });
     let settlement = settlement(s).unwrap_or(defaults.settlement);
+    let websocket = s.bool("websocket").unwrap_or(false);
     let own = Level::read(s);
     let accepts = s.tables("accept");
     let route_level = own.over(&defaults.level);
@@ -627,6 +928,7 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
         resource,
         settlement,
         options,
+        websocket,
     })
 }
 
@@ -739,6 +1041,7 @@ struct HttpUrl {
     authority: String,
     host: String,
     has_port: bool,
+    port: Option<u16>,
     path: String,
     query_or_fragment: bool,
 }
@@ -771,17 +1074,20 @@ fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
     if host.is_empty() {
         return Err(format!("`{u}` has no host"));
     }
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("`{u}` has an invalid port"));
-        }
-    }
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => Some(n),
+            _ => return Err(format!("`{u}` has an invalid port")),
+        },
+        None => None,
+    };
     let qf = tail.find(['?', '#']);
     Ok(HttpUrl {
         scheme,
         authority: authority.to_owned(),
         host,
         has_port: port.is_some(),
+        port,
         path: tail[..qf.unwrap_or(tail.len())].to_owned(),
         query_or_fragment: qf.is_some(),
     })

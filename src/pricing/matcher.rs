@@ -57,6 +57,29 @@ impl Matcher {
     }
 }
 
+impl Matcher {
+    /// Calls `f` with every route matching a normalised, lowercase path, whatever its methods.
+    pub fn each(&self, path: &str, f: &mut dyn FnMut(usize)) {
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        walk_all(&self.root, rest, f);
+    }
+}
+
+fn walk_all(node: &Node, rest: &str, f: &mut dyn FnMut(usize)) {
+    node.rest.iter().for_each(|&i| f(i));
+    if rest.is_empty() {
+        node.exact.iter().for_each(|&i| f(i));
+        return;
+    }
+    let (seg, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some(child) = node.literals.get(seg) {
+        walk_all(child, tail, f);
+    }
+    if let Some(child) = &node.star {
+        walk_all(child, tail, f);
+    }
+}
+
 fn consider(candidates: &[usize], allowed: &dyn Fn(usize) -> bool, best: &mut Option<usize>) {
     for &i in candidates {
         if best.is_some_and(|b| b <= i) {

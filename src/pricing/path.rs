@@ -1,53 +1,95 @@
-//! Request path normalisation, done the way upstream routers read paths, so that no spelling of
+//! Request path normalisation, done the ways upstream routers read paths, so that no spelling of
 //! a priced path reaches the upstream unpaid.
 //!
-//! Owns: [`normalize`]. Steps: drop `?query`/`#fragment`; percent-decode; fold `\` to `/`;
-//! collapse `//`; resolve `.` and `..`; strip the trailing `/`; lowercase (matching is
-//! case-insensitive). A path with a malformed escape or non-UTF-8 bytes is reported as
-//! [`Normalized::Malformed`] and the caller fails closed.
+//! Owns: [`readings`]. Every reading drops `?query`/`#fragment`, percent-decodes, folds `\` to
+//! `/`, collapses `//`, resolves `.` and `..` and strips the trailing `/`. Routers differ in
+//! three more places, so a path can have several readings, and the caller charges if *any*
+//! of them is priced:
+//! - an encoded slash (`%2F`, `%5C`) is a separator to some routers and segment text to others;
+//! - `;` starts path parameters that Tomcat, Jetty and Spring strip from each segment
+//!   (`/premium;x=1/a` is `/premium/a` to them, and `..;` is `..`);
+//! - case-insensitive routers fold case differently outside ASCII: full Unicode lowercase
+//!   (`İ` → `i̇`), the simple one-character mapping (`İ` → `i`, as .NET's invariant culture
+//!   does), and upper-then-lower (`ſ` → `S` → `s`, `ı` → `I` → `i`).
 //!
-//! An encoded slash (`%2F`, `%5C`) is read two ways, since routers differ: as a separator and
-//! as part of a segment. Both readings are returned and the caller charges if either is priced.
+//! The first reading is the primary one (separators, parameters kept as text, full lowercase).
+//! A path with a malformed escape or non-UTF-8 bytes is [`Readings::Malformed`] and the caller
+//! fails closed.
 
 use std::borrow::Cow;
 
-/// A normalised path.
+/// The readings of a request path.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Normalized<'a> {
-    /// One reading.
-    Clean(Cow<'a, str>),
-    /// Two readings: encoded slashes as separators, and as segment text.
-    Ambiguous(String, String),
-    /// A malformed percent-escape or invalid UTF-8: match the strictest rule.
+pub enum Readings<'a> {
+    /// One reading (the common case, often borrowed from the request without a copy).
+    One(Cow<'a, str>),
+    /// Several distinct readings, primary first.
+    Many(Vec<String>),
+    /// A malformed percent-escape, invalid UTF-8 or a control character: match the strictest
+    /// rule.
     Malformed,
 }
 
-/// Normalises the path of a request target (`/a/b?x=1`).
-pub fn normalize(target: &str) -> Normalized<'_> {
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    if is_clean(path) {
-        return Normalized::Clean(Cow::Borrowed(if path.is_empty() { "/" } else { path }));
+impl Readings<'_> {
+    /// The readings in order, primary first (none when malformed).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let (one, many): (Option<&str>, &[String]) = match self {
+            Readings::One(c) => (Some(c.as_ref()), &[]),
+            Readings::Many(v) => (None, v.as_slice()),
+            Readings::Malformed => (None, &[]),
+        };
+        one.into_iter().chain(many.iter().map(String::as_str))
     }
-    let Some(as_separator) = decode(path, false) else {
-        return Normalized::Malformed;
-    };
-    let a = resolve(&as_separator);
-    if !has_encoded_slash(path) {
-        return Normalized::Clean(Cow::Owned(a));
-    }
-    let Some(in_segment) = decode(path, true) else {
-        return Normalized::Malformed;
-    };
-    let b = resolve(&in_segment);
-    if a == b {
-        Normalized::Clean(Cow::Owned(a))
-    } else {
-        Normalized::Ambiguous(a, b)
+
+    /// The primary reading.
+    pub fn primary(&self) -> Option<&str> {
+        self.iter().next()
     }
 }
 
-/// The common case, already normal: `/`-led, lowercase, no escapes, no empty or dot segments,
-/// no trailing slash. Checked without allocating.
+/// Normalises the path of a request target (`/a/b?x=1`) into every reading a common router
+/// may give it.
+pub fn readings(target: &str) -> Readings<'_> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if is_clean(path) {
+        return Readings::One(Cow::Borrowed(if path.is_empty() { "/" } else { path }));
+    }
+    let Some(as_separator) = decode(path, false) else {
+        return Readings::Malformed;
+    };
+    let mut decoded = vec![as_separator];
+    if has_encoded_slash(path) {
+        let Some(in_segment) = decode(path, true) else {
+            return Readings::Malformed;
+        };
+        decoded.push(in_segment);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |s: String| {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    };
+    for d in &decoded {
+        let plain = resolve(d, false);
+        let stripped = d.contains(';').then(|| resolve(d, true));
+        for r in std::iter::once(&plain).chain(stripped.as_ref()) {
+            add(r.to_lowercase());
+            if !r.is_ascii() {
+                add(simple_lower(r));
+                add(r.to_uppercase().to_lowercase());
+            }
+        }
+    }
+    if out.len() == 1 {
+        Readings::One(Cow::Owned(out.remove(0)))
+    } else {
+        Readings::Many(out)
+    }
+}
+
+/// The common case, already normal: `/`-led, ASCII lowercase, no escapes, no `;`, no empty or
+/// dot segments, no trailing slash. Checked without allocating.
 fn is_clean(path: &str) -> bool {
     let b = path.as_bytes();
     if path == "/" {
@@ -74,7 +116,6 @@ fn is_clean(path: &str) -> bool {
                     | b')'
                     | b'+'
                     | b','
-                    | b';'
                     | b'='
             )
             || (c == b'/' && prev != b'/')
@@ -120,11 +161,17 @@ fn decode(path: &str, keep_slashes: bool) -> Option<String> {
     Some(s)
 }
 
-/// Folds `\`, collapses `//`, resolves dot segments, strips the trailing `/`, lowercases.
-fn resolve(decoded: &str) -> String {
+/// Folds `\`, collapses `//`, optionally strips `;parameters` from each segment, resolves dot
+/// segments and strips the trailing `/`. Case is left alone.
+fn resolve(decoded: &str, strip_params: bool) -> String {
     let folded = decoded.replace('\\', "/");
     let mut segs: Vec<&str> = Vec::new();
     for seg in folded.split('/') {
+        let seg = if strip_params {
+            seg.split(';').next().unwrap_or("")
+        } else {
+            seg
+        };
         match seg {
             "" | "." => {}
             ".." => {
@@ -141,38 +188,44 @@ fn resolve(decoded: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out.to_lowercase()
+    out
+}
+
+/// Lowercase with the simple (one-to-one) mapping: the first character of each full mapping.
+fn simple_lower(s: &str) -> String {
+    s.chars()
+        .map(|c| c.to_lowercase().next().unwrap_or(c))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn clean(s: &str) -> String {
-        match normalize(s) {
-            Normalized::Clean(c) => c.into_owned(),
-            other => panic!("{s}: {other:?}"),
+    fn all(s: &str) -> Vec<String> {
+        readings(s).iter().map(str::to_owned).collect()
+    }
+
+    fn primary(s: &str) -> String {
+        match readings(s) {
+            Readings::Malformed => panic!("{s} malformed"),
+            r => r.primary().unwrap().to_owned(),
         }
     }
 
     #[test]
     fn already_normal_paths_do_not_allocate() {
-        assert!(matches!(
-            normalize("/weather/paris"),
-            Normalized::Clean(Cow::Borrowed("/weather/paris"))
-        ));
-        assert!(matches!(
-            normalize("/weather/paris?x=1"),
-            Normalized::Clean(Cow::Borrowed(_))
-        ));
-        assert!(matches!(
-            normalize("/"),
-            Normalized::Clean(Cow::Borrowed("/"))
-        ));
-        assert!(matches!(
-            normalize("/v1.2/file.json"),
-            Normalized::Clean(Cow::Borrowed(_))
-        ));
+        for s in [
+            "/weather/paris",
+            "/weather/paris?x=1",
+            "/",
+            "/v1.2/file.json",
+        ] {
+            assert!(
+                matches!(readings(s), Readings::One(Cow::Borrowed(_))),
+                "{s}"
+            );
+        }
     }
 
     #[test]
@@ -189,24 +242,45 @@ mod tests {
             "/weather/paris#frag",
             "/weather/paris/.",
         ] {
-            let got = match normalize(s) {
-                Normalized::Clean(c) => c.into_owned(),
-                Normalized::Ambiguous(a, _) => a,
-                Normalized::Malformed => panic!("{s} malformed"),
-            };
-            assert_eq!(got, "/weather/paris", "{s}");
+            assert_eq!(primary(s), "/weather/paris", "{s}");
         }
-        assert_eq!(clean(""), "/");
-        assert_eq!(clean("/.."), "/");
-        assert_eq!(clean("/a/b/../../.."), "/");
+        assert_eq!(primary(""), "/");
+        assert_eq!(primary("/.."), "/");
+        assert_eq!(primary("/a/b/../../.."), "/");
     }
 
     #[test]
     fn encoded_slashes_are_read_both_ways() {
-        assert_eq!(
-            normalize("/weather/a%2Fb"),
-            Normalized::Ambiguous("/weather/a/b".into(), "/weather/a%2fb".into())
-        );
+        assert_eq!(all("/weather/a%2Fb"), ["/weather/a/b", "/weather/a%2fb"]);
+    }
+
+    #[test]
+    fn path_parameters_are_read_as_tomcat_and_spring_strip_them() {
+        for s in [
+            "/premium;x=1/a",
+            "/premium;/a",
+            "/health/..;/premium/a",
+            "/premium/a;jsessionid=1",
+        ] {
+            let r = all(s);
+            assert!(r.contains(&"/premium/a".to_owned()), "{s}: {r:?}");
+        }
+        // `;` kept as segment text is the primary reading (nginx, Express).
+        assert_eq!(primary("/premium;x=1/a"), "/premium;x=1/a");
+        assert_eq!(all("/premium%3bx/a"), ["/premium;x/a", "/premium/a"]);
+    }
+
+    #[test]
+    fn unicode_case_foldings_are_all_read() {
+        // Kelvin sign and long s fold to ASCII under some mapping.
+        assert!(all("/\u{212A}ey").contains(&"/key".to_owned()));
+        assert!(all("/pa\u{17F}\u{17F}").contains(&"/pass".to_owned()));
+        // Dotted capital I: full lowercase is i + combining dot; the simple mapping is i.
+        let r = all("/prem\u{130}um");
+        assert!(r.contains(&"/premium".to_owned()), "{r:?}");
+        assert!(r.contains(&"/premi\u{307}um".to_owned()), "{r:?}");
+        // Dotless i upper-cases to I.
+        assert!(all("/prem\u{131}um").contains(&"/premium".to_owned()));
     }
 
     #[test]
@@ -218,7 +292,7 @@ mod tests {
             "/%00admin",
             "/a%0a",
         ] {
-            assert_eq!(normalize(s), Normalized::Malformed, "{s}");
+            assert_eq!(readings(s), Readings::Malformed, "{s}");
         }
     }
 }

@@ -1,104 +1,50 @@
-//! Writing the gateway's own answers: 402 challenges, settlement-failure 402s, 503 and 502.
+//! Writing the gateway's own answers ([`Answer`]s decided elsewhere) to a Pingora session.
 //!
-//! Owns: response construction (status, headers, body) for every answer the gateway makes
-//! itself. Never panics: header values that cannot be built are left out and logged.
+//! Owns: turning an answer into a response header (cache and CORS headers added), writing it,
+//! draining or closing on an unread request body, and the header edits on upstream answers
+//! (CORS exposure, `Cache-Control: private`). Never panics.
 //! Responses written in `request_filter` skip `response_filter`, so CORS and cache headers are
 //! added here.
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use crate::error::GatewayError;
-use crate::protocol::{PAYMENT_REQUIRED, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
+use crate::error::Answer;
+use crate::protocol::{PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
 /// Headers a browser client must be allowed to read.
 pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
-/// Request headers a browser client must be allowed to send (preflight).
-pub const ALLOW_HEADERS: &str =
-    "PAYMENT-SIGNATURE, X-PAYMENT, Access-Control-Expose-Headers, SIGN-IN-WITH-X, Content-Type";
 
 /// Requests with a body larger than this are not drained before an early answer; the
 /// connection is closed instead.
 const MAX_DRAIN_BYTES: u64 = 64 * 1024;
 
-/// One answer of the gateway's own.
-pub struct Answer {
-    /// Status code.
-    pub status: u16,
-    /// Content type of `body`.
-    pub content_type: &'static str,
-    /// Extra headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The body.
-    pub body: Bytes,
-}
-
-impl Answer {
-    /// A 402 challenge or rejection: `PAYMENT-REQUIRED` (v2) + v1 JSON body (or HTML).
-    pub fn payment_required(payment_required: HeaderValue, body: Bytes, html: bool) -> Answer {
-        Answer {
-            status: 402,
-            content_type: if html {
-                "text/html; charset=utf-8"
-            } else {
-                "application/json"
-            },
-            headers: vec![(PAYMENT_REQUIRED, payment_required)],
-            body,
-        }
+/// Builds the response header of an answer, with cache and CORS headers.
+///
+/// # Errors
+/// Header construction errors.
+pub fn header(answer: &Answer, cors_origin: Option<&HeaderValue>) -> Result<ResponseHeader> {
+    // No case map: header names go out in lower case (HTTP/1.1 names are case-insensitive),
+    // which saves an allocation per header.
+    let mut h = ResponseHeader::build_no_case(answer.status, Some(8 + answer.headers.len()))?;
+    if answer.status != 204 {
+        h.insert_header(header::CONTENT_TYPE, answer.content_type)?;
+        h.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
     }
-
-    /// A JSON error answer for an error without a challenge (503, 502).
-    pub fn error(e: &GatewayError) -> Answer {
-        let body = serde_json::json!({"error": e.reason(), "message": e.to_string()}).to_string();
-        let mut headers = Vec::new();
-        if let Some(s) = e.retry_after() {
-            headers.push((header::RETRY_AFTER, HeaderValue::from(s)));
-        }
-        Answer {
-            status: e.status(),
-            content_type: "application/json",
-            headers,
-            body: Bytes::from(body),
-        }
+    h.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if answer.status == 402 {
+        h.insert_header(header::VARY, "Accept")?;
     }
-
-    /// Adds a receipt header.
-    pub fn with_receipt(mut self, receipt: Option<(HeaderName, String)>) -> Answer {
-        if let Some((name, value)) = receipt {
-            match HeaderValue::try_from(value) {
-                Ok(v) => self.headers.push((name, v)),
-                Err(_) => {
-                    tracing::error!(header = %name, "dropped a receipt that is not a valid header value")
-                }
-            }
-        }
-        self
+    if let Some(origin) = cors_origin {
+        h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+        h.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS)?;
     }
-
-    /// Builds the response header, with cache and CORS headers.
-    pub fn header(&self, cors_origin: Option<&HeaderValue>) -> Result<ResponseHeader> {
-        // No case map: header names go out in lower case (HTTP/1.1 names are case-insensitive),
-        // which saves an allocation per header.
-        let mut h = ResponseHeader::build_no_case(self.status, Some(8 + self.headers.len()))?;
-        h.insert_header(header::CONTENT_TYPE, self.content_type)?;
-        h.insert_header(header::CONTENT_LENGTH, self.body.len())?;
-        h.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if self.status == 402 {
-            h.insert_header(header::VARY, "Accept")?;
-        }
-        if let Some(origin) = cors_origin {
-            h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
-            h.insert_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS)?;
-        }
-        for (name, value) in &self.headers {
-            h.append_header(name.clone(), value.clone())?;
-        }
-        Ok(h)
+    for (name, value) in &answer.headers {
+        h.append_header(name.clone(), value.clone())?;
     }
+    Ok(h)
 }
 
 /// Writes `answer` as the whole response, after draining a small request body so the
@@ -112,8 +58,8 @@ pub async fn write(
     cors_origin: Option<&HeaderValue>,
 ) -> Result<()> {
     prepare_early_answer(session).await;
-    let header = answer.header(cors_origin)?;
-    let head_only = session.req_header().method == http::Method::HEAD;
+    let header = header(answer, cors_origin)?;
+    let head_only = session.req_header().method == http::Method::HEAD || answer.body.is_empty();
     session
         .write_response_header(Box::new(header), head_only)
         .await?;
@@ -156,25 +102,20 @@ pub fn replace_header(
     answer: &Answer,
     cors_origin: Option<&HeaderValue>,
 ) -> Result<()> {
-    *upstream = answer.header(cors_origin)?;
+    *upstream = header(answer, cors_origin)?;
     Ok(())
 }
 
 /// Adds the gateway's CORS headers to a response of a priced route: the origin if the
-/// upstream set none, the payment headers to the exposed list, and (for preflights) the payment
-/// request headers to the allowed list.
+/// upstream set none, and the payment headers to the exposed list.
 ///
 /// # Errors
 /// Header construction errors.
-pub fn add_cors(h: &mut ResponseHeader, origin: &HeaderValue, preflight: bool) -> Result<()> {
+pub fn add_cors(h: &mut ResponseHeader, origin: &HeaderValue) -> Result<()> {
     if !h.headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         h.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
     }
-    merge_list(h, header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS)?;
-    if preflight {
-        merge_list(h, header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS)?;
-    }
-    Ok(())
+    merge_list(h, header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS)
 }
 
 fn merge_list(h: &mut ResponseHeader, name: HeaderName, ours: &str) -> Result<()> {
@@ -229,3 +170,11 @@ pub fn make_private(h: &mut ResponseHeader) -> Result<()> {
 
 /// Both receipt header names, for stripping any an upstream might set itself.
 pub const RECEIPT_HEADERS: [HeaderName; 2] = [PAYMENT_RESPONSE, X_PAYMENT_RESPONSE];
+
+/// Whether an upstream response carries no body at all.
+pub fn ends_at_header(r: &ResponseHeader) -> bool {
+    matches!(r.status.as_u16(), 204 | 304)
+        || r.headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().trim_ascii() == b"0")
+}

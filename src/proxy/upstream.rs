@@ -1,61 +1,418 @@
-//! The upstream side: the prepared peer and what is removed from or added to forwarded
-//! requests.
+//! The upstream side: where requests go, and what is removed from or added to them.
 //!
-//! Owns: [`UpstreamTarget`] (an `HttpPeer` built once, with timeouts) and
-//! [`prepare_request`]: payment credentials are stripped (the upstream never sees a signature),
-//! `X-Forwarded-For`/`X-Forwarded-Proto` are set.
+//! Owns: [`UpstreamTarget`] (the upstream's addresses, resolved at run time and again every
+//! `resolve_interval`, as prepared `HttpPeer`s with timeouts and TLS settings), [`Resolver`]
+//! (the background service that re-resolves), [`client_ip`] (who the client is, believing
+//! `X-Forwarded-For` only from `[server] trusted_proxies`) and [`prepare_request`] (payment
+//! credentials, method overrides, upgrade headers and spoofable forwarding headers out;
+//! `X-Forwarded-*` and `Host` in).
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::Result;
+use pingora::utils::tls::WrappedX509;
+use pingora::{Error, ErrorType, Result};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Cidr, HostHeader, UpstreamConfig};
+use crate::payments::METHOD_OVERRIDE_HEADERS;
 use crate::protocol::CREDENTIAL_HEADERS;
 
-/// The upstream peer, prepared once.
+/// Headers a client could use to claim another identity or origin; from a peer that is not a
+/// trusted proxy they are removed (and `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP`
+/// set by the gateway).
+const CLIENT_IDENTITY_HEADERS: [&str; 10] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+];
+
+/// The upstream: its peers (one per resolved address), rebuilt when the name resolves to new
+/// addresses.
 pub struct UpstreamTarget {
-    peer: HttpPeer,
+    config: UpstreamConfig,
+    peers: ArcSwap<Vec<HttpPeer>>,
+    next: AtomicUsize,
+    ca: Option<Arc<[WrappedX509]>>,
+    host: Option<HeaderValue>,
 }
 
 impl UpstreamTarget {
-    /// Builds the peer from the configuration.
+    /// The upstream of `c`. An IP address is used as is; a name is resolved now (blocking: this
+    /// runs at start) and again by [`Resolver`]. A name that does not resolve is logged and
+    /// retried; until it resolves, requests get `502`.
     pub fn new(c: &UpstreamConfig) -> Self {
-        let mut peer = HttpPeer::new(c.address.as_str(), c.tls, c.sni.clone());
+        let ca = c.tls_ca.as_ref().map(|certs| {
+            certs
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), pingora::utils::tls::parse_x509))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        let host = match &c.host_header {
+            HostHeader::Client => None,
+            HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+            HostHeader::Upstream => {
+                let default_port = if c.tls { 443 } else { 80 };
+                let authority = if c.host.contains(':') {
+                    format!("[{}]", c.host)
+                } else {
+                    c.host.clone()
+                };
+                let v = if c.port == default_port {
+                    authority
+                } else {
+                    format!("{authority}:{}", c.port)
+                };
+                HeaderValue::from_str(&v).ok()
+            }
+        };
+        let t = UpstreamTarget {
+            config: c.clone(),
+            peers: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+            ca,
+            host,
+        };
+        match resolve_now(&c.host, c.port) {
+            Ok(addrs) => t.set_addresses(&addrs),
+            Err(e) => {
+                tracing::error!(host = %c.host, error = %e, "the upstream host does not resolve; retrying every {:?}", c.resolve_interval)
+            }
+        }
+        t
+    }
+
+    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let c = &self.config;
+        let mut peer = HttpPeer::new(addr, c.tls, c.sni.clone());
         peer.options.connection_timeout = Some(c.connect_timeout);
         peer.options.total_connection_timeout = Some(c.connect_timeout);
         peer.options.read_timeout = Some(c.read_timeout);
         peer.options.write_timeout = Some(c.write_timeout);
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
-        UpstreamTarget { peer }
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.ca.clone_from(&self.ca);
+        peer
     }
 
-    /// A peer for one request.
-    pub fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+    /// Replaces the peers when the addresses changed.
+    fn set_addresses(&self, addrs: &[SocketAddr]) {
+        let current: Vec<SocketAddr> = self
+            .peers
+            .load()
+            .iter()
+            .filter_map(|p| p._address.as_inet().copied())
+            .collect();
+        if current == addrs {
+            return;
+        }
+        if !current.is_empty() {
+            tracing::info!(host = %self.config.host, ?addrs, "upstream addresses changed");
+        }
+        self.peers
+            .store(Arc::new(addrs.iter().map(|a| self.peer(*a)).collect()));
+    }
+
+    /// Resolves the host again (a no-op for an IP address).
+    pub async fn refresh(&self) {
+        if self.config.host.parse::<IpAddr>().is_ok() {
+            return;
+        }
+        match tokio::net::lookup_host((self.config.host.as_str(), self.config.port)).await {
+            Ok(addrs) => {
+                let mut addrs: Vec<SocketAddr> = addrs.collect();
+                addrs.sort();
+                addrs.dedup();
+                if !addrs.is_empty() {
+                    self.set_addresses(&addrs);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(host = %self.config.host, error = %e, "upstream host did not resolve; keeping the last addresses")
+            }
+        }
+    }
+
+    /// Whether the upstream has an address to connect to.
+    pub fn is_addressable(&self) -> bool {
+        !self.peers.load().is_empty()
+    }
+
+    /// A peer for one request (addresses in turn).
+    ///
+    /// # Errors
+    /// When the host has not resolved yet.
+    pub fn peer_for_request(&self) -> Result<Box<HttpPeer>> {
+        let peers = self.peers.load();
+        if peers.is_empty() {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "the upstream host has not resolved",
+            ));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % peers.len();
+        Ok(Box::new(peers[i].clone()))
+    }
+
+    /// The `Host` header to send, or `None` to keep the client's.
+    pub fn host_header(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
     }
 }
 
-/// Strips payment credentials and sets forwarding headers.
+fn resolve_now(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let mut addrs: Vec<SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?.collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(std::io::Error::other("no addresses"));
+    }
+    Ok(addrs)
+}
+
+/// Re-resolves the upstream host every `resolve_interval` (quickly while it has no address).
+pub struct Resolver(pub Arc<UpstreamTarget>);
+
+#[async_trait]
+impl BackgroundService for Resolver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.0.config.host.parse::<IpAddr>().is_ok() {
+            return;
+        }
+        loop {
+            let every = if self.0.is_addressable() {
+                self.0.config.resolve_interval
+            } else {
+                self.0.config.resolve_interval.min(Duration::from_secs(1))
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            self.0.refresh().await;
+        }
+    }
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
+/// address of `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    xff: Option<&HeaderValue>,
+    trusted: &[Cidr],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let Some(list) = xff.and_then(|v| v.to_str().ok()) else {
+        return Some(peer);
+    };
+    let mut last = peer;
+    for hop in list.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => last = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(last),
+        }
+    }
+    Some(last)
+}
+
+/// What [`prepare_request`] needs to know of the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    /// The peer's address.
+    pub peer: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy.
+    pub trusted_peer: bool,
+    /// The scheme the client used (`http`, `https`).
+    pub proto: &'static str,
+    /// Whether a priced route covers the path (method overrides are then removed).
+    pub priced_path: bool,
+    /// Whether the route allows a websocket upgrade.
+    pub websocket: bool,
+    /// The `Host` to send, when not the client's.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Strips payment credentials, method overrides (on priced paths), upgrade headers (unless a
+/// websocket route) and, from untrusted peers, forwarding headers; sets `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Real-IP` and `Host`.
 ///
 /// # Errors
 /// Header construction errors.
-pub fn prepare_request(req: &mut RequestHeader, client_ip: Option<String>) -> Result<()> {
+pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()> {
     for h in &CREDENTIAL_HEADERS {
         req.remove_header(h);
     }
-    if let Some(ip) = client_ip {
+    if f.priced_path {
+        for h in &METHOD_OVERRIDE_HEADERS {
+            req.remove_header(h);
+        }
+    }
+    strip_upgrade(req, f.websocket)?;
+    if let Some(host) = f.host {
+        req.insert_header(header::HOST, host.clone())?;
+    }
+    let Some(ip) = f.peer else {
+        return Ok(());
+    };
+    if f.trusted_peer {
         let xff = match req
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
         {
             Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+            None => ip.to_string(),
         };
         req.insert_header("x-forwarded-for", xff)?;
-    }
-    if !req.headers.contains_key("x-forwarded-proto") {
-        req.insert_header("x-forwarded-proto", "http")?;
+        if !req.headers.contains_key("x-forwarded-proto") {
+            req.insert_header("x-forwarded-proto", f.proto)?;
+        }
+    } else {
+        for h in CLIENT_IDENTITY_HEADERS {
+            req.remove_header(h);
+        }
+        let ip = ip.to_string();
+        req.insert_header("x-forwarded-for", &ip)?;
+        req.insert_header("x-real-ip", ip)?;
+        req.insert_header("x-forwarded-proto", f.proto)?;
     }
     Ok(())
+}
+
+/// Removes `Upgrade`, `HTTP2-Settings` and their `Connection` tokens, so no request turns into
+/// a tunnel (an h2c upgrade would carry further requests that are never priced). A websocket
+/// route keeps an `Upgrade: websocket` (and only that).
+fn strip_upgrade(req: &mut RequestHeader, websocket: bool) -> Result<()> {
+    let is_websocket = req
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    if websocket && is_websocket {
+        req.remove_header(&HeaderName::from_static("http2-settings"));
+        return Ok(());
+    }
+    if !req.headers.contains_key(header::UPGRADE) && !req.headers.contains_key("http2-settings") {
+        return Ok(());
+    }
+    req.remove_header(&header::UPGRADE);
+    req.remove_header(&HeaderName::from_static("http2-settings"));
+    let kept: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_owned)
+        .collect();
+    req.remove_header(&header::CONNECTION);
+    if !kept.is_empty() {
+        req.insert_header(header::CONNECTION, kept.join(", "))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(s: &[&str]) -> Vec<Cidr> {
+        s.iter().map(|c| Cidr::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let xff = HeaderValue::from_static("1.2.3.4, 10.0.0.7");
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(client_ip(Some(peer), Some(&xff), &[]), Some(peer));
+        let t = cidrs(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(Some(peer), Some(&xff), &t),
+            Some("1.2.3.4".parse().unwrap())
+        );
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(Some(stranger), Some(&xff), &t), Some(stranger));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.insert_header("x-real-ip", "6.6.6.6").unwrap();
+        req.insert_header("forwarded", "for=6.6.6.6").unwrap();
+        req.insert_header("x-http-method-override", "GET").unwrap();
+        req.insert_header("upgrade", "h2c").unwrap();
+        req.insert_header("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA")
+            .unwrap();
+        req.insert_header("connection", "Upgrade, HTTP2-Settings, keep-alive")
+            .unwrap();
+        let f = Forwarding {
+            peer: Some("192.0.2.5".parse().unwrap()),
+            trusted_peer: false,
+            proto: "http",
+            priced_path: true,
+            websocket: false,
+            host: None,
+        };
+        prepare_request(&mut req, f).unwrap();
+        let get = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("192.0.2.5"));
+        assert_eq!(get("x-real-ip").as_deref(), Some("192.0.2.5"));
+        assert_eq!(get("forwarded"), None);
+        assert_eq!(get("x-http-method-override"), None);
+        assert_eq!(get("upgrade"), None);
+        assert_eq!(get("http2-settings"), None);
+        assert_eq!(get("connection").as_deref(), Some("keep-alive"));
+    }
+
+    #[test]
+    fn websocket_routes_keep_only_a_websocket_upgrade() {
+        let mut req = RequestHeader::build("GET", b"/ws", None).unwrap();
+        req.insert_header("upgrade", "websocket").unwrap();
+        req.insert_header("connection", "Upgrade").unwrap();
+        let f = Forwarding {
+            peer: None,
+            trusted_peer: false,
+            proto: "http",
+            priced_path: false,
+            websocket: true,
+            host: None,
+        };
+        prepare_request(&mut req, f).unwrap();
+        assert!(req.headers.contains_key("upgrade"));
+        let mut req = RequestHeader::build("GET", b"/ws", None).unwrap();
+        req.insert_header("upgrade", "h2c").unwrap();
+        prepare_request(&mut req, f).unwrap();
+        assert!(!req.headers.contains_key("upgrade"));
+    }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::protocol::{self, SettleResponse, SupportedResponse, VerifyResponse, X402Version};
-use crate::verify::{Held, ReplayKey};
+use crate::verify::{unix_now, Held, ReplayGuard, ReplayKey};
 
 struct Scripted(Mutex<Option<Result<SettleResponse, FacilitatorError>>>);
 
@@ -44,16 +44,22 @@ fn settle_response(json: &str) -> Result<SettleResponse, FacilitatorError> {
     Ok(serde_json::from_str(json).unwrap())
 }
 
-async fn run(answer: Result<SettleResponse, FacilitatorError>) -> (Payment, ReplayGuard) {
-    let replay = ReplayGuard::new();
+/// A verified payment holding its authorization in `replay`.
+fn held(replay: &Arc<ReplayGuard>) -> Payment {
     let v = verified();
     replay
         .acquire(v.key.clone(), v.valid_before, unix_now())
         .unwrap();
-    let mut p = Payment::new(v, SettlementMode::AfterResponse);
+    let hold = Hold::new(replay.clone(), v.key.clone(), v.valid_before);
+    Payment::new(v, SettlementMode::AfterResponse, hold)
+}
+
+async fn run(answer: Result<SettleResponse, FacilitatorError>) -> (Payment, Arc<ReplayGuard>) {
+    let replay = Arc::new(ReplayGuard::new(100));
+    let mut p = held(&replay);
     p.forwarded();
     Settler::new(Arc::new(Scripted(Mutex::new(Some(answer)))))
-        .settle(&mut p, &replay)
+        .settle(&mut p)
         .await;
     (p, replay)
 }
@@ -79,13 +85,23 @@ async fn success_settles_with_a_receipt() {
 }
 
 #[tokio::test]
-async fn failures_never_count_as_settled_and_burn_the_authorization() {
-    for answer in [
-        settle_response(
-            r#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"eip155:84532"}"#,
+async fn failures_never_count_as_settled() {
+    for (answer, held) in [
+        (
+            settle_response(
+                r#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"eip155:84532"}"#,
+            ),
+            None,
         ),
-        settle_response(r#"{"transaction":"0xabc","network":"eip155:84532"}"#),
-        settle_response(r#"{"success":true,"transaction":""}"#),
+        // No `success`, but a transaction: it may have been mined, so it stays used.
+        (
+            settle_response(r#"{"transaction":"0xabc","network":"eip155:84532"}"#),
+            Some(Held::Used),
+        ),
+        (
+            settle_response(r#"{"success":true,"transaction":""}"#),
+            None,
+        ),
     ] {
         let (p, replay) = run(answer).await;
         assert!(
@@ -97,8 +113,57 @@ async fn failures_never_count_as_settled_and_burn_the_authorization() {
         let r: SettleResponse =
             serde_json::from_slice(&protocol::decode_header(value.as_bytes()).unwrap()).unwrap();
         assert!(!r.is_success());
-        assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
+        // Refused without a transaction: the chain refuses it again, so nothing is held.
+        assert_eq!(replay.state(&p.verified.key), held);
     }
+    // A failure with a transaction (mined and reverted) stays used.
+    let (p, replay) = run(settle_response(
+        r#"{"success":false,"errorReason":"invalid_exact_evm_transaction_failed","transaction":"0xdead","network":"eip155:84532"}"#,
+    ))
+    .await;
+    assert_eq!(
+        p.state(),
+        &PaymentState::Failed {
+            reason: ErrorReason::TransactionFailed
+        }
+    );
+    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
+}
+
+#[tokio::test]
+async fn a_facilitator_never_reached_releases_the_payment() {
+    let e = FacilitatorError::Unreachable {
+        url: "u".into(),
+        source: "refused".into(),
+        connect: true,
+    };
+    let (p, replay) = run(Err(e)).await;
+    assert_eq!(
+        p.state(),
+        &PaymentState::Released {
+            reason: ErrorReason::FacilitatorUnreachable
+        }
+    );
+    assert_eq!(replay.state(&p.verified.key), None);
+    let (p, _) = run(Err(FacilitatorError::Busy)).await;
+    assert_eq!(p.failure_reason(), Some(&ErrorReason::FacilitatorBusy));
+}
+
+#[tokio::test]
+async fn a_pending_settlement_is_unknown_with_its_transaction() {
+    let (p, replay) = run(settle_response(
+        r#"{"success":false,"errorReason":"settlement_pending","transaction":"0xbeef","network":"eip155:84532"}"#,
+    ))
+    .await;
+    assert_eq!(
+        p.state(),
+        &PaymentState::Unknown {
+            reason: ErrorReason::SettlementPending,
+            transaction: Some("0xbeef".into())
+        }
+    );
+    assert_eq!(p.transaction(), Some("0xbeef"));
+    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
 }
 
 #[tokio::test]
@@ -111,7 +176,8 @@ async fn a_timeout_is_unknown_not_failed() {
     assert_eq!(
         p.state(),
         &PaymentState::Unknown {
-            reason: "settlement_timeout".into()
+            reason: ErrorReason::SettlementTimeout,
+            transaction: None
         }
     );
     assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
@@ -119,14 +185,10 @@ async fn a_timeout_is_unknown_not_failed() {
 
 #[tokio::test]
 async fn release_gives_back_only_unsettled_payments() {
-    let replay = ReplayGuard::new();
-    let v = verified();
-    replay
-        .acquire(v.key.clone(), v.valid_before, unix_now())
-        .unwrap();
-    let mut p = Payment::new(v, SettlementMode::AfterResponse);
-    let s = Settler::new(Arc::new(Scripted(Mutex::new(None))));
-    s.release(&mut p, &replay, "upstream_error");
+    let replay = Arc::new(ReplayGuard::new(100));
+    let mut p = held(&replay);
+    assert_eq!(replay.state(&p.verified.key), Some(Held::InFlight));
+    p.release(ErrorReason::UpstreamError);
     assert_eq!(p.state().name(), "released");
     assert_eq!(replay.state(&p.verified.key), None);
     assert!(p.receipt().is_none());
@@ -135,6 +197,17 @@ async fn release_gives_back_only_unsettled_payments() {
         r#"{"success":true,"transaction":"0x1","network":"x"}"#,
     ))
     .await;
-    s.release(&mut settled, &replay, "late");
+    settled.release(ErrorReason::NotServed);
     assert_eq!(settled.state().name(), "settled");
+    assert_eq!(replay.state(&settled.verified.key), Some(Held::Used));
+}
+
+#[test]
+fn dropping_a_payment_gives_its_authorization_back() {
+    let replay = Arc::new(ReplayGuard::new(100));
+    let p = held(&replay);
+    let key = p.verified.key.clone();
+    assert_eq!(replay.state(&key), Some(Held::InFlight));
+    drop(p);
+    assert_eq!(replay.state(&key), None);
 }

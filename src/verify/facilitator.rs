@@ -7,6 +7,7 @@
 //! carries `success` is a settlement result. Anything else is a [`FacilitatorError`]: an outage,
 //! never a verdict.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,15 +53,70 @@ pub enum FacilitatorError {
         /// The start of the body, for the log.
         snippet: String,
     },
-    /// The embedded facilitator's chain RPC failed.
+    /// The embedded facilitator's chain RPC failed (URLs already redacted).
     #[error("chain RPC failed: {0}")]
     Chain(String),
+    /// The embedded facilitator's chain RPC failed before anything was sent.
+    #[error("chain RPC failed before sending: {0}")]
+    ChainNotSent(String),
+    /// Too many facilitator calls are in flight (`[limits] max_concurrent_facilitator_calls`);
+    /// this one was not made.
+    #[error("too many facilitator calls in flight")]
+    Busy,
 }
 
 impl FacilitatorError {
     /// True when the request may have been processed (so a settlement might have happened).
     pub fn may_have_happened(&self) -> bool {
-        !matches!(self, FacilitatorError::Unreachable { connect: true, .. })
+        !matches!(
+            self,
+            FacilitatorError::Unreachable { connect: true, .. }
+                | FacilitatorError::ChainNotSent(_)
+                | FacilitatorError::Busy
+        )
+    }
+}
+
+/// A facilitator with a bound on calls in flight: a call that finds no free place within
+/// `wait` is not made ([`FacilitatorError::Busy`]).
+pub struct Bounded {
+    inner: Arc<dyn Facilitator>,
+    permits: tokio::sync::Semaphore,
+    wait: Duration,
+}
+
+impl Bounded {
+    /// At most `max` calls of `inner` at once; a call waits at most `wait` for a place.
+    pub fn new(inner: Arc<dyn Facilitator>, max: usize, wait: Duration) -> Self {
+        Bounded {
+            inner,
+            permits: tokio::sync::Semaphore::new(max),
+            wait,
+        }
+    }
+
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, FacilitatorError> {
+        match tokio::time::timeout(self.wait, self.permits.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(FacilitatorError::Busy),
+        }
+    }
+}
+
+#[async_trait]
+impl Facilitator for Bounded {
+    async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError> {
+        let _p = self.permit().await?;
+        self.inner.verify(body).await
+    }
+
+    async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
+        let _p = self.permit().await?;
+        self.inner.settle(body).await
+    }
+
+    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+        self.inner.supported().await
     }
 }
 

@@ -2,20 +2,26 @@
 //! asked anything. A failure here never reaches the facilitator or the upstream.
 //!
 //! Owns: [`PaymentRejection`] (the closed set of reasons a payment is refused, each with its
-//! x402 reason string) and the pure `check_*` functions. Thresholds follow the reference
+//! x402 reason) and the pure `check_*` functions. Thresholds follow the reference
 //! facilitators: `validAfter ≤ now`, `validBefore ≥ now + 6 s`, exact amount, recipient equal
 //! case-insensitively, 65-byte signatures recovered in-process (longer ones, EIP-1271/6492,
-//! are left to the facilitator).
+//! are left to the facilitator). One bound is the gateway's own: `validBefore` may be at most
+//! `maxTimeoutSeconds + 60 s` away, so that no client decides how long the replay guard must
+//! remember its authorization.
 
 use alloy::primitives::Address;
 
 use crate::config::PaymentOption;
 use crate::pricing::challenge::PreparedOption;
-use crate::protocol::{evm, Authorization, PaymentPayload, X402Version};
+use crate::protocol::{evm, Authorization, ErrorReason, PaymentPayload, X402Version};
 
 /// Seconds of validity a payment must still have: the reference facilitators' buffer for the
 /// settlement round trip.
 pub const VALID_BEFORE_BUFFER_SECONDS: u64 = 6;
+
+/// Slack beyond `maxTimeoutSeconds` allowed for `validBefore` (clock skew between client and
+/// gateway; the official clients sign `validBefore = now + maxTimeoutSeconds`).
+pub const VALID_BEFORE_SLACK_SECONDS: u64 = 60;
 
 /// Why a payment is refused. Maps to the `error` of the 402 and to log fields.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +52,14 @@ pub enum PaymentRejection {
     /// `validBefore` has passed or leaves less than the settlement buffer.
     #[error("authorization has expired or expires within {VALID_BEFORE_BUFFER_SECONDS}s")]
     Expired,
+    /// `validBefore` is further away than `maxTimeoutSeconds` + 60 s.
+    #[error("authorization is valid for {got}s, longer than the {max}s the requirement allows")]
+    TooLong {
+        /// Seconds from now to `validBefore`.
+        got: u64,
+        /// The most accepted.
+        max: u64,
+    },
     /// The signature does not recover to `authorization.from`, or the chain would refuse it.
     #[error("signature does not recover to authorization.from")]
     InvalidSignature,
@@ -59,27 +73,29 @@ pub enum PaymentRejection {
     #[error("facilitator rejected the payment: {reason}")]
     Facilitator {
         /// The facilitator's `invalidReason`.
-        reason: String,
-        /// Its `invalidMessage`, if any.
+        reason: ErrorReason,
+        /// Its `invalidMessage`, if any (for the log only).
         message: Option<String>,
     },
 }
 
 impl PaymentRejection {
-    /// The x402 reason string (snake_case, as the reference facilitators name them).
-    pub fn reason(&self) -> &str {
+    /// The x402 reason (snake_case on the wire, as the reference facilitators name them).
+    pub fn reason(&self) -> ErrorReason {
         match self {
-            PaymentRejection::InvalidPayload(_) => "invalid_payload",
-            PaymentRejection::UnsupportedScheme(_) => "unsupported_scheme",
-            PaymentRejection::NoMatchingRequirements(_) => "invalid_exact_evm_network_mismatch",
-            PaymentRejection::RecipientMismatch => "invalid_exact_evm_recipient_mismatch",
-            PaymentRejection::AmountMismatch { .. } => "invalid_exact_evm_authorization_value",
-            PaymentRejection::NotYetValid => "invalid_exact_evm_payload_authorization_valid_after",
-            PaymentRejection::Expired => "invalid_exact_evm_payload_authorization_valid_before",
-            PaymentRejection::InvalidSignature => "invalid_exact_evm_signature",
-            PaymentRejection::InFlight => "payment_in_progress",
-            PaymentRejection::AlreadyUsed => "invalid_exact_evm_nonce_already_used",
-            PaymentRejection::Facilitator { reason, .. } => reason,
+            PaymentRejection::InvalidPayload(_) => ErrorReason::InvalidPayload,
+            PaymentRejection::UnsupportedScheme(_) => ErrorReason::UnsupportedScheme,
+            PaymentRejection::NoMatchingRequirements(_) => ErrorReason::NetworkMismatch,
+            PaymentRejection::RecipientMismatch => ErrorReason::RecipientMismatch,
+            PaymentRejection::AmountMismatch { .. } => ErrorReason::AuthorizationValue,
+            PaymentRejection::NotYetValid => ErrorReason::ValidAfter,
+            PaymentRejection::Expired | PaymentRejection::TooLong { .. } => {
+                ErrorReason::ValidBefore
+            }
+            PaymentRejection::InvalidSignature => ErrorReason::InvalidSignature,
+            PaymentRejection::InFlight => ErrorReason::PaymentInProgress,
+            PaymentRejection::AlreadyUsed => ErrorReason::NonceAlreadyUsed,
+            PaymentRejection::Facilitator { reason, .. } => reason.clone(),
         }
     }
 }
@@ -151,16 +167,28 @@ pub fn check_amount(a: &Authorization, o: &PaymentOption) -> Result<(), PaymentR
     }
 }
 
-/// `validAfter ≤ now` and `validBefore ≥ now + 6`.
+/// `validAfter ≤ now`, `validBefore ≥ now + 6` and `validBefore ≤ now + maxTimeoutSeconds + 60`.
 ///
 /// # Errors
-/// [`PaymentRejection::NotYetValid`] or [`PaymentRejection::Expired`].
-pub fn check_time(a: &Authorization, now: u64) -> Result<(), PaymentRejection> {
+/// [`PaymentRejection::NotYetValid`], [`PaymentRejection::Expired`] or
+/// [`PaymentRejection::TooLong`].
+pub fn check_time(
+    a: &Authorization,
+    now: u64,
+    max_timeout_seconds: u64,
+) -> Result<(), PaymentRejection> {
     if a.valid_after > now {
         return Err(PaymentRejection::NotYetValid);
     }
     if a.valid_before < now.saturating_add(VALID_BEFORE_BUFFER_SECONDS) {
         return Err(PaymentRejection::Expired);
+    }
+    let max = max_timeout_seconds.saturating_add(VALID_BEFORE_SLACK_SECONDS);
+    if a.valid_before > now.saturating_add(max) {
+        return Err(PaymentRejection::TooLong {
+            got: a.valid_before - now,
+            max,
+        });
     }
     Ok(())
 }
@@ -205,7 +233,7 @@ pub fn check_payment(
     let a = &p.payload.authorization;
     // Cheap checks first, so junk costs no signature recovery.
     check_recipient(a, o)?;
-    check_time(a, now)?;
+    check_time(a, now, o.max_timeout_seconds)?;
     check_amount(a, o)?;
     let sig = check_signature(a, &p.payload.signature, o)?;
     Ok((a.from, sig))

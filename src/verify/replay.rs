@@ -5,18 +5,25 @@
 //! of an EIP-3009 authorization on chain. An entry is taken *in flight* before the facilitator
 //! is asked, becomes *used* once the request is served or settlement was attempted, and is
 //! released only when nothing was served and nothing was settled (facilitator said invalid,
-//! facilitator down, upstream failed), so the client may retry. Entries expire at
-//! `validBefore`, after which the chain itself refuses the authorization.
+//! facilitator down, upstream failed), so the client may retry.
+//!
+//! Memory is bounded twice over: an entry lives until the authorization's `validBefore` (after
+//! which the chain itself refuses it), and `validBefore` is at most `maxTimeoutSeconds + 60 s`
+//! away (`verify::local::check_time`); and the guard holds at most `capacity` entries. A full
+//! guard refuses new authorizations ([`Held::Full`], answered `503` + `Retry-After`) and never
+//! evicts an entry that is still valid, since that would let a replay through. Time is passed
+//! in (unix seconds), so expiry is tested without waiting.
 
-use std::time::{Duration, Instant};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use alloy::primitives::{Address, B256};
-use moka::ops::compute::Op;
-use moka::sync::Cache;
-use moka::Expiry;
 
 /// The on-chain identity of an authorization.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplayKey {
     /// Chain id.
     pub chain_id: u64,
@@ -28,101 +35,242 @@ pub struct ReplayKey {
     pub nonce: B256,
 }
 
-/// Where an authorization is in its life.
+/// Why an authorization cannot be taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Held {
     /// Another request holds it now.
     InFlight,
     /// It was served (or its settlement attempted) already.
     Used,
+    /// The guard holds `capacity` live authorizations: nothing new is taken until some expire
+    /// or are released.
+    Full,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Entry {
-    state: Held,
-    ttl: Duration,
+    used: bool,
+    expires: u64,
 }
 
-struct UntilValidBefore;
+#[derive(Default, Debug)]
+struct Shard {
+    entries: HashMap<ReplayKey, Entry>,
+    /// Expiry times, soonest first; an item whose entry has another expiry (re-inserted) or is
+    /// gone is stale and skipped.
+    expiries: BinaryHeap<Reverse<(u64, ReplayKey)>>,
+}
 
-impl Expiry<ReplayKey, Entry> for UntilValidBefore {
-    fn expire_after_create(&self, _: &ReplayKey, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(v.ttl)
+impl Shard {
+    /// Drops entries whose `validBefore` has passed; returns how many.
+    fn purge(&mut self, now: u64) -> usize {
+        let mut removed = 0;
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.expiries.pop() else {
+                break;
+            };
+            if self.entries.get(&key).is_some_and(|e| e.expires == at) {
+                self.entries.remove(&key);
+                removed += 1;
+            }
+        }
+        // Stale heap items (released keys) must not pile up: rebuild when mostly stale.
+        if self.expiries.len() > 64 && self.expiries.len() > 4 * self.entries.len() {
+            self.expiries = self
+                .entries
+                .iter()
+                .map(|(k, e)| Reverse((e.expires, k.clone())))
+                .collect();
+        }
+        removed
+    }
+
+    fn insert(&mut self, key: ReplayKey, entry: Entry) -> bool {
+        self.expiries.push(Reverse((entry.expires, key.clone())));
+        self.entries.insert(key, entry).is_none()
     }
 }
 
-/// Concurrent in-flight/used set of authorizations.
+const SHARDS: usize = 64;
+
+/// Concurrent in-flight/used set of authorizations, bounded in size.
+#[derive(Debug)]
 pub struct ReplayGuard {
-    entries: Cache<ReplayKey, Entry>,
-}
-
-impl Default for ReplayGuard {
-    fn default() -> Self {
-        Self::new()
-    }
+    shards: Vec<Mutex<Shard>>,
+    len: AtomicUsize,
+    capacity: usize,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl ReplayGuard {
-    /// An empty guard. It has no capacity bound on purpose: evicting a live entry would let a
-    /// replay through. Entries leave at their `validBefore`.
-    pub fn new() -> Self {
+    /// An empty guard holding at most `capacity` live authorizations.
+    pub fn new(capacity: usize) -> Self {
         ReplayGuard {
-            entries: Cache::builder().expire_after(UntilValidBefore).build(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            len: AtomicUsize::new(0),
+            capacity,
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    /// Takes `key` in flight until `valid_before` (unix seconds), or says who holds it.
+    fn shard(&self, key: &ReplayKey) -> std::sync::MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A poisoned shard only means a panic elsewhere while holding it; its map is still
+        // consistent (every mutation is a single insert or remove).
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn expires(valid_before: u64, now: u64) -> u64 {
+        valid_before.max(now.saturating_add(1))
+    }
+
+    /// Takes `key` in flight until `valid_before` (unix seconds), or says why not.
     /// Exactly one of any number of concurrent callers with the same key gets `Ok`.
     ///
     /// # Errors
-    /// The state of the existing holder.
+    /// The state of the existing holder, or [`Held::Full`].
     pub fn acquire(&self, key: ReplayKey, valid_before: u64, now: u64) -> Result<(), Held> {
-        let ttl = Duration::from_secs(valid_before.saturating_sub(now).max(1));
-        let entry = self.entries.entry(key).or_insert_with(|| Entry {
-            state: Held::InFlight,
-            ttl,
-        });
-        if entry.is_fresh() {
-            Ok(())
-        } else {
-            Err(entry.value().state)
+        let mut shard = self.shard(&key);
+        let purged = shard.purge(now);
+        self.len.fetch_sub(purged, Ordering::Relaxed);
+        if let Some(e) = shard.entries.get(&key) {
+            return Err(if e.used { Held::Used } else { Held::InFlight });
+        }
+        if self.len.load(Ordering::Relaxed) >= self.capacity {
+            drop(shard);
+            self.purge_all(now);
+            shard = self.shard(&key);
+            if let Some(e) = shard.entries.get(&key) {
+                return Err(if e.used { Held::Used } else { Held::InFlight });
+            }
+            if self.len.load(Ordering::Relaxed) >= self.capacity {
+                return Err(Held::Full);
+            }
+        }
+        let entry = Entry {
+            used: false,
+            expires: Self::expires(valid_before, now),
+        };
+        if shard.insert(key, entry) {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn purge_all(&self, now: u64) {
+        for s in &self.shards {
+            let purged = s
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .purge(now);
+            self.len.fetch_sub(purged, Ordering::Relaxed);
         }
     }
 
-    /// Marks `key` used until its expiry: it will never serve again.
+    /// Marks `key` used until its expiry: it will never serve again. Always recorded, even in
+    /// a full guard (it is the record that stops a replay).
     pub fn mark_used(&self, key: &ReplayKey, valid_before: u64, now: u64) {
-        let ttl = Duration::from_secs(valid_before.saturating_sub(now).max(1));
-        self.entries.insert(
-            key.clone(),
-            Entry {
-                state: Held::Used,
-                ttl,
-            },
-        );
+        let mut shard = self.shard(key);
+        let entry = Entry {
+            used: true,
+            expires: Self::expires(valid_before, now),
+        };
+        if shard.insert(key.clone(), entry) {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Releases an in-flight `key` so that the client can retry the same authorization.
     /// A used key stays used.
     pub fn release(&self, key: &ReplayKey) {
-        let _ = self
-            .entries
-            .entry_by_ref(key)
-            .and_compute_with(|entry| match entry {
-                Some(e) if e.value().state == Held::InFlight => Op::Remove,
-                _ => Op::Nop,
-            });
+        let mut shard = self.shard(key);
+        if shard.entries.get(key).is_some_and(|e| !e.used) {
+            shard.entries.remove(key);
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets `key` whatever its state: for an authorization the chain refused for good
+    /// (it can never settle, so holding it protects nothing).
+    pub fn forget(&self, key: &ReplayKey) {
+        if self.shard(key).entries.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The state of `key`, if held.
     pub fn state(&self, key: &ReplayKey) -> Option<Held> {
-        self.entries.get(key).map(|e| e.state)
+        self.shard(key)
+            .entries
+            .get(key)
+            .map(|e| if e.used { Held::Used } else { Held::InFlight })
+    }
+
+    /// Entries held now (live ones, and expired ones not yet purged).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most entries held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// A payment's in-flight entry in the replay guard. Dropping it gives the authorization back
+/// (nothing was served, nothing settled), so every early exit, error path and disconnect
+/// releases it without a call on each path; [`Hold::consume`] keeps the entry (it is then
+/// marked used).
+#[derive(Debug)]
+pub struct Hold {
+    guard: Arc<ReplayGuard>,
+    key: ReplayKey,
+    valid_before: u64,
+    armed: bool,
+}
+
+impl Hold {
+    /// Holds `key`, already acquired in `guard`.
+    pub fn new(guard: Arc<ReplayGuard>, key: ReplayKey, valid_before: u64) -> Self {
+        Hold {
+            guard,
+            key,
+            valid_before,
+            armed: true,
+        }
+    }
+
+    /// Marks the authorization used: it never serves again. Consumes the hold and returns the
+    /// guard.
+    pub fn consume(mut self) -> Arc<ReplayGuard> {
+        self.armed = false;
+        self.guard
+            .mark_used(&self.key, self.valid_before, super::unix_now());
+        self.guard.clone()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.armed {
+            self.guard.release(&self.key);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn key(n: u8) -> ReplayKey {
         ReplayKey {
@@ -135,7 +283,7 @@ mod tests {
 
     #[test]
     fn life_cycle() {
-        let g = ReplayGuard::new();
+        let g = ReplayGuard::new(100);
         assert_eq!(g.acquire(key(1), 1000, 0), Ok(()));
         assert_eq!(g.acquire(key(1), 1000, 0), Err(Held::InFlight));
         g.release(&key(1));
@@ -148,11 +296,14 @@ mod tests {
             Ok(()),
             "other nonces are independent"
         );
+        assert_eq!(g.len(), 2);
+        g.forget(&key(1));
+        assert_eq!(g.acquire(key(1), 1000, 0), Ok(()));
     }
 
     #[test]
     fn exactly_one_concurrent_winner() {
-        let g = Arc::new(ReplayGuard::new());
+        let g = Arc::new(ReplayGuard::new(100));
         let wins: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|_| {
@@ -167,11 +318,59 @@ mod tests {
 
     #[test]
     fn entries_expire_at_valid_before() {
-        let g = ReplayGuard::new();
-        g.acquire(key(3), 1, 0).unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        g.entries.run_pending_tasks();
-        assert_eq!(g.state(&key(3)), None);
-        assert_eq!(g.acquire(key(3), 10, 5), Ok(()));
+        let g = ReplayGuard::new(100);
+        g.acquire(key(3), 10, 0).unwrap();
+        g.mark_used(&key(3), 10, 0);
+        assert_eq!(g.acquire(key(3), 10, 9), Err(Held::Used));
+        // At validBefore the chain refuses the authorization itself: the entry may go.
+        assert_eq!(g.acquire(key(3), 20, 10), Ok(()));
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_full_guard_refuses_and_never_evicts_live_entries() {
+        let g = ReplayGuard::new(3);
+        for n in 0..3 {
+            g.acquire(key(n), 100, 0).unwrap();
+        }
+        g.mark_used(&key(0), 100, 0);
+        assert_eq!(g.acquire(key(10), 100, 1), Err(Held::Full));
+        // Every live entry is still there: replays are still refused.
+        assert_eq!(g.acquire(key(0), 100, 1), Err(Held::Used));
+        assert_eq!(g.acquire(key(1), 100, 1), Err(Held::InFlight));
+        // A release frees a place.
+        g.release(&key(1));
+        assert_eq!(g.acquire(key(10), 100, 1), Ok(()));
+        assert_eq!(g.acquire(key(11), 100, 1), Err(Held::Full));
+        // Expired entries make room, and only they.
+        assert_eq!(g.acquire(key(11), 200, 100), Ok(()));
+        assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn used_marks_are_kept_even_when_full() {
+        let g = ReplayGuard::new(1);
+        g.acquire(key(1), 100, 0).unwrap();
+        g.mark_used(&key(2), 100, 0);
+        assert_eq!(g.state(&key(2)), Some(Held::Used));
+    }
+
+    #[test]
+    fn released_keys_do_not_grow_the_heap_without_bound() {
+        let g = ReplayGuard::new(10);
+        for round in 0..10_000u32 {
+            let mut k = key(1);
+            k.nonce = B256::from(alloy::primitives::U256::from(round));
+            g.acquire(k.clone(), 1_000_000, 0).unwrap();
+            g.release(&k);
+        }
+        g.acquire(key(7), 1_000_000, 1).unwrap();
+        let heap: usize = g
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().expiries.len())
+            .sum();
+        assert!(heap < 10_000, "heap holds {heap} stale items");
+        assert_eq!(g.len(), 1);
     }
 }

@@ -76,17 +76,41 @@ fn time_window_edges() {
     let p = payload(&required(&t), 0, NOW);
     let a = &p.payload.authorization;
     // validAfter = NOW - 600, validBefore = NOW + 300.
-    assert_eq!(check_time(a, a.valid_after), Ok(()));
+    // (A long maxTimeoutSeconds here: the upper bound has its own test.)
+    assert_eq!(check_time(a, a.valid_after, 3000), Ok(()));
     assert_eq!(
-        check_time(a, a.valid_after - 1),
+        check_time(a, a.valid_after - 1, 3000),
         Err(PaymentRejection::NotYetValid)
     );
-    assert_eq!(check_time(a, a.valid_before - 6), Ok(()));
+    assert_eq!(check_time(a, a.valid_before - 6, 3000), Ok(()));
     assert_eq!(
-        check_time(a, a.valid_before - 5),
+        check_time(a, a.valid_before - 5, 3000),
         Err(PaymentRejection::Expired)
     );
     assert!(check_payment(&p, o, a.valid_before).is_err());
+}
+
+#[test]
+fn valid_before_is_bounded_by_max_timeout_plus_a_minute() {
+    let t = table();
+    let p = payload(&required(&t), 0, NOW);
+    let mut a = p.payload.authorization;
+    a.valid_after = NOW - 600;
+    // maxTimeoutSeconds 300: up to NOW + 360 is accepted, one second more is not.
+    a.valid_before = NOW + 360;
+    assert_eq!(check_time(&a, NOW, 300), Ok(()));
+    a.valid_before = NOW + 361;
+    assert_eq!(
+        check_time(&a, NOW, 300),
+        Err(PaymentRejection::TooLong { got: 361, max: 360 })
+    );
+    // Years away (what a client could use to pin a replay-guard entry) is refused with the
+    // reference reason for the valid-before window.
+    a.valid_before = NOW + 10 * 365 * 86_400;
+    let e = check_time(&a, NOW, 300).unwrap_err();
+    assert_eq!(e.reason(), ErrorReason::ValidBefore);
+    a.valid_before = u64::MAX;
+    assert!(check_time(&a, NOW, 300).is_err());
 }
 
 #[test]
@@ -145,20 +169,20 @@ fn option_selection_failures() {
 #[test]
 fn reasons_use_reference_names() {
     assert_eq!(
-        PaymentRejection::InvalidSignature.reason(),
+        PaymentRejection::InvalidSignature.reason().as_str(),
         "invalid_exact_evm_signature"
     );
     assert_eq!(
-        PaymentRejection::Expired.reason(),
+        PaymentRejection::Expired.reason().as_str(),
         "invalid_exact_evm_payload_authorization_valid_before"
     );
     assert_eq!(
-        PaymentRejection::AlreadyUsed.reason(),
+        PaymentRejection::AlreadyUsed.reason().as_str(),
         "invalid_exact_evm_nonce_already_used"
     );
     let f = PaymentRejection::Facilitator {
         reason: "insufficient_funds".into(),
         message: None,
     };
-    assert_eq!(f.reason(), "insufficient_funds");
+    assert_eq!(f.reason().as_str(), "insufficient_funds");
 }

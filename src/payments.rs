@@ -1,0 +1,549 @@
+//! The payment decisions, with no Pingora types: what a request falls under, whether it must
+//! pay, whether its payment is good, when it is settled and what the client gets when it is
+//! not. The Pingora adapter (`proxy`) asks and writes what it is told.
+//!
+//! Owns: [`Payments`] (the price table, the verifier with its replay guard, the settler, the
+//! abuse limits) and its two decisions: [`Payments::admit`] on the request head, and
+//! [`Payments::on_response`] on the upstream's response head. Also the request-side rules
+//! that are about money rather than HTTP plumbing: CORS preflights on priced paths (answered
+//! here, never forwarded), method readings (the method, upper-cased, and any method override),
+//! `[server] unlisted_methods`, body-size and rate limits on priced routes.
+//!
+//! Does not own: forwarding headers and peers (`proxy::upstream`), writing answers
+//! (`proxy::respond`), the mapping from errors to answers (`error`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Method;
+
+use crate::config::{Config, SettlementMode, UnlistedMethods};
+use crate::error::{rescue, Answer, Asking, GatewayError};
+use crate::limiter::{now_ms, RateLimiter};
+use crate::pricing::{Lookup, PriceTable, PricedRoute};
+use crate::protocol::{ErrorReason, PAYMENT_SIGNATURE, X_PAYMENT};
+use crate::settle::{Payment, PaymentState, Settler};
+use crate::verify::Verifier;
+
+/// Request headers that ask a framework to treat the request as another method. Stripped
+/// before the upstream on priced paths, and read as method readings.
+pub const METHOD_OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Request headers a browser client must be allowed to send (preflight).
+pub const ALLOW_HEADERS: &str =
+    "PAYMENT-SIGNATURE, X-PAYMENT, Access-Control-Expose-Headers, SIGN-IN-WITH-X, Content-Type";
+
+/// What the decisions need to know of a request head.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// The method as received.
+    pub method: &'a Method,
+    /// The request target as received (`/path?query`).
+    pub target: &'a str,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The client's address (the peer, or from `X-Forwarded-For` of a trusted proxy).
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The route a request fell under, with the table snapshot it came from: a reload never changes
+/// a request's route midway.
+#[derive(Clone)]
+pub struct Routed {
+    table: Arc<PriceTable>,
+    index: usize,
+}
+
+impl Routed {
+    /// The route.
+    pub fn route(&self) -> &PricedRoute {
+        &self.table.routes()[self.index]
+    }
+}
+
+/// A request to forward.
+pub struct Forward {
+    /// The route, if any matched.
+    pub route: Option<Routed>,
+    /// The verified payment (settled already in `before_upstream` mode).
+    pub payment: Option<Payment>,
+    /// Whether a priced route covers the path (method overrides are then stripped).
+    pub priced_path: bool,
+    /// Whether the route allows `Upgrade: websocket`.
+    pub websocket: bool,
+    /// The resource URL of a paid request.
+    pub resource_url: String,
+}
+
+/// A request answered by the gateway itself.
+pub struct Early {
+    /// The answer.
+    pub answer: Answer,
+    /// The route, if any matched.
+    pub route: Option<Routed>,
+    /// A payment that was verified (and settled or not) before the answer.
+    pub payment: Option<Payment>,
+    /// Why a payment attempt was refused, for the log line.
+    pub rejection: Option<ErrorReason>,
+}
+
+/// The decision on a request head.
+pub enum Admission {
+    /// Forward it upstream.
+    Forward(Box<Forward>),
+    /// Answer it now; nothing goes upstream.
+    Answer(Box<Early>),
+}
+
+/// The decision on the upstream's response head.
+#[derive(Debug)]
+pub enum HeadAction {
+    /// An interim (1xx) answer: pass it on, decide nothing yet.
+    Interim,
+    /// Pass the upstream's answer, with this receipt; `private` marks paid content.
+    Pass {
+        /// The receipt header.
+        receipt: Option<(HeaderName, String)>,
+        /// Whether the answer is paid content (`Cache-Control: private`).
+        private: bool,
+    },
+    /// Replace the upstream's answer with this one (its body is swallowed).
+    Replace(Answer),
+}
+
+/// The payment decisions, shared by all requests.
+pub struct Payments {
+    table: Arc<ArcSwap<PriceTable>>,
+    verifier: Arc<Verifier>,
+    settler: Settler,
+    unlisted: UnlistedMethods,
+    challenges: Option<RateLimiter>,
+    failures: Option<RateLimiter>,
+    max_request_body: u64,
+    public_url: Option<String>,
+    cors_origin: Option<HeaderValue>,
+}
+
+impl Payments {
+    /// The decisions for `config`, over `table` and `verifier`.
+    pub fn new(config: &Config, table: Arc<ArcSwap<PriceTable>>, verifier: Arc<Verifier>) -> Self {
+        Payments {
+            table,
+            settler: Settler::new(verifier.facilitator().clone()),
+            verifier,
+            unlisted: config.server.unlisted_methods,
+            challenges: config.limits.challenge_rate.map(RateLimiter::new),
+            failures: config.limits.failed_payment_rate.map(RateLimiter::new),
+            max_request_body: config.limits.max_request_body,
+            public_url: config.server.public_url.clone(),
+            cors_origin: config
+                .server
+                .cors_allow_origin
+                .as_deref()
+                .and_then(|o| HeaderValue::from_str(o).ok()),
+        }
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// The price table now in use.
+    pub fn table(&self) -> &Arc<ArcSwap<PriceTable>> {
+        &self.table
+    }
+
+    /// `Access-Control-Allow-Origin` of the gateway's CORS headers, if on.
+    pub fn cors_origin(&self) -> Option<&HeaderValue> {
+        self.cors_origin.as_ref()
+    }
+
+    /// Decides on a request head: forward (free, or with a verified payment) or answer now.
+    pub async fn admit(&self, req: Incoming<'_>) -> Admission {
+        // A borrowed snapshot serves unmatched paths without a refcount; an `Arc` is taken only
+        // when a route matched and must outlive this call.
+        let snapshot = self.table.load();
+        if is_preflight(req) {
+            if snapshot.covers_priced(req.target) {
+                return early(self.preflight(req), None, None);
+            }
+            return forward(None, false, false);
+        }
+        let readings = method_readings(req);
+        let routed = |table: &arc_swap::Guard<Arc<PriceTable>>, index: usize| Routed {
+            table: Arc::clone(table),
+            index,
+        };
+        let (index, charge_unlisted) = match snapshot.classify(&readings, req.target) {
+            Lookup::None => return forward(None, false, false),
+            Lookup::Route(r) if !r.is_priced() => {
+                let priced_path = snapshot.covers_priced(req.target);
+                let (index, ws) = (r.rule.index, r.rule.websocket);
+                return forward(Some(routed(&snapshot, index)), priced_path, ws);
+            }
+            Lookup::Route(r) => (r.rule.index, false),
+            Lookup::Unlisted { covering, allow } => match self.unlisted {
+                UnlistedMethods::Pass => return forward(None, true, false),
+                UnlistedMethods::Reject => {
+                    let e = GatewayError::MethodNotAllowed { allow };
+                    let answer = rescue(&e, None, asking(""));
+                    return early(answer, None, Some(e.reason()));
+                }
+                UnlistedMethods::Charge => (covering.rule.index, true),
+            },
+        };
+        let routed = routed(&snapshot, index);
+        drop(snapshot);
+        self.admit_priced(req, routed, charge_unlisted).await
+    }
+
+    async fn admit_priced(&self, req: Incoming<'_>, routed: Routed, unlisted: bool) -> Admission {
+        let route = routed.route();
+        let url = self.resource_url(req);
+        let refuse = |e: GatewayError, routed: Routed| {
+            let answer = rescue(&e, Some(routed.route()), asking(&url));
+            early(answer, Some(routed), Some(e.reason()))
+        };
+        if content_length(req.headers).is_some_and(|n| n > self.max_request_body) {
+            return refuse(GatewayError::RequestTooLarge, routed);
+        }
+        // PAYMENT-SIGNATURE wins when both are sent; the version inside decides the protocol.
+        let header = req
+            .headers
+            .get(PAYMENT_SIGNATURE)
+            .or_else(|| req.headers.get(X_PAYMENT));
+        let Some(header) = header else {
+            if let Err(retry_after) = limit(self.challenges.as_ref(), req.client_ip, true) {
+                return refuse(GatewayError::RateLimited { retry_after }, routed);
+            }
+            let answer = rescue(
+                &GatewayError::PaymentRequired,
+                Some(route),
+                Asking {
+                    url: &url,
+                    browser: is_browser(req.headers),
+                },
+            );
+            return early(answer, Some(routed), None);
+        };
+        if let Err(retry_after) = limit(self.failures.as_ref(), req.client_ip, false) {
+            return refuse(GatewayError::RateLimited { retry_after }, routed);
+        }
+        let (verified, hold) = match self.verifier.verify(route, header.as_bytes(), &url).await {
+            Ok(v) => v,
+            Err(e) => {
+                let e = GatewayError::from(e);
+                if e.status() == 402 {
+                    let _ = limit(self.failures.as_ref(), req.client_ip, true);
+                } else {
+                    tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "payment not verified");
+                }
+                return refuse(e, routed);
+            }
+        };
+        let payment = Payment::new(verified, route.rule.settlement, hold);
+        let websocket = route.rule.websocket && !unlisted;
+        Admission::Forward(Box::new(Forward {
+            route: Some(routed),
+            payment: Some(payment),
+            priced_path: true,
+            websocket,
+            resource_url: url,
+        }))
+    }
+
+    /// Settles a `before_upstream` payment once the upstream connection is up and before
+    /// anything is sent to it. Returns the answer for the client when it did not settle.
+    pub async fn before_upstream(
+        &self,
+        payment: &mut Payment,
+        route: Option<&Routed>,
+        resource_url: &str,
+    ) -> Option<Answer> {
+        if payment.mode != SettlementMode::BeforeUpstream || !payment.is_unsettled() {
+            return None;
+        }
+        self.settler.settle(payment).await;
+        match payment.state() {
+            PaymentState::Settled { .. } => None,
+            _ => Some(self.settlement_answer(payment, route, resource_url)),
+        }
+    }
+
+    /// Decides on the upstream's response head: settle (after-response mode) before any byte
+    /// reaches the client, and say what the client gets.
+    pub async fn on_response(
+        &self,
+        payment: Option<&mut Payment>,
+        route: Option<&Routed>,
+        status: u16,
+        resource_url: &str,
+    ) -> HeadAction {
+        // Interim answers (100 Continue, 103 Early Hints) decide nothing: only the final status
+        // does. 101 is final (the connection becomes a tunnel).
+        if (100..200).contains(&status) && status != 101 {
+            return HeadAction::Interim;
+        }
+        let Some(payment) = payment else {
+            return HeadAction::Pass {
+                receipt: None,
+                private: false,
+            };
+        };
+        if status == 101 && !route.is_some_and(|r| r.route().rule.websocket) {
+            payment.release(ErrorReason::UpstreamError);
+            let answer = rescue(&GatewayError::Upstream, None, asking(resource_url));
+            return HeadAction::Replace(answer);
+        }
+        if payment.is_unsettled() {
+            if status >= 400 {
+                // Upstream failed: nothing is charged, the client may retry the payment.
+                payment.release(ErrorReason::UpstreamError);
+            } else {
+                self.settler.settle(payment).await;
+            }
+        }
+        match payment.state() {
+            PaymentState::Settled { .. } => HeadAction::Pass {
+                receipt: payment.receipt(),
+                private: true,
+            },
+            PaymentState::Released {
+                reason: ErrorReason::UpstreamError,
+            } => HeadAction::Pass {
+                receipt: None,
+                private: false,
+            },
+            _ => HeadAction::Replace(self.settlement_answer(payment, route, resource_url)),
+        }
+    }
+
+    /// What the client gets for a payment that was not settled.
+    fn settlement_answer(&self, p: &Payment, route: Option<&Routed>, url: &str) -> Answer {
+        let e = match p.state() {
+            PaymentState::Released { reason } => GatewayError::SettlementNotAttempted {
+                reason: reason.clone(),
+            },
+            _ => GatewayError::SettlementFailed {
+                reason: p
+                    .failure_reason()
+                    .cloned()
+                    .unwrap_or(ErrorReason::SettlementFailed),
+            },
+        };
+        rescue(&e, route.map(Routed::route), asking(url)).with_receipt(p.receipt())
+    }
+
+    /// The answer to a CORS preflight on a priced path: `204`, the CORS headers, the payment
+    /// headers allowed. With `cors_allow_origin = ""` the gateway still answers (it never
+    /// forwards a preflight on a priced path) but adds no CORS headers.
+    fn preflight(&self, req: Incoming<'_>) -> Answer {
+        let mut a = Answer::empty(204).with_header(
+            header::VARY,
+            HeaderValue::from_static(
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
+        );
+        if self.cors_origin.is_none() {
+            return a;
+        }
+        if let Some(m) = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            a = a.with_header(header::ACCESS_CONTROL_ALLOW_METHODS, m.clone());
+        }
+        let allow = match req
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(asked) if !asked.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{ALLOW_HEADERS}, {asked}"))
+                    .unwrap_or(HeaderValue::from_static(ALLOW_HEADERS))
+            }
+            _ => HeaderValue::from_static(ALLOW_HEADERS),
+        };
+        a.with_header(header::ACCESS_CONTROL_ALLOW_HEADERS, allow)
+            .with_header(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600))
+    }
+
+    /// The public URL of a request: the configured origin (or `http://` + `Host`) followed by
+    /// the request target as received.
+    fn resource_url(&self, req: Incoming<'_>) -> String {
+        match &self.public_url {
+            Some(origin) => format!("{origin}{}", req.target),
+            None => {
+                let host = req
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                format!("http://{host}{}", req.target)
+            }
+        }
+    }
+}
+
+fn asking(url: &str) -> Asking<'_> {
+    Asking {
+        url,
+        browser: false,
+    }
+}
+
+fn forward(route: Option<Routed>, priced_path: bool, websocket: bool) -> Admission {
+    Admission::Forward(Box::new(Forward {
+        route,
+        payment: None,
+        priced_path,
+        websocket,
+        resource_url: String::new(),
+    }))
+}
+
+fn early(answer: Answer, route: Option<Routed>, rejection: Option<ErrorReason>) -> Admission {
+    Admission::Answer(Box::new(Early {
+        answer,
+        route,
+        payment: None,
+        rejection,
+    }))
+}
+
+/// Takes (or, with `take = false`, checks) a token of `limiter` for `ip`.
+fn limit(limiter: Option<&RateLimiter>, ip: Option<IpAddr>, take: bool) -> Result<(), u32> {
+    let (Some(l), Some(ip)) = (limiter, ip) else {
+        return Ok(());
+    };
+    if take {
+        l.take(ip, now_ms())
+    } else {
+        l.check(ip, now_ms())
+    }
+}
+
+/// A real CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`. Any
+/// other `OPTIONS` is an ordinary method.
+pub fn is_preflight(req: Incoming<'_>) -> bool {
+    req.method == Method::OPTIONS
+        && req.headers.contains_key(header::ORIGIN)
+        && req
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The methods a request may be read as: as received, upper-cased (some frameworks upper-case
+/// method tokens), and any method override (`X-HTTP-Method-Override` and kin, `_method` in the
+/// query). The common request has one reading and costs no allocation.
+pub fn method_readings(req: Incoming<'_>) -> std::borrow::Cow<'_, [Method]> {
+    let upper = req.method.as_str().bytes().any(|b| b.is_ascii_lowercase());
+    let overrides = METHOD_OVERRIDE_HEADERS
+        .iter()
+        .any(|h| req.headers.contains_key(h));
+    let query_override = req.target.contains("_method");
+    if !upper && !overrides && !query_override {
+        return std::borrow::Cow::Borrowed(std::slice::from_ref(req.method));
+    }
+    let mut out = vec![req.method.clone()];
+    let mut add = |raw: &[u8]| {
+        let up = raw.trim_ascii().to_ascii_uppercase();
+        if let Ok(m) = Method::from_bytes(&up) {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    };
+    add(req.method.as_str().as_bytes());
+    for h in &METHOD_OVERRIDE_HEADERS {
+        for v in req.headers.get_all(h) {
+            add(v.as_bytes());
+        }
+    }
+    if let Some(query) = req.target.split_once('?').map(|(_, q)| q) {
+        for pair in query.split('&') {
+            if let Some(v) = pair.strip_prefix("_method=") {
+                add(v.as_bytes());
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `Accept` has `text/html` and `User-Agent` has `Mozilla`: the reference servers' test.
+fn is_browser(h: &HeaderMap) -> bool {
+    let has = |name, needle: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(needle))
+    };
+    has(header::ACCEPT, "text/html") && has(header::USER_AGENT, "Mozilla")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incoming<'a>(m: &'a Method, target: &'a str, h: &'a HeaderMap) -> Incoming<'a> {
+        Incoming {
+            method: m,
+            target,
+            headers: h,
+            client_ip: None,
+        }
+    }
+
+    #[test]
+    fn method_readings_cover_case_and_overrides() {
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        assert!(matches!(
+            method_readings(incoming(&get, "/a", &h)),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert_eq!(
+            method_readings(incoming(&lower, "/a", &h)).as_ref(),
+            [lower.clone(), Method::GET]
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-http-method-override", HeaderValue::from_static("get"));
+        h.insert("x-method-override", HeaderValue::from_static("DELETE"));
+        let post = Method::POST;
+        assert_eq!(
+            method_readings(incoming(&post, "/a?_method=put", &h)).as_ref(),
+            [Method::POST, Method::GET, Method::DELETE, Method::PUT]
+        );
+    }
+
+    #[test]
+    fn only_real_preflights_are_preflights() {
+        let options = Method::OPTIONS;
+        let mut h = HeaderMap::new();
+        assert!(!is_preflight(incoming(&options, "/", &h)));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://a.example"),
+        );
+        assert!(!is_preflight(incoming(&options, "/", &h)));
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("GET"),
+        );
+        assert!(is_preflight(incoming(&options, "/", &h)));
+        assert!(!is_preflight(incoming(&Method::GET, "/", &h)));
+    }
+}
