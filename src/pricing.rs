@@ -209,4 +209,6 @@ fn strictness(r: &RouteRule) -> U256 {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -60,6 +60,8 @@ pub struct RequestCtx {
     peer: Option<IpAddr>,
     trusted_peer: bool,
     body_bytes: u64,
+    /// Upstream connections that failed for this request (each tries the next address).
+    connect_failures: usize,
     /// An answer to write instead of proxying (settlement before the upstream failed, body too
     /// large).
     pending: Option<Answer>,
@@ -231,6 +233,22 @@ impl ProxyHttp for Gateway {
             p.forwarded();
         }
         self.upstream.peer_for_request()
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent (and nothing settled: `before_upstream` settles once connected), so
+        // the next address of the upstream may be tried, once each.
+        ctx.connect_failures += 1;
+        if ctx.connect_failures < self.upstream.address_count() {
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

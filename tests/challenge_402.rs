@@ -179,18 +179,3 @@ async fn unpaid_post_with_body_keeps_the_connection_usable() {
     assert_eq!(resp.status(), 200);
     assert_eq!(gw.upstream.count(), 1);
 }
-
-/// Sends a raw HTTP/1.1 GET with the target exactly as given, returns the response head.
-async fn raw_get(addr: std::net::SocketAddr, target: &str, headers: &[(&str, &str)]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}

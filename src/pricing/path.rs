@@ -5,7 +5,8 @@
 //! `/`, collapses `//`, resolves `.` and `..` and strips the trailing `/`. Routers differ in
 //! three more places, so a path can have several readings, and the caller charges if *any*
 //! of them is priced:
-//! - an encoded slash (`%2F`, `%5C`) is a separator to some routers and segment text to others;
+//! - an encoded slash (`%2F`, `%5C`) is a separator to some routers and segment text to others,
+//!   and so is a backslash (IIS and ASP.NET fold it to `/`, nginx and Go do not);
 //! - `;` starts path parameters that Tomcat, Jetty and Spring strip from each segment
 //!   (`/premium;x=1/a` is `/premium/a` to them, and `..;` is `..`);
 //! - case-insensitive routers fold case differently outside ASCII: full Unicode lowercase
@@ -71,9 +72,21 @@ pub fn readings(target: &str) -> Readings<'_> {
         }
     };
     for d in &decoded {
-        let plain = resolve(d, false);
-        let stripped = d.contains(';').then(|| resolve(d, true));
-        for r in std::iter::once(&plain).chain(stripped.as_ref()) {
+        let params = if d.contains(';') {
+            &[false, true][..]
+        } else {
+            &[false]
+        };
+        let folds = if d.contains('\\') {
+            &[true, false][..]
+        } else {
+            &[true]
+        };
+        let resolved = params
+            .iter()
+            .flat_map(|&strip| folds.iter().map(move |&fold| resolve(d, strip, fold)));
+        for r in resolved {
+            let r = &r;
             add(r.to_lowercase());
             if !r.is_ascii() {
                 add(simple_lower(r));
@@ -161,10 +174,14 @@ fn decode(path: &str, keep_slashes: bool) -> Option<String> {
     Some(s)
 }
 
-/// Folds `\`, collapses `//`, optionally strips `;parameters` from each segment, resolves dot
-/// segments and strips the trailing `/`. Case is left alone.
-fn resolve(decoded: &str, strip_params: bool) -> String {
-    let folded = decoded.replace('\\', "/");
+/// Folds `\` (when `fold_backslash`), collapses `//`, optionally strips `;parameters` from each
+/// segment, resolves dot segments and strips the trailing `/`. Case is left alone.
+fn resolve(decoded: &str, strip_params: bool, fold_backslash: bool) -> String {
+    let folded = if fold_backslash {
+        decoded.replace('\\', "/")
+    } else {
+        decoded.to_owned()
+    };
     let mut segs: Vec<&str> = Vec::new();
     for seg in folded.split('/') {
         let seg = if strip_params {

@@ -148,6 +148,11 @@ impl UpstreamTarget {
         }
     }
 
+    /// How many addresses the upstream has now.
+    pub fn address_count(&self) -> usize {
+        self.peers.load().len()
+    }
+
     /// Whether the upstream has an address to connect to.
     pub fn is_addressable(&self) -> bool {
         !self.peers.load().is_empty()
@@ -275,31 +280,33 @@ pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()>
     if let Some(host) = f.host {
         req.insert_header(header::HOST, host.clone())?;
     }
-    let Some(ip) = f.peer else {
-        return Ok(());
-    };
     if f.trusted_peer {
-        let xff = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        req.insert_header("x-forwarded-for", xff)?;
+        if let Some(ip) = f.peer {
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
         if !req.headers.contains_key("x-forwarded-proto") {
             req.insert_header("x-forwarded-proto", f.proto)?;
         }
-    } else {
-        for h in CLIENT_IDENTITY_HEADERS {
-            req.remove_header(h);
-        }
+        return Ok(());
+    }
+    // Anyone else (including a peer whose address is unknown) cannot vouch for anything.
+    for h in CLIENT_IDENTITY_HEADERS {
+        req.remove_header(h);
+    }
+    if let Some(ip) = f.peer {
         let ip = ip.to_string();
         req.insert_header("x-forwarded-for", &ip)?;
         req.insert_header("x-real-ip", ip)?;
-        req.insert_header("x-forwarded-proto", f.proto)?;
     }
+    req.insert_header("x-forwarded-proto", f.proto)?;
     Ok(())
 }
 

@@ -51,6 +51,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Interim (1xx) answers written before this one.
+    pub interim: Vec<u16>,
 }
 
 impl Response {
@@ -60,6 +62,7 @@ impl Response {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            interim: Vec::new(),
         }
     }
 
@@ -85,6 +88,14 @@ impl MockServer {
     pub async fn start(
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> MockServer {
+        Self::start_with_tls(handler, None).await
+    }
+
+    /// A mock server behind TLS (`acceptor`), or plain HTTP.
+    pub async fn start_with_tls(
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -96,28 +107,14 @@ impl MockServer {
                     return;
                 };
                 let (handler, recorded) = (handler.clone(), recorded.clone());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let (r, mut w) = sock.into_split();
-                    let mut r = BufReader::new(r);
-                    while let Some(req) = read_request(&mut r).await {
-                        recorded.lock().unwrap().push(req.clone());
-                        let resp = handler(&req);
-                        if !resp.delay.is_zero() {
-                            tokio::time::sleep(resp.delay).await;
-                        }
-                        let mut out = format!(
-                            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
-                            resp.status,
-                            resp.body.len()
-                        );
-                        for (k, v) in &resp.headers {
-                            out.push_str(&format!("{k}: {v}\r\n"));
-                        }
-                        out.push_str("\r\n");
-                        let mut bytes = out.into_bytes();
-                        bytes.extend_from_slice(&resp.body);
-                        if w.write_all(&bytes).await.is_err() {
-                            return;
+                    match acceptor {
+                        None => serve(sock, handler, recorded).await,
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(sock).await {
+                                serve(tls, handler, recorded).await;
+                            }
                         }
                     }
                 });
@@ -148,7 +145,50 @@ impl MockServer {
     }
 }
 
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<Request> {
+/// Serves HTTP/1.1 requests on one connection until it closes.
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    handler: Handler,
+    recorded: Arc<Mutex<Vec<Request>>>,
+) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    while let Some(req) = read_request(&mut r, &mut w).await {
+        recorded.lock().unwrap().push(req.clone());
+        let resp = handler(&req);
+        if !resp.delay.is_zero() {
+            tokio::time::sleep(resp.delay).await;
+        }
+        for code in &resp.interim {
+            let line =
+                format!("HTTP/1.1 {code} Interim\r\nlink: </style.css>; rel=preload\r\n\r\n");
+            if w.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let mut out = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+            resp.status,
+            resp.body.len()
+        );
+        for (k, v) in &resp.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&resp.body);
+        if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request; answers `Expect: 100-continue` with `100 Continue` before the body, as a
+/// real server does.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+) -> Option<Request> {
     let mut line = String::new();
     if r.read_line(&mut line).await.ok()? == 0 {
         return None;
@@ -173,6 +213,9 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<R
             .find(|(k, _)| k.eq_ignore_ascii_case(n))
             .map(|(_, v)| v.clone())
     };
+    if find("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.ok()?;
+    }
     let mut body = Vec::new();
     if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(len, 0);
@@ -202,30 +245,42 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<R
 
 /// An upstream API: `/status/NNN` answers NNN; everything else 200 with a JSON echo.
 pub async fn mock_upstream() -> MockServer {
-    MockServer::start(|req| {
-        let status = req
-            .target
-            .strip_prefix("/status/")
-            .and_then(|s| s.split(['/', '?']).next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
-        let body = serde_json::json!({"upstream": true, "path": req.target, "method": req.method})
-            .to_string();
-        let mut resp = Response::json(status, &body);
-        if req.target.contains("overrides") {
-            resp = resp.with_header("settlement-overrides", "{\"amount\":\"1\"}");
-        }
-        if req.target.contains("empty") {
-            resp.body.clear();
-        }
-        if req.target.contains("slow") {
-            resp = resp.delayed(Duration::from_millis(1500));
-        }
-        if req.target.contains("cacheable") {
-            resp = resp.with_header("cache-control", "public, max-age=60");
-        }
-        resp
-    })
+    mock_upstream_tls(None).await
+}
+
+/// The mock upstream API, behind TLS when `acceptor` is given.
+pub async fn mock_upstream_tls(acceptor: Option<tokio_rustls::TlsAcceptor>) -> MockServer {
+    MockServer::start_with_tls(
+        |req| {
+            let status = req
+                .target
+                .strip_prefix("/status/")
+                .and_then(|s| s.split(['/', '?']).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            let body =
+                serde_json::json!({"upstream": true, "path": req.target, "method": req.method})
+                    .to_string();
+            let mut resp = Response::json(status, &body);
+            if req.target.contains("overrides") {
+                resp = resp.with_header("settlement-overrides", "{\"amount\":\"1\"}");
+            }
+            if req.target.contains("empty") {
+                resp.body.clear();
+            }
+            if req.target.contains("slow") {
+                resp = resp.delayed(Duration::from_millis(1500));
+            }
+            if req.target.contains("cacheable") {
+                resp = resp.with_header("cache-control", "public, max-age=60");
+            }
+            if req.target.contains("hints") {
+                resp.interim.push(103);
+            }
+            resp
+        },
+        acceptor,
+    )
     .await
 }
 
@@ -389,13 +444,35 @@ impl TestGateway {
 
     /// `routes` are `[[route]]` tables; `extra` is appended to `[facilitator]`.
     pub async fn start_with(routes: &str, facilitator_extra: &str) -> TestGateway {
+        Self::start_full(routes, facilitator_extra, "").await
+    }
+
+    /// As [`TestGateway::start_with`]; `sections` are whole tables (`[server]`, `[limits]`,
+    /// `[upstream]` keys other than `url` go in `upstream_extra` of [`TestGateway::start_custom`]).
+    pub async fn start_full(routes: &str, facilitator_extra: &str, sections: &str) -> TestGateway {
         let upstream = mock_upstream().await;
+        let url = upstream.url();
+        Self::start_custom(upstream, &url, "", routes, facilitator_extra, sections).await
+    }
+
+    /// The most general start: the upstream server to record, the `[upstream] url` to put in
+    /// the config (it may point elsewhere), extra `[upstream]` keys, routes, extra
+    /// `[facilitator]` keys and whole extra tables.
+    pub async fn start_custom(
+        upstream: MockServer,
+        upstream_url: &str,
+        upstream_extra: &str,
+        routes: &str,
+        facilitator_extra: &str,
+        sections: &str,
+    ) -> TestGateway {
         let facilitator = MockFacilitator::start().await;
         let text = format!(
-            r#"
+            r#"{sections}
 [upstream]
-url = "{}"
+url = "{upstream_url}"
 read_timeout = "5s"
+{upstream_extra}
 [facilitator]
 url = "{}"
 timeout = "2s"
@@ -405,7 +482,6 @@ settle_timeout = "2s"
 pay_to = "{PAY_TO}"
 network = "base-sepolia"
 {routes}"#,
-            upstream.url(),
             facilitator.server.url()
         );
         let config = Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
@@ -424,13 +500,20 @@ network = "base-sepolia"
         let mut stop = rx.clone();
         tokio::spawn(async move {
             loop {
-                let sock = tokio::select! {
+                let (sock, peer) = tokio::select! {
                     _ = stop.changed() => return,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => return },
+                    r = listener.accept() => match r { Ok(s) => s, Err(_) => return },
                 };
                 let (app, rx) = (app.clone(), rx.clone());
                 tokio::spawn(async move {
-                    let mut stream: pingora::protocols::Stream = Box::new(L4Stream::from(sock));
+                    // As Pingora's own listener does: the peer address goes in the digest.
+                    use pingora::protocols::GetSocketDigest;
+                    use std::os::fd::AsRawFd;
+                    let digest = pingora::protocols::SocketDigest::from_raw_fd(sock.as_raw_fd());
+                    let _ = digest.peer_addr.set(Some(peer.into()));
+                    let mut l4 = L4Stream::from(sock);
+                    l4.set_socket_digest(digest);
+                    let mut stream: pingora::protocols::Stream = Box::new(l4);
                     while let Some(s) = app.process_new(stream, &rx).await {
                         stream = s;
                     }
@@ -556,4 +639,40 @@ pub async fn pay_v2_tampered(
 /// Reads the `error` of a 402's `PAYMENT-REQUIRED`.
 pub fn challenge_error(resp: &reqwest::Response) -> String {
     decode_required(resp).error.unwrap_or_default()
+}
+
+/// Sends a raw HTTP/1.1 GET with the target exactly as given, returns the whole response.
+pub async fn raw_get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> String {
+    raw_request(addr, "GET", target, headers, b"").await
+}
+
+/// Sends a raw HTTP/1.1 request (method and target exactly as given, `connection: close`),
+/// returns the whole response as text.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw response.
+pub fn raw_status(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
