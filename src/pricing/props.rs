@@ -138,7 +138,10 @@ fn simple_fold(t: &str) -> Option<String> {
     )
 }
 
-const ROUTERS: [(&str, fn(&str) -> Option<String>); 6] = [
+/// A router model: the path it routes a target on, or `None` when it refuses the target.
+type Router = fn(&str) -> Option<String>;
+
+const ROUTERS: [(&str, Router); 6] = [
     ("nginx", nginx),
     ("express", express),
     ("tomcat", tomcat),

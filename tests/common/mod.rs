@@ -493,33 +493,7 @@ network = "base-sepolia"
 
         let conf = Arc::new(ServerConf::default());
         let proxy = pingora::proxy::http_proxy(&conf, gateway);
-        let app = Arc::new(proxy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shutdown, rx) = watch::channel(false);
-        let mut stop = rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let (sock, peer) = tokio::select! {
-                    _ = stop.changed() => return,
-                    r = listener.accept() => match r { Ok(s) => s, Err(_) => return },
-                };
-                let (app, rx) = (app.clone(), rx.clone());
-                tokio::spawn(async move {
-                    // As Pingora's own listener does: the peer address goes in the digest.
-                    use pingora::protocols::GetSocketDigest;
-                    use std::os::fd::AsRawFd;
-                    let digest = pingora::protocols::SocketDigest::from_raw_fd(sock.as_raw_fd());
-                    let _ = digest.peer_addr.set(Some(peer.into()));
-                    let mut l4 = L4Stream::from(sock);
-                    l4.set_socket_digest(digest);
-                    let mut stream: pingora::protocols::Stream = Box::new(l4);
-                    while let Some(s) = app.process_new(stream, &rx).await {
-                        stream = s;
-                    }
-                });
-            }
-        });
+        let (addr, shutdown) = serve_app(Arc::new(proxy)).await;
         TestGateway {
             addr,
             upstream,
@@ -551,6 +525,39 @@ network = "base-sepolia"
             .await
             .unwrap()
     }
+}
+
+/// Serves a Pingora app on an ephemeral port until the sender is dropped or sent `true`.
+pub async fn serve_app<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, rx) = watch::channel(false);
+    let mut stop = rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = tokio::select! {
+                _ = stop.changed() => return,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => return },
+            };
+            let (app, rx) = (app.clone(), rx.clone());
+            tokio::spawn(async move {
+                // As Pingora's own listener does: the peer address goes in the digest.
+                use pingora::protocols::GetSocketDigest;
+                use std::os::fd::AsRawFd;
+                let digest = pingora::protocols::SocketDigest::from_raw_fd(sock.as_raw_fd());
+                let _ = digest.peer_addr.set(Some(peer.into()));
+                let mut l4 = L4Stream::from(sock);
+                l4.set_socket_digest(digest);
+                let mut stream: pingora::protocols::Stream = Box::new(l4);
+                while let Some(s) = app.process_new(stream, &rx).await {
+                    stream = s;
+                }
+            });
+        }
+    });
+    (addr, shutdown)
 }
 
 /// A child process killed (and reaped) when dropped.
