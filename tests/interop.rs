@@ -157,6 +157,16 @@ impl Env {
 
     /// The gateway binary on a fresh port with either facilitator; returns its base URL.
     async fn gateway(&self, name: &str, facilitator: &str) -> (String, KillOnDrop) {
+        self.gateway_with(name, facilitator, "20s").await
+    }
+
+    /// As [`Env::gateway`], with a `settle_timeout`.
+    async fn gateway_with(
+        &self,
+        name: &str,
+        facilitator: &str,
+        settle_timeout: &str,
+    ) -> (String, KillOnDrop) {
         let port = free_port();
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -169,7 +179,7 @@ threads = 1
 [upstream]
 url = "{}"
 [facilitator]
-settle_timeout = "20s"
+settle_timeout = "{settle_timeout}"
 {facilitator}
 [payment]
 pay_to = "{PAYEE}"
@@ -631,4 +641,44 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         "content released without settlement"
     );
     assert_eq!(env.balance(PAYEE).await, payee0);
+
+    // Mining paused: the settlement transaction sits in the mempool past `settle_timeout`. The
+    // content is not released and no success is reported for an unmined transfer (it could
+    // still be dropped); the receipt names the pending transaction.
+    let (base, _gw5) = env.gateway_with("mempool", &rpc_line, "2s").await;
+    let p = ProviderBuilder::new().connect_http(env.rpc.parse().unwrap());
+    let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
+    let payment = sign_fresh(&payer(), &required);
+    let _: () = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let resp = http()
+        .get(format!("{base}/paid/mempool"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let receipt = decode_receipt(&resp, "payment-response");
+    let body = resp.text().await.unwrap();
+    let _: () = p
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
+    assert_ne!(status, 200, "content released for an unmined transfer");
+    assert!(!body.contains("\"upstream\""), "content released: {body}");
+    assert_eq!(receipt.success, Some(false));
+    assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
+    let pending = receipt.transaction.unwrap_or_default();
+    assert_eq!(
+        pending.len(),
+        66,
+        "the pending transaction is named: {pending:?}"
+    );
+    let _: String = p.raw_request("evm_mine".into(), ()).await.unwrap();
+    assert!(
+        env.tx_succeeded(&pending).await,
+        "the named transaction mined"
+    );
 }
