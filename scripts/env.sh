@@ -69,3 +69,11 @@ ensure_rust_client() {
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR/rust-client" cargo build --release --locked --quiet \
     --manifest-path "$top/tools/rust-client/Cargo.toml"
 }
+
+# cargo-fuzz (libFuzzer driver) for the fuzz runs, from crates.io.
+ensure_cargo_fuzz() {
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "installing cargo-fuzz..." >&2
+    cargo install cargo-fuzz --version 0.13.2 --locked --quiet >&2
+  fi
+}

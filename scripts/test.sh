@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one command that runs every test: builds the gateway, runs unit and integration tests,
-# validates the shipped gateway.toml and compiles the benchmarks. Installs what it needs.
+# The one command that runs every test: builds the gateway, runs unit, property, integration and
+# interop tests, replays the fuzz corpora and fuzzes each parser briefly, validates the shipped
+# gateway.toml and compiles the benchmarks. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
@@ -13,6 +14,8 @@ ensure_rust_client
 cargo build --release --locked
 "$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
 cargo test --locked --all-targets
+# Every parser under libFuzzer for a bounded 10 s each (the corpora were replayed by cargo test).
+scripts/fuzz.sh 10
 cargo bench --locked --no-run
 # The load benchmark does not run here (minutes of load), but everything it runs is built.
 benches/load/run.sh --build-only

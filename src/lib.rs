@@ -30,6 +30,8 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod facilitator;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limiter;
 pub mod payments;
 pub mod pricing;
@@ -273,13 +275,12 @@ pub fn new_server(
     pid_file: &Path,
     upgrade_sock: &Path,
 ) -> Result<Server, StartupError> {
-    for (path, default_dir) in [(pid_file, false), (upgrade_sock, false)] {
+    let default_dir = config::runtime_dir(&|k| std::env::var(k).ok());
+    for path in [pid_file, upgrade_sock] {
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let is_default = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("x402-gateway"));
-        ensure_private_dir(dir, default_dir || is_default)?;
+        // The default directory must be ours alone; a configured one must not be writable by
+        // others (a systemd RuntimeDirectory is 0755).
+        ensure_private_dir(dir, dir == default_dir)?;
     }
     let conf = ServerConf {
         threads,
@@ -323,4 +324,43 @@ pub fn build_server(
     ));
     server.add_service(background_service("upstream resolver", Resolver(upstream)));
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "x402-private-{name}-{}-{}",
+            std::process::id(),
+            limiter::now_ms()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn the_runtime_dir_is_created_private_and_a_shared_one_is_refused() {
+        let d = scratch("new").join("x402-gateway");
+        ensure_private_dir(&d, true).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // A directory others can write to (a predictable name in /tmp someone made first).
+        let shared = scratch("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = ensure_private_dir(&shared, true).unwrap_err();
+        assert!(e.to_string().contains("777"), "{e}");
+        assert!(ensure_private_dir(&shared, false).is_err());
+        // Readable by others is fine for a configured directory, not for the default one.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(ensure_private_dir(&shared, false).is_ok());
+        assert!(ensure_private_dir(&shared, true).is_err());
+        // A symlink is not a directory of ours.
+        let link = scratch("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(ensure_private_dir(&link, true).is_err());
+    }
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -75,6 +76,7 @@ class Scenario:
     duration: int | None = None
     verification: str = ""  # extra [verification] lines for the gateway
     embedded: bool = False
+    binary: str = ""  # another gateway binary (--baseline): run with a config it reads
 
 
 SCENARIOS = [
@@ -107,6 +109,11 @@ SCENARIOS = [
              "verification", "gateway", "/paid-before", paid=True, ready_status=402,
              connections=16, embedded=True, verification='mode = "local"'),
 ]
+
+
+# Rows that --baseline runs with an older binary as well.
+BASELINE_KEYS = ("gw_free", "gw_402", "gw_paid_after", "gw_paid_before", "gw_paid_after_local",
+                 "gw_paid_before_local")
 
 
 def log(msg: str) -> None:
@@ -266,10 +273,15 @@ class Bench:
                 env["FACILITATOR_KEY"] = FACILITATOR_KEY
             else:
                 facilitator = f'url = "http://127.0.0.1:{PORTS["facilitator"]}"'
+            # Abuse limits on, high enough for one load generator on one IP: the limiter's
+            # cost is measured, its refusals are not. A --baseline binary from before [limits]
+            # gets none.
+            limits = "" if s.binary else (
+                '[limits]\nchallenge_rate = "100000000/s"\nfailed_payment_rate = "100000000/s"')
             conf = render(HERE / "gateway.toml", WORK / f"{name}.toml", PORT=port,
                           UPSTREAM_PORT=PORTS["upstream"], FACILITATOR=facilitator,
-                          VERIFICATION=s.verification)
-            binary = target_dir() / "release/x402-gateway"
+                          VERIFICATION=s.verification, LIMITS=limits)
+            binary = Path(s.binary) if s.binary else target_dir() / "release/x402-gateway"
             return Proc(name, [str(binary), "run", "--config", str(conf)], SUT_CPU, env)
         if s.system == "axum":
             binary = target_dir() / "axum-peer/release/x402-axum-peer"
@@ -384,7 +396,18 @@ class Bench:
 
     def run(self) -> None:
         WORK.mkdir(parents=True, exist_ok=True)
-        wanted = [s for s in SCENARIOS if not self.args.only or s.key in self.args.only]
+        scenarios = list(SCENARIOS)
+        if self.args.baseline:
+            # Each gateway row, run again with the baseline binary right before it.
+            scenarios = []
+            for s in SCENARIOS:
+                if s.key in BASELINE_KEYS:
+                    scenarios.append(dataclasses.replace(
+                        s, key=s.key + "_base", label=s.label + " — baseline binary",
+                        binary=self.args.baseline))
+                scenarios.append(s)
+        wanted = [s for s in scenarios if not self.args.only or s.key in self.args.only
+                  or s.key.removesuffix("_base") in self.args.only]
         if self.args.skip:
             wanted = [s for s in wanted if s.key not in self.args.skip]
         try:
@@ -507,6 +530,14 @@ def write_doc(results: list[dict], args: argparse.Namespace) -> None:
         if a in rows and b in rows:
             out.append(f"| {rows[a]['label']} ÷ nginx proxy_pass (CPU) | "
                        f"{ratio(rows, a, b, 'cpu_us')} | |")
+    base = [k for k in BASELINE_KEYS if k in rows and k + "_base" in rows]
+    if base:
+        out += ["", f"Against the baseline binary (`--baseline {args.baseline}`), in this run:", "",
+                "| row | req/s ÷ baseline | CPU-µs/req ÷ baseline | target |",
+                "|---|---:|---:|---|"]
+        for k in base:
+            out.append(f"| {rows[k]['label']} | {ratio(rows, k, k + '_base')} | "
+                       f"{ratio(rows, k, k + '_base', 'cpu_us')} | within 5% |")
     out += ["", END]
     generated = "\n".join(out)
     if DOC.exists() and BEGIN in DOC.read_text():
@@ -531,6 +562,9 @@ def main() -> None:
     p.add_argument("--skip", type=lambda v: v.split(","), default=None)
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--nginx", default="/usr/sbin/nginx")
+    p.add_argument("--baseline", default="",
+                   help="another x402-gateway binary (e.g. a build of main before a change): "
+                        "every gateway row is also run with it, and the ratios reported")
     p.add_argument("--perf", action="store_true",
                    help="record a perf profile of each system under test (.local/bench/perf-*.data)")
     args = p.parse_args()

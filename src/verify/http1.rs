@@ -399,8 +399,12 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
                 if n > MAX_RESPONSE_BYTES {
                     return Err(TransportError::Protocol("answer too large"));
                 }
-                if !matches!(framing, Framing::Chunked) {
-                    framing = Framing::Length(n);
+                match framing {
+                    Framing::Length(m) if m != n => {
+                        return Err(TransportError::Protocol("conflicting content-lengths"))
+                    }
+                    Framing::Chunked => {}
+                    _ => framing = Framing::Length(n),
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 if contains_token(h.value, b"chunked") {
@@ -445,6 +449,23 @@ fn parse_response(buf: &[u8]) -> Result<Parsed, TransportError> {
                 None => Ok(Parsed::Partial),
             },
         };
+    }
+}
+
+/// Runs the answer parsers over arbitrary bytes and checks what they claim (a fuzz target):
+/// a complete answer never claims more bytes than it was given or a body over the cap.
+#[doc(hidden)]
+pub fn fuzz_parse(buf: &[u8]) {
+    if let Ok(Parsed::Complete { body, consumed, .. }) = parse_response(buf) {
+        assert!(
+            consumed <= buf.len(),
+            "consumed {consumed} of {}",
+            buf.len()
+        );
+        assert!(body.len() <= MAX_RESPONSE_BYTES);
+    }
+    if let Some((_, body)) = parse_response_at_eof(buf) {
+        assert!(body.len() <= buf.len());
     }
 }
 

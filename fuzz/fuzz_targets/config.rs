@@ -1,0 +1,4 @@
+//! libFuzzer target: `x402_gateway::fuzzing::config`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| x402_gateway::fuzzing::config(data));
