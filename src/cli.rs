@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `facilitator`, `pay`, `sample-api`.
+//! The command line: `run`, `check`, `facilitator`, `pay`, `journal`, `sample-api`.
 
 use std::path::PathBuf;
 
@@ -55,6 +55,9 @@ pub(crate) enum Command {
     /// The response body goes to stdout, everything else to stderr. Exits 0 when the final
     /// answer is 2xx.
     Pay(crate::pay_cmd::PayArgs),
+    /// Read the payment journal (while the gateway runs), reconcile open payments against the
+    /// chain, report revenue: `list`, `show KEY`, `reconcile`, `report`.
+    Journal(crate::journal_cmd::JournalArgs),
     /// Serve a small sample JSON API (GET /weather/{city}, GET /health) that knows nothing of
     /// payments: the upstream of the demo.
     SampleApi {

@@ -141,8 +141,52 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// `[limits]`.
     pub limits: LimitsConfig,
+    /// `[journal]`.
+    pub journal: JournalConfig,
+    /// `[chain]`: RPC endpoints for reading settlement outcomes.
+    pub chain: ChainConfig,
     /// `[[route]]`, in file order (first match wins).
     pub routes: Vec<RouteRule>,
+}
+
+/// `[journal]`: the durable payment journal.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Whether payments are journaled (`enabled`, default true).
+    pub enabled: bool,
+    /// The SQLite file (relative paths are taken from the config file's directory).
+    pub path: PathBuf,
+    /// Durability of each commit.
+    pub sync: JournalSync,
+    /// How long delivered and failed payments are kept.
+    pub retention: Duration,
+}
+
+/// SQLite `synchronous` of the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalSync {
+    /// Every commit is fsynced: survives power loss.
+    Full,
+    /// Commits survive a crash of the gateway, not of the machine.
+    Normal,
+}
+
+impl JournalSync {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalSync::Full => "full",
+            JournalSync::Normal => "normal",
+        }
+    }
+}
+
+/// `[chain]`: JSON-RPC endpoints the gateway reads settlement outcomes from (optional with a
+/// remote facilitator; the embedded facilitator's `rpc` is used when absent).
+#[derive(Clone, Debug, Default)]
+pub struct ChainConfig {
+    /// JSON-RPC URL per network (secrets).
+    pub rpc: Vec<(Network, Secret)>,
 }
 
 /// What happens to a request whose method no route lists, on a path a priced route covers.
@@ -202,6 +246,8 @@ pub struct ServerConfig {
     /// The socket on which a new process takes over the listening sockets, in a private
     /// directory.
     pub upgrade_sock: PathBuf,
+    /// How long a stop (SIGTERM) waits for in-flight requests and settlements.
+    pub drain_timeout: Duration,
 }
 
 /// `[upstream]`: where paid and free requests go.
@@ -247,6 +293,9 @@ pub struct FacilitatorConfig {
     pub timeout: Duration,
     /// Timeout of `/settle` (an on-chain transaction: longer).
     pub settle_timeout: Duration,
+    /// How long an unknown settlement outcome is read from the chain before the client gets
+    /// `503` (retry with the same payment).
+    pub resolve_timeout: Duration,
     /// Extra headers on every facilitator call, `${VAR}` already expanded.
     pub headers: Vec<(HeaderName, Secret)>,
     /// How often `/supported` is fetched again.

@@ -63,6 +63,16 @@ pub enum GatewayError {
     /// The request headers are larger than `[limits] max_header_bytes`.
     #[error("request headers too large")]
     HeadersTooLarge,
+    /// The settlement's outcome is not known yet: retry with the same payment (never a 402,
+    /// which makes clients pay again).
+    #[error("settlement pending")]
+    SettlementPending,
+    /// Another request is delivering this (settled) payment right now.
+    #[error("payment in progress")]
+    InProgress,
+    /// The journal cannot be written: nothing is settled.
+    #[error("journal unavailable")]
+    JournalUnavailable,
 }
 
 impl From<VerifyError> for GatewayError {
@@ -71,6 +81,7 @@ impl From<VerifyError> for GatewayError {
             VerifyError::Rejected(r) => GatewayError::Rejected(r),
             VerifyError::Unavailable(f) => GatewayError::FacilitatorUnavailable(f),
             VerifyError::Busy => GatewayError::Busy,
+            VerifyError::Used(_) => GatewayError::Rejected(PaymentRejection::AlreadyUsed),
         }
     }
 }
@@ -86,7 +97,10 @@ impl GatewayError {
             | GatewayError::SettlementFailed { .. } => 402,
             GatewayError::FacilitatorUnavailable(_)
             | GatewayError::SettlementNotAttempted { .. }
-            | GatewayError::Busy => 503,
+            | GatewayError::Busy
+            | GatewayError::SettlementPending
+            | GatewayError::InProgress
+            | GatewayError::JournalUnavailable => 503,
             GatewayError::Upstream => 502,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RateLimited { .. } => 429,
@@ -109,6 +123,9 @@ impl GatewayError {
             GatewayError::Busy => ErrorReason::GatewayBusy,
             GatewayError::RequestTooLarge => ErrorReason::RequestTooLarge,
             GatewayError::HeadersTooLarge => ErrorReason::HeadersTooLarge,
+            GatewayError::SettlementPending => ErrorReason::SettlementPending,
+            GatewayError::InProgress => ErrorReason::PaymentInProgress,
+            GatewayError::JournalUnavailable => ErrorReason::JournalUnavailable,
         }
     }
 
@@ -117,8 +134,10 @@ impl GatewayError {
         match self {
             GatewayError::FacilitatorUnavailable(_)
             | GatewayError::Upstream
-            | GatewayError::SettlementNotAttempted { .. } => Some(5),
-            GatewayError::Busy => Some(2),
+            | GatewayError::SettlementNotAttempted { .. }
+            | GatewayError::SettlementPending
+            | GatewayError::JournalUnavailable => Some(5),
+            GatewayError::Busy | GatewayError::InProgress => Some(2),
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }

@@ -15,6 +15,7 @@
 //! - [`verify`]: local fast path, replay guard, verdict cache, facilitator client.
 //! - [`settle`]: settlement and the payment state machine.
 //! - [`limiter`]: per-client token buckets (challenges, failed payments).
+//! - [`journal`]: the durable payment journal (SQLite) and reading outcomes from the chain.
 //! - [`payments`]: every payment decision, with no Pingora types.
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
 //! - [`error`]: the one mapping from errors to HTTP answers ([`error::rescue`]).
@@ -32,6 +33,7 @@ pub mod error;
 pub mod facilitator;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod journal;
 pub mod limiter;
 pub mod payments;
 pub mod pricing;
@@ -101,6 +103,12 @@ pub enum StartupError {
     /// The directory of the pid file or upgrade socket is not private.
     #[error("{0}")]
     RuntimeDir(String),
+    /// The payment journal cannot be opened.
+    #[error("payment journal")]
+    Journal(#[source] journal::JournalError),
+    /// A chain RPC for reading outcomes is unusable.
+    #[error("[chain] rpc: {0}")]
+    Chain(String),
 }
 
 fn kind(version: u8, network: &str) -> SupportedKind {
@@ -190,13 +198,45 @@ pub fn build_gateway(
         config.facilitator.timeout,
     ));
     let verifier = Arc::new(Verifier::new(
-        bounded,
+        bounded.clone(),
         &config.verification,
         config.limits.max_pending_payments,
     ));
-    let payments = Arc::new(Payments::new(config, table, verifier));
+    let journal = if config.journal.enabled {
+        Some(journal::Journal::open(&config.journal).map_err(StartupError::Journal)?)
+    } else {
+        None
+    };
+    let reconciler = Arc::new(reconciler(config, bounded)?);
+    let payments = Arc::new(Payments::new(config, table, verifier, journal, reconciler));
     let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
     Ok(Gateway::new(config, payments, upstream))
+}
+
+/// The reader of settlement outcomes: `[chain] rpc`, or the embedded facilitator's `rpc`;
+/// `facilitator` for networks with neither.
+///
+/// # Errors
+/// [`StartupError::Chain`].
+pub fn reconciler(
+    config: &Config,
+    facilitator: Arc<dyn Facilitator>,
+) -> Result<journal::reconcile::Reconciler, StartupError> {
+    let mut rpc = config.chain.rpc.clone();
+    if let Some(e) = &config.facilitator.embedded {
+        for (n, u) in &e.rpc {
+            if !rpc.iter().any(|(m, _)| m == n) {
+                rpc.push((n.clone(), u.clone()));
+            }
+        }
+    }
+    let timeout = config
+        .facilitator
+        .embedded
+        .as_ref()
+        .map_or(config.facilitator.timeout, |e| e.rpc_timeout);
+    journal::reconcile::Reconciler::new(&rpc, Some(facilitator), timeout)
+        .map_err(StartupError::Chain)
 }
 
 /// Keeps `/supported` fresh and warns when a configured option stops being supported.
@@ -275,6 +315,20 @@ pub fn new_server(
     pid_file: &Path,
     upgrade_sock: &Path,
 ) -> Result<Server, StartupError> {
+    new_server_draining(threads, pid_file, upgrade_sock, Duration::from_secs(1))
+}
+
+/// As [`new_server`], waiting up to `drain` after a graceful stop (SIGTERM) for in-flight
+/// work before the runtimes are shut down (a [`Drain`] service ends the wait early once idle).
+///
+/// # Errors
+/// [`StartupError::RuntimeDir`].
+pub fn new_server_draining(
+    threads: usize,
+    pid_file: &Path,
+    upgrade_sock: &Path,
+    drain: Duration,
+) -> Result<Server, StartupError> {
     let default_dir = config::runtime_dir(&|k| std::env::var(k).ok());
     for path in [pid_file, upgrade_sock] {
         let dir = path.parent().unwrap_or(Path::new("/"));
@@ -286,8 +340,8 @@ pub fn new_server(
         threads,
         pid_file: pid_file.display().to_string(),
         upgrade_sock: upgrade_sock.display().to_string(),
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(10),
+        grace_period_seconds: Some(drain.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -306,8 +360,10 @@ pub fn build_server(
     facilitator: Arc<dyn Facilitator>,
 ) -> Result<Server, StartupError> {
     let s = &config.server;
-    let mut server = new_server(s.threads, &s.pid_file, &s.upgrade_sock)?;
+    let mut server = new_server_draining(s.threads, &s.pid_file, &s.upgrade_sock, s.drain_timeout)?;
     let upstream = gateway.upstream().clone();
+    let payments = gateway.payments().clone();
+    let in_flight = gateway.in_flight().clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -323,7 +379,72 @@ pub fn build_server(
         },
     ));
     server.add_service(background_service("upstream resolver", Resolver(upstream)));
+    server.add_service(background_service(
+        "payments maintenance",
+        Maintenance(payments.clone()),
+    ));
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            in_flight,
+            payments,
+            timeout: s.drain_timeout,
+        },
+    ));
     Ok(server)
+}
+
+/// Background work of the payments: unknown outcomes read again with backoff, chain heads,
+/// journal probes and retention.
+pub struct Maintenance(pub Arc<Payments>);
+
+#[async_trait]
+impl BackgroundService for Maintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut round: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            self.0.maintain(round % 3600 == 0).await;
+            round += 1;
+        }
+    }
+}
+
+/// The graceful stop: after SIGTERM, Pingora stops accepting and waits up to `drain_timeout`;
+/// this ends the wait as soon as no request (and so no settlement) is in flight, after the
+/// journal is flushed.
+pub struct Drain {
+    /// Requests in flight.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The payments (their journal is flushed before exit).
+    pub payments: Arc<Payments>,
+    /// The longest wait.
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let start = tokio::time::Instant::now();
+        loop {
+            let n = self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+            if n == 0 || start.elapsed() >= self.timeout {
+                if n > 0 {
+                    tracing::warn!(in_flight = n, "drain timeout: stopping with requests in flight (the journal lets recovery finish their payments)");
+                }
+                if let Some(j) = self.payments.journal() {
+                    let _ = j.flush().await;
+                }
+                tracing::info!(after = ?start.elapsed(), "drained; exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
+mod journal_cmd;
 mod pay_cmd;
 
 use std::process::ExitCode;
@@ -25,6 +26,23 @@ fn main() -> ExitCode {
         cli::Command::Check { config } => check(&config),
         cli::Command::Run { config, listen } => run(&config, listen),
         cli::Command::Facilitator { config, listen } => facilitator(&config, listen),
+        cli::Command::Journal(args) => {
+            let c = match journal_cmd::load(&args.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime().map(|rt| rt.block_on(journal_cmd::run(args, &c))) {
+                Ok(Ok(true)) => ExitCode::SUCCESS,
+                Ok(Ok(false)) => ExitCode::FAILURE,
+                Ok(Err(e)) | Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         cli::Command::Pay(args) => match runtime().map(|rt| rt.block_on(pay_cmd::run(args))) {
             Ok(Ok(true)) => ExitCode::SUCCESS,
             Ok(Ok(false)) => ExitCode::FAILURE,
@@ -240,6 +258,26 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Reconcile what the journal left open before serving.
+    let payments = gateway.payments().clone();
+    match runtime().map(|rt| rt.block_on(payments.recover())) {
+        Ok(Ok(r)) => tracing::info!(
+            settled = r.settled,
+            failed = r.failed,
+            unknown = r.unknown,
+            abandoned = r.abandoned,
+            guarded = r.guarded,
+            "journal recovered"
+        ),
+        Ok(Err(e)) => {
+            eprintln!("error: cannot recover the payment journal: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let server = match build_server(&c, gateway, client) {
         Ok(s) => s,
         Err(e) => {

@@ -9,11 +9,23 @@
 //! here, never forwarded), method readings (the method, upper-cased, and any method override),
 //! `[server] unlisted_methods`, body-size and rate limits on priced routes.
 //!
+//! Money safety: every payment is journaled (`journal`), `settling` durably before `/settle`.
+//! An unknown settlement outcome is read from the chain for up to `resolve_timeout`; still
+//! unknown, the client gets `503` + `Retry-After` and a `settlement_pending` receipt, never a
+//! `402` (which makes clients pay again). A retry with the same payment header is redeemed:
+//! settled and undelivered → delivered once; still unknown → `503`; definitively not settled →
+//! `402` with the reason; delivered already → the replay refusal. At start, [`Payments::recover`]
+//! reconciles what a crash left open.
+//!
 //! Does not own: forwarding headers and peers (`proxy::upstream`), writing answers
-//! (`proxy::respond`), the mapping from errors to answers (`error`).
+//! (`proxy::respond`), the mapping from errors to answers (`error`), reading the chain
+//! (`journal::reconcile`).
+
+pub mod pending;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,11 +33,14 @@ use http::Method;
 
 use crate::config::{Config, SettlementMode, UnlistedMethods};
 use crate::error::{rescue, Answer, Asking, GatewayError};
+use crate::journal::reconcile::{Outcome, Reconciler};
+use crate::journal::{self, Entry, Journal, JournalState};
 use crate::limiter::{now_ms, RateLimiter};
 use crate::pricing::{Lookup, PriceTable, PricedRoute};
 use crate::protocol::{ErrorReason, PAYMENT_SIGNATURE, X_PAYMENT};
 use crate::settle::{Payment, PaymentState, Settler};
-use crate::verify::Verifier;
+use crate::verify::{unix_now, Verified, Verifier, VerifyError};
+use pending::{Claim, Open, Pending};
 
 /// Request headers that ask a framework to treat the request as another method. Stripped
 /// before the upstream on priced paths, and read as method readings.
@@ -128,12 +143,29 @@ pub struct Payments {
     max_request_body: u64,
     public_url: Option<String>,
     cors_origin: Option<HeaderValue>,
+    journal: Option<Journal>,
+    reconciler: Arc<Reconciler>,
+    pending: Pending,
+    resolve_timeout: Duration,
+    retention: Duration,
 }
 
 impl Payments {
-    /// The decisions for `config`, over `table` and `verifier`.
-    pub fn new(config: &Config, table: Arc<ArcSwap<PriceTable>>, verifier: Arc<Verifier>) -> Self {
+    /// The decisions for `config`, over `table` and `verifier`, recording in `journal` and
+    /// reading outcomes through `reconciler`.
+    pub fn new(
+        config: &Config,
+        table: Arc<ArcSwap<PriceTable>>,
+        verifier: Arc<Verifier>,
+        journal: Option<Journal>,
+        reconciler: Arc<Reconciler>,
+    ) -> Self {
         Payments {
+            journal,
+            reconciler,
+            pending: Pending::default(),
+            resolve_timeout: config.facilitator.resolve_timeout,
+            retention: config.journal.retention,
             table,
             settler: Settler::new(verifier.facilitator().clone()),
             verifier,
@@ -163,6 +195,50 @@ impl Payments {
     /// `Access-Control-Allow-Origin` of the gateway's CORS headers, if on.
     pub fn cors_origin(&self) -> Option<&HeaderValue> {
         self.cors_origin.as_ref()
+    }
+
+    /// The journal, when payments are journaled.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Payments pending now: (unknown outcome, settled and undelivered).
+    pub fn pending_counts(&self) -> (usize, usize) {
+        self.pending.counts()
+    }
+
+    /// The journal entry of a payment, in `state`.
+    fn entry(p: &Payment, state: JournalState) -> Entry {
+        let v = &p.verified;
+        let now = journal::now_ms();
+        Entry {
+            key: v.key.clone(),
+            pay_to: v.pay_to,
+            amount: v.amount,
+            network: v.caip2.clone(),
+            version: v.version.number(),
+            route: p.route.clone(),
+            resource: p.resource.clone(),
+            request: v.facilitator_body.to_string(),
+            valid_before: v.valid_before,
+            state,
+            transaction: p.transaction().map(str::to_owned),
+            reason: p.failure_reason().map(|r| r.as_str().to_owned()),
+            from_block: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn record(&self, p: &Payment, state: JournalState) {
+        if let Some(j) = &self.journal {
+            j.transition(
+                &p.verified.key,
+                state,
+                p.transaction().map(str::to_owned),
+                p.failure_reason().map(|r| r.as_str().to_owned()),
+            );
+        }
     }
 
     /// Decides on a request head: forward (free, or with a verified payment) or answer now.
@@ -211,6 +287,10 @@ impl Payments {
             let answer = rescue(&e, Some(routed.route()), asking(&url));
             early(answer, Some(routed), Some(e.reason()))
         };
+        if self.journal.as_ref().is_some_and(|j| !j.is_healthy()) {
+            // Payments that cannot be recorded are not taken; free routes keep working.
+            return refuse(GatewayError::JournalUnavailable, routed);
+        }
         if content_length(req.headers).is_some_and(|n| n > self.max_request_body) {
             return refuse(GatewayError::RequestTooLarge, routed);
         }
@@ -238,6 +318,9 @@ impl Payments {
         }
         let (verified, hold) = match self.verifier.verify(route, header.as_bytes(), &url).await {
             Ok(v) => v,
+            Err(VerifyError::Used(v)) => {
+                return self.redeem(req, routed, url, *v, unlisted).await;
+            }
             Err(e) => {
                 let e = GatewayError::from(e);
                 if e.status() == 402 {
@@ -248,7 +331,16 @@ impl Payments {
                 return refuse(e, routed);
             }
         };
-        let payment = Payment::new(verified, route.rule.settlement, hold);
+        let payment = Payment::new(
+            verified,
+            route.rule.settlement,
+            hold,
+            route.rule.path.clone(),
+            url.clone(),
+        );
+        if let Some(j) = &self.journal {
+            j.record(Self::entry(&payment, JournalState::Verified));
+        }
         let websocket = route.rule.websocket && !unlisted;
         Admission::Forward(Box::new(Forward {
             route: Some(routed),
@@ -259,6 +351,177 @@ impl Payments {
         }))
     }
 
+    /// A valid payment whose authorization was used already: a replay, or a retry of a payment
+    /// that is pending (unknown outcome, or settled and undelivered).
+    async fn redeem(
+        &self,
+        req: Incoming<'_>,
+        routed: Routed,
+        url: String,
+        v: Verified,
+        unlisted: bool,
+    ) -> Admission {
+        let (path, mode, websocket) = {
+            let r = &routed.route().rule;
+            (r.path.clone(), r.settlement, r.websocket && !unlisted)
+        };
+        let restored = |state: PaymentState| {
+            Payment::restored(v.clone(), mode, state, path.clone(), url.clone())
+        };
+        let answer_with = |p: Payment, routed: Routed, rejection: Option<ErrorReason>| {
+            let answer = self.settlement_answer(&p, Some(&routed), &url);
+            Admission::Answer(Box::new(Early {
+                answer,
+                route: Some(routed),
+                payment: Some(p),
+                rejection,
+            }))
+        };
+        let refuse = |e: GatewayError, routed: Routed| {
+            let answer = rescue(&e, Some(routed.route()), asking(&url));
+            early(answer, Some(routed), Some(e.reason()))
+        };
+        let (entry, transaction) = match self.pending.claim(&v.key, &path) {
+            Claim::No => {
+                let _ = limit(self.failures.as_ref(), req.client_ip, true);
+                return refuse(
+                    GatewayError::Rejected(crate::verify::PaymentRejection::AlreadyUsed),
+                    routed,
+                );
+            }
+            Claim::Busy => return refuse(GatewayError::InProgress, routed),
+            Claim::Deliver(entry, tx) => (entry, tx),
+            Claim::Unknown(entry) => match self.reconciler.read(&entry).await {
+                Outcome::Settled { transaction } => {
+                    self.resolved(&entry, &Outcome::Settled { transaction });
+                    match self.pending.claim(&v.key, &path) {
+                        Claim::Deliver(entry, tx) => (entry, tx),
+                        _ => return refuse(GatewayError::InProgress, routed),
+                    }
+                }
+                Outcome::Failed { reason } => {
+                    self.resolved(
+                        &entry,
+                        &Outcome::Failed {
+                            reason: reason.clone(),
+                        },
+                    );
+                    let reason = ErrorReason::parse(&reason);
+                    let p = restored(PaymentState::Failed {
+                        reason: reason.clone(),
+                    });
+                    return answer_with(p, routed, Some(reason));
+                }
+                Outcome::Open => {
+                    let p = restored(PaymentState::Unknown {
+                        reason: ErrorReason::SettlementPending,
+                        transaction: entry.transaction.clone(),
+                    });
+                    return answer_with(p, routed, None);
+                }
+            },
+        };
+        tracing::info!(payer = %v.payer, transaction, resource = %entry.resource, "redeeming a settled payment");
+        let mut p = restored(PaymentState::Settled { transaction });
+        p.redeemed = true;
+        Admission::Forward(Box::new(Forward {
+            route: Some(routed),
+            payment: Some(p),
+            priced_path: true,
+            websocket,
+            resource_url: url,
+        }))
+    }
+
+    /// Records an outcome read from the chain for a pending entry.
+    fn resolved(&self, e: &Entry, o: &Outcome) {
+        match o {
+            Outcome::Settled { transaction } => {
+                if let Some(j) = &self.journal {
+                    j.transition(
+                        &e.key,
+                        JournalState::Settled,
+                        Some(transaction.clone()),
+                        None,
+                    );
+                }
+                let mut e = e.clone();
+                e.state = JournalState::Settled;
+                e.transaction = Some(transaction.clone());
+                self.pending
+                    .put(e, Open::Settled(transaction.clone()), journal::now_ms());
+            }
+            Outcome::Failed { reason } => {
+                if let Some(j) = &self.journal {
+                    j.transition(&e.key, JournalState::Failed, None, Some(reason.clone()));
+                }
+                self.pending.remove(&e.key);
+            }
+            Outcome::Open => {}
+        }
+    }
+
+    /// Settles `p` (the durable `settling` record first), and reads an unknown outcome from the
+    /// chain for up to `resolve_timeout`.
+    async fn settle(&self, p: &mut Payment) {
+        if !p.is_unsettled() {
+            return;
+        }
+        if let Some(j) = &self.journal {
+            let mut e = Self::entry(p, JournalState::Settling);
+            e.from_block = self.reconciler.cached_head(p.verified.key.chain_id);
+            if j.record_durable(e).await.is_err() {
+                tracing::error!(payer = %p.verified.payer, "journal unwritable: payment not settled");
+                p.release(ErrorReason::JournalUnavailable);
+                return;
+            }
+        }
+        self.settler.settle(p).await;
+        if matches!(p.state(), PaymentState::Unknown { .. }) {
+            let mut e = Self::entry(p, JournalState::Unknown);
+            e.from_block = self.reconciler.cached_head(p.verified.key.chain_id);
+            match self.reconciler.resolve(&e, self.resolve_timeout).await {
+                Outcome::Settled { transaction } => p.resolve(Ok(transaction)),
+                Outcome::Failed { reason } => p.resolve(Err(ErrorReason::parse(&reason))),
+                Outcome::Open => {
+                    tracing::warn!(payer = %p.verified.payer, transaction = p.transaction().unwrap_or(""), "settlement outcome still unknown: answering 503, the payment stays redeemable");
+                    self.pending.put(e, Open::Unknown, journal::now_ms());
+                }
+            }
+        }
+        let state = match p.state() {
+            PaymentState::Settled { .. } => JournalState::Settled,
+            PaymentState::Unknown { .. } => JournalState::Unknown,
+            _ => JournalState::Failed,
+        };
+        self.record(p, state);
+    }
+
+    /// A settled payment's response head goes to the client.
+    fn delivered(&self, p: &Payment) {
+        self.record(p, JournalState::Delivered);
+        if p.redeemed {
+            self.pending.remove(&p.verified.key);
+        }
+    }
+
+    /// Records a payment given back (nothing served, nothing settled) as failed.
+    pub fn released(&self, p: &Payment) {
+        if matches!(p.state(), PaymentState::Released { .. }) {
+            self.record(p, JournalState::Failed);
+        }
+    }
+
+    /// A settled payment whose paid content did not reach the client (upstream error or
+    /// failure): it stays redeemable with the same payment header.
+    pub fn undelivered(&self, p: &Payment) {
+        if let PaymentState::Settled { transaction } = p.state() {
+            let e = Self::entry(p, JournalState::Settled);
+            self.pending
+                .put(e, Open::Settled(transaction.clone()), journal::now_ms());
+        }
+    }
+
     /// Settles a `before_upstream` payment once the upstream connection is up and before
     /// anything is sent to it. Returns the answer for the client when it did not settle.
     pub async fn before_upstream(
@@ -267,10 +530,12 @@ impl Payments {
         route: Option<&Routed>,
         resource_url: &str,
     ) -> Option<Answer> {
-        if payment.mode != SettlementMode::BeforeUpstream || !payment.is_unsettled() {
+        if payment.mode != SettlementMode::BeforeUpstream {
             return None;
         }
-        self.settler.settle(payment).await;
+        // A retried upstream attempt (Pingora retries a failed reused connection) finds the
+        // payment settled, or answers as the first attempt did: never forwards it unsettled.
+        self.settle(payment).await;
         match payment.state() {
             PaymentState::Settled { .. } => None,
             _ => Some(self.settlement_answer(payment, route, resource_url)),
@@ -299,6 +564,7 @@ impl Payments {
         };
         if status == 101 && !route.is_some_and(|r| r.route().rule.websocket) {
             payment.release(ErrorReason::UpstreamError);
+            self.record(payment, JournalState::Failed);
             let answer = rescue(&GatewayError::Upstream, None, asking(resource_url));
             return HeadAction::Replace(answer);
         }
@@ -306,15 +572,25 @@ impl Payments {
             if status >= 400 {
                 // Upstream failed: nothing is charged, the client may retry the payment.
                 payment.release(ErrorReason::UpstreamError);
+                self.record(payment, JournalState::Failed);
             } else {
-                self.settler.settle(payment).await;
+                self.settle(payment).await;
             }
         }
         match payment.state() {
-            PaymentState::Settled { .. } => HeadAction::Pass {
-                receipt: payment.receipt(),
-                private: true,
-            },
+            PaymentState::Settled { .. } => {
+                if status < 400 {
+                    self.delivered(payment);
+                } else {
+                    // Paid (before the upstream ran, or redeemed) but not served: the same
+                    // payment header may be retried for the content.
+                    self.undelivered(payment);
+                }
+                HeadAction::Pass {
+                    receipt: payment.receipt(),
+                    private: status < 400,
+                }
+            }
             PaymentState::Released {
                 reason: ErrorReason::UpstreamError,
             } => HeadAction::Pass {
@@ -328,9 +604,13 @@ impl Payments {
     /// What the client gets for a payment that was not settled.
     fn settlement_answer(&self, p: &Payment, route: Option<&Routed>, url: &str) -> Answer {
         let e = match p.state() {
+            PaymentState::Released {
+                reason: ErrorReason::JournalUnavailable,
+            } => GatewayError::JournalUnavailable,
             PaymentState::Released { reason } => GatewayError::SettlementNotAttempted {
                 reason: reason.clone(),
             },
+            PaymentState::Unknown { .. } => GatewayError::SettlementPending,
             _ => GatewayError::SettlementFailed {
                 reason: p
                     .failure_reason()
@@ -384,6 +664,141 @@ impl Payments {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("localhost");
                 format!("http://{host}{}", req.target)
+            }
+        }
+    }
+}
+
+/// What [`Payments::recover`] found in the journal at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Settled and undelivered: redeemable with the same payment header.
+    pub settled: usize,
+    /// Definitively not settled.
+    pub failed: usize,
+    /// Still unknown: read again in the background, with backoff.
+    pub unknown: usize,
+    /// Verified or forwarded but never submitted (the client may use them again).
+    pub abandoned: usize,
+    /// Authorizations the replay guard holds again (used, still valid).
+    pub guarded: usize,
+}
+
+impl Payments {
+    /// Reconciles what the journal left open (a crash, a restart) before serving: `settling`
+    /// and `unknown` payments are read from the chain (never submitted again without reading
+    /// their on-chain state), settled ones become redeemable, and every authorization used and
+    /// still valid is refused as a replay again.
+    ///
+    /// # Errors
+    /// The journal cannot be read.
+    pub async fn recover(&self) -> Result<Recovery, journal::JournalError> {
+        let Some(j) = &self.journal else {
+            return Ok(Recovery::default());
+        };
+        let reader = journal::open_reader(j.path())?;
+        let now = unix_now();
+        let open = journal::query(
+            &reader,
+            &journal::Filter {
+                states: vec![
+                    JournalState::Verified,
+                    JournalState::Forwarded,
+                    JournalState::Settling,
+                    JournalState::Unknown,
+                    JournalState::Settled,
+                ],
+                ..journal::Filter::default()
+            },
+        )?;
+        let closed = journal::query(
+            &reader,
+            &journal::Filter {
+                states: vec![JournalState::Delivered, JournalState::Failed],
+                valid_at: Some(now),
+                ..journal::Filter::default()
+            },
+        )?;
+        drop(reader);
+        self.reconciler.refresh_heads().await;
+        let guard = self.verifier.replay();
+        let mut r = Recovery::default();
+        let mut guarded = |e: &Entry| {
+            if e.valid_before > now {
+                guard.mark_used(&e.key, e.valid_before, now);
+                r.guarded += 1;
+            }
+        };
+        for e in &closed {
+            if e.state == JournalState::Delivered || e.transaction.is_some() {
+                guarded(e);
+            }
+        }
+        for e in open {
+            match e.state {
+                JournalState::Verified | JournalState::Forwarded => {
+                    // Never submitted: nothing was charged, nothing served.
+                    j.transition(
+                        &e.key,
+                        JournalState::Failed,
+                        None,
+                        Some("not_served".into()),
+                    );
+                    r.abandoned += 1;
+                }
+                JournalState::Settled => {
+                    guarded(&e);
+                    let tx = e.transaction.clone().unwrap_or_default();
+                    self.pending.put(e, Open::Settled(tx), journal::now_ms());
+                    r.settled += 1;
+                }
+                _ => {
+                    guarded(&e);
+                    let o = self.reconciler.read(&e).await;
+                    match &o {
+                        Outcome::Settled { .. } => r.settled += 1,
+                        Outcome::Failed { .. } => r.failed += 1,
+                        Outcome::Open => {
+                            r.unknown += 1;
+                            j.transition(&e.key, JournalState::Unknown, None, None);
+                            self.pending
+                                .put(e.clone(), Open::Unknown, journal::now_ms());
+                        }
+                    }
+                    self.resolved(&e, &o);
+                }
+            }
+        }
+        let _ = j.flush().await;
+        Ok(r)
+    }
+
+    /// One round of background work: read due unknown outcomes, refresh chain heads, probe an
+    /// unhealthy journal, prune old rows (`prune` true).
+    pub async fn maintain(&self, prune: bool) {
+        self.maintain_at(journal::now_ms(), prune).await;
+    }
+
+    /// [`Payments::maintain`] as if it were `now_ms` (a time far ahead reads every unknown
+    /// outcome now).
+    pub async fn maintain_at(&self, now_ms: u64, prune: bool) {
+        self.reconciler.refresh_heads().await;
+        for e in self.pending.due(now_ms) {
+            let o = self.reconciler.read(&e).await;
+            if o == Outcome::Open {
+                tracing::warn!(payer = %e.key.from, transaction = e.transaction.as_deref().unwrap_or(""), "settlement outcome still unknown");
+            } else {
+                tracing::info!(payer = %e.key.from, outcome = ?o, "unknown settlement resolved");
+            }
+            self.resolved(&e, &o);
+        }
+        if let Some(j) = &self.journal {
+            if !j.is_healthy() {
+                j.probe();
+            }
+            if prune {
+                let keep_ms = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
+                j.prune(journal::now_ms().saturating_sub(keep_ms));
             }
         }
     }

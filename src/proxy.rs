@@ -22,6 +22,7 @@ pub mod respond;
 pub mod upstream;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ use upstream::{Forwarding, UpstreamTarget};
 /// The gateway service: shared state of all requests.
 pub struct Gateway {
     payments: Arc<Payments>,
+    in_flight: Arc<AtomicUsize>,
     upstream: Arc<UpstreamTarget>,
     trusted_proxies: Vec<Cidr>,
     client_timeout: Duration,
@@ -49,9 +51,25 @@ pub struct Gateway {
     max_request_body: u64,
 }
 
+/// Counts a request in flight while it lives (the graceful stop waits for none).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Per-request state.
-#[derive(Default)]
 pub struct RequestCtx {
+    _in_flight: InFlight,
     route: Option<Routed>,
     payment: Option<Payment>,
     priced_path: bool,
@@ -78,6 +96,7 @@ impl Gateway {
     pub fn new(config: &Config, payments: Arc<Payments>, upstream: Arc<UpstreamTarget>) -> Self {
         Gateway {
             payments,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             upstream,
             trusted_proxies: config.server.trusted_proxies.clone(),
             client_timeout: config.server.client_timeout,
@@ -94,6 +113,11 @@ impl Gateway {
     /// The upstream.
     pub fn upstream(&self) -> &Arc<UpstreamTarget> {
         &self.upstream
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> &Arc<AtomicUsize> {
+        &self.in_flight
     }
 
     async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<()> {
@@ -117,7 +141,21 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _in_flight: InFlight::new(&self.in_flight),
+            route: None,
+            payment: None,
+            priced_path: false,
+            websocket: false,
+            resource_url: String::new(),
+            peer: None,
+            trusted_peer: false,
+            body_bytes: 0,
+            connect_failures: 0,
+            pending: None,
+            replacement: None,
+            rejection: None,
+        }
     }
 
     async fn early_request_filter(
@@ -364,7 +402,13 @@ impl ProxyHttp for Gateway {
             Some(a) => a,
             None => {
                 if let Some(p) = ctx.payment.as_mut() {
-                    p.release(ErrorReason::UpstreamUnavailable);
+                    if p.is_unsettled() {
+                        p.release(ErrorReason::UpstreamUnavailable);
+                        self.payments.released(p);
+                    } else {
+                        // Paid already (before the upstream, or redeemed): redeemable later.
+                        self.payments.undelivered(p);
+                    }
                 }
                 tracing::warn!(error = %e, "upstream request failed");
                 rescue(
@@ -396,7 +440,10 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.payment.as_mut() {
             // The last safety net: a payment still unsettled here was never answered by the
             // upstream (client gone, error path): give it back.
-            p.release(ErrorReason::NotServed);
+            if p.is_unsettled() {
+                p.release(ErrorReason::NotServed);
+                self.payments.released(p);
+            }
         }
         let Some(route) = ctx.route.as_ref().map(Routed::route) else {
             return;

@@ -83,18 +83,64 @@ pub struct Payment {
     pub verified: Verified,
     /// When to settle.
     pub mode: SettlementMode,
+    /// The route it pays for (its configured `path`).
+    pub route: String,
+    /// The resource URL it pays for.
+    pub resource: String,
+    /// Whether it was redeemed (settled earlier, delivered now).
+    pub redeemed: bool,
     state: PaymentState,
     hold: Option<Hold>,
 }
 
 impl Payment {
     /// A freshly verified payment; `hold` is its in-flight entry in the replay guard.
-    pub fn new(verified: Verified, mode: SettlementMode, hold: Hold) -> Self {
+    pub fn new(
+        verified: Verified,
+        mode: SettlementMode,
+        hold: Hold,
+        route: String,
+        resource: String,
+    ) -> Self {
         Payment {
             verified,
             mode,
+            route,
+            resource,
+            redeemed: false,
             state: PaymentState::Verified,
             hold: Some(hold),
+        }
+    }
+
+    /// A payment restored from the journal in `state` (a retry of a payment settled or
+    /// pending earlier); it holds nothing in the replay guard (its authorization is used).
+    pub fn restored(
+        verified: Verified,
+        mode: SettlementMode,
+        state: PaymentState,
+        route: String,
+        resource: String,
+    ) -> Self {
+        Payment {
+            verified,
+            mode,
+            route,
+            resource,
+            redeemed: false,
+            state,
+            hold: None,
+        }
+    }
+
+    /// An unknown outcome read from the chain: settled or definitively failed. Other states
+    /// are left alone.
+    pub fn resolve(&mut self, settled: Result<String, ErrorReason>) {
+        if matches!(self.state, PaymentState::Unknown { .. }) {
+            self.state = match settled {
+                Ok(transaction) => PaymentState::Settled { transaction },
+                Err(reason) => PaymentState::Failed { reason },
+            };
         }
     }
 
@@ -131,13 +177,12 @@ impl Payment {
         let (success, transaction, reason) = match &self.state {
             PaymentState::Settled { transaction } => (true, transaction.as_str(), None),
             PaymentState::Failed { reason } => (false, "", Some(reason.as_str())),
-            PaymentState::Unknown {
-                reason,
-                transaction,
-            } => (
+            // Whatever made it unknown, the client is told one thing: it is pending; retry
+            // with the same payment.
+            PaymentState::Unknown { transaction, .. } => (
                 false,
                 transaction.as_deref().unwrap_or(""),
-                Some(reason.as_str()),
+                Some(ErrorReason::SettlementPending.as_str()),
             ),
             _ => return None,
         };

@@ -38,6 +38,11 @@ pub enum VerifyError {
     /// The replay guard is full of live authorizations; the client gets a 503 and may retry.
     #[error("too many pending payments")]
     Busy,
+    /// A valid payment whose authorization was used already (served, or its settlement
+    /// attempted): a replay, or a retry of a payment whose outcome was unknown, which the
+    /// caller may redeem.
+    #[error("this authorization has already been used")]
+    Used(Box<Verified>),
 }
 
 /// A payment that passed verification and is held in flight by the replay guard until it is
@@ -60,6 +65,10 @@ pub struct Verified {
     pub key: ReplayKey,
     /// `validBefore` of the authorization.
     pub valid_before: u64,
+    /// The recipient.
+    pub pay_to: Address,
+    /// The network's CAIP-2 id (for the journal, whatever the version's naming).
+    pub caip2: String,
 }
 
 /// Current unix time in seconds.
@@ -147,24 +156,6 @@ impl Verifier {
             from: auth.from,
             nonce: auth.nonce,
         };
-        self.replay
-            .acquire(key.clone(), auth.valid_before, now)
-            .map_err(|held| match held {
-                Held::InFlight => PaymentRejection::InFlight.into(),
-                Held::Used => PaymentRejection::AlreadyUsed.into(),
-                Held::Full => VerifyError::Busy,
-            })?;
-        // From here every early return drops the hold, which gives the authorization back.
-        let hold = Hold::new(self.replay.clone(), key.clone(), auth.valid_before);
-
-        // Local mode: a signature recovered to `from` is the whole verdict; settlement (always
-        // before release) is the facilitator's say.
-        let ask_facilitator =
-            self.mode == VerificationMode::Facilitator || signature == SignatureCheck::Deferred;
-        if ask_facilitator {
-            self.facilitator_verdict(&facilitator_body, auth.valid_before, now)
-                .await?;
-        }
         let verified = Verified {
             version: payload.version,
             option: index,
@@ -175,9 +166,28 @@ impl Verifier {
                 X402Version::V2 => option.network.caip2().to_owned(),
             },
             facilitator_body,
-            key,
+            key: key.clone(),
             valid_before: auth.valid_before,
+            pay_to: option.pay_to,
+            caip2: option.network.caip2().to_owned(),
         };
+        match self.replay.acquire(key.clone(), auth.valid_before, now) {
+            Ok(()) => {}
+            Err(Held::InFlight) => return Err(PaymentRejection::InFlight.into()),
+            Err(Held::Used) => return Err(VerifyError::Used(Box::new(verified))),
+            Err(Held::Full) => return Err(VerifyError::Busy),
+        }
+        // From here every early return drops the hold, which gives the authorization back.
+        let hold = Hold::new(self.replay.clone(), key, auth.valid_before);
+
+        // Local mode: a signature recovered to `from` is the whole verdict; settlement (always
+        // before release) is the facilitator's say.
+        let ask_facilitator =
+            self.mode == VerificationMode::Facilitator || signature == SignatureCheck::Deferred;
+        if ask_facilitator {
+            self.facilitator_verdict(&verified.facilitator_body, auth.valid_before, now)
+                .await?;
+        }
         Ok((verified, hold))
     }
 

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use x402_gateway::{client, protocol};
 
@@ -47,7 +45,10 @@ async fn assert_settle_failed_body(
     reason: Option<&str>,
     with_body: bool,
 ) -> String {
-    assert_eq!(resp.status(), 402);
+    if resp.status() != 402 {
+        let status = resp.status();
+        panic!("{status}: {:?}", resp.text().await);
+    }
     let receipt = decode_receipt(&resp, "payment-response");
     assert_eq!(receipt.success, Some(false));
     let got = receipt.error_reason.unwrap_or_default();
@@ -111,10 +112,14 @@ async fn v1_payment_gets_a_v1_receipt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_response_settle_failure_withholds_the_content() {
     let gw = TestGateway::start().await;
+    // (A garbled answer, or one without `success`, is an unknown outcome:
+    // tests/unknown_outcomes.rs.)
     let scripts = [
         (SettleScript::Fail(INSUFFICIENT), Some(INSUFFICIENT)),
-        (SettleScript::MissingSuccess, None),
-        (SettleScript::Garbage, None),
+        (
+            SettleScript::Fail("invalid_exact_evm_transaction_failed"),
+            None,
+        ),
     ];
     for (i, (script, reason)) in scripts.into_iter().enumerate() {
         gw.facilitator.set_settle(script.clone());
@@ -131,24 +136,6 @@ async fn settle_failure_on_an_empty_upstream_body_is_a_complete_402() {
     let (_, resp) = pay(&gw, "/paid/empty").await;
     assert_settle_failed_body(resp, Some(INSUFFICIENT), false).await;
     assert_eq!(gw.counts(), (1, 1, 1));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settle_timeout_burns_the_authorization() {
-    let gw = TestGateway::start().await;
-    gw.facilitator
-        .set_settle(SettleScript::Slow(Duration::from_secs(3)));
-    let (payment, resp) = pay(&gw, "/paid/x").await;
-    assert_settle_failed(resp, Some("settlement_timeout")).await;
-    assert_eq!(gw.counts(), (1, 1, 1));
-
-    gw.facilitator.set_settle(SettleScript::Success);
-    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
-    assert_eq!(
-        gw.counts(),
-        (1, 1, 1),
-        "a burnt authorization reaches neither facilitator nor upstream"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

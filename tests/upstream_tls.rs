@@ -37,12 +37,8 @@ fn pki(names: &[&str]) -> (Pki, TlsAcceptor) {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "x402-upstream-tls-{}-{}",
-        std::process::id(),
-        x402_gateway::limiter::now_ms()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    // A directory of its own (tests run concurrently, each with its own CA).
+    let dir = scratch_file("pki").parent().unwrap().to_path_buf();
     let ca_pem = ca.pem();
     std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
     (Pki { ca_pem, dir }, TlsAcceptor::from(Arc::new(config)))

@@ -14,10 +14,10 @@ use super::file::{Issues, Section};
 use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, Asset, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig,
-    HostHeader, LogFormat, LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment,
-    ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
-    VerificationMode,
+    assets, Asset, ChainConfig, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig,
+    FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat, LoggingConfig,
+    PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode,
+    UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -40,6 +40,8 @@ pub(super) fn validate(
     let verification = verification(&r.table("verification"));
     let logging = logging(&r.table("logging"));
     let limits = limits(&r.table("limits"));
+    let journal = journal(&r.table("journal"), dir);
+    let chain = chain(&r.table("chain"), env);
     let defaults = Defaults::read(&r.table("payment"));
     let route_sections = r.tables("route");
     if route_sections.is_empty() && !r.has("route") {
@@ -71,6 +73,22 @@ pub(super) fn validate(
     if let Some(f) = &facilitator {
         check_facilitator_server(&facilitator_section, f);
     }
+    if let (Some(s), Some(f)) = (&server, &facilitator) {
+        for (name, t) in [
+            ("facilitator.settle_timeout", f.settle_timeout),
+            ("facilitator.resolve_timeout", f.resolve_timeout),
+        ] {
+            if s.drain_timeout < t {
+                issues.push(
+                    "server.drain_timeout",
+                    format!(
+                        "{:?} is shorter than {name} ({t:?}): a stop would cut settlements in flight",
+                        s.drain_timeout
+                    ),
+                );
+            }
+        }
+    }
     r.finish();
     match (server, upstream, facilitator) {
         (Some(server), Some(upstream), Some(facilitator)) if issues.is_empty() => Ok(Config {
@@ -80,6 +98,8 @@ pub(super) fn validate(
             verification,
             logging,
             limits,
+            journal,
+            chain,
             routes,
         }),
         _ => {
@@ -177,6 +197,9 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         || private.join(format!("x402-gateway-{port}.sock")),
         |p| dir.join(p),
     );
+    let drain_timeout = s
+        .duration("drain_timeout")
+        .unwrap_or(Duration::from_secs(35));
     s.finish();
     Some(ServerConfig {
         listen,
@@ -188,6 +211,7 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         trusted_proxies,
         pid_file,
         upgrade_sock,
+        drain_timeout,
     })
 }
 
@@ -326,6 +350,9 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
     let settle_timeout = s
         .duration("settle_timeout")
         .unwrap_or(Duration::from_secs(30));
+    let resolve_timeout = s
+        .duration("resolve_timeout")
+        .unwrap_or(Duration::from_secs(15));
     let supported_refresh = s
         .duration("supported_refresh")
         .unwrap_or(Duration::from_secs(300));
@@ -397,6 +424,7 @@ fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorConfig> {
         listen,
         timeout,
         settle_timeout,
+        resolve_timeout,
         headers,
         supported_refresh,
         server,
@@ -506,6 +534,66 @@ fn rate(s: &Section<'_>, key: &'static str, default: &str) -> Option<limits::Rat
     })
 }
 
+// === [journal], [chain] ===
+
+fn journal(s: &Section<'_>, dir: &Path) -> JournalConfig {
+    let enabled = s.bool("enabled").unwrap_or(true);
+    let path = dir.join(s.str("path").unwrap_or("x402-journal.db"));
+    let sync = match s.str("sync") {
+        None | Some("full") => JournalSync::Full,
+        Some("normal") => JournalSync::Normal,
+        Some(other) => {
+            s.issue("sync", format!("`{other}` is not \"full\" or \"normal\""));
+            JournalSync::Full
+        }
+    };
+    let retention = s
+        .str("retention")
+        .map(|r| match humantime::parse_duration(r) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                s.issue("retention", format!("`{r}` is not a duration like \"90d\""));
+                Duration::from_secs(90 * 86_400)
+            }
+        })
+        .unwrap_or(Duration::from_secs(90 * 86_400));
+    s.finish();
+    JournalConfig {
+        enabled,
+        path,
+        sync,
+        retention,
+    }
+}
+
+/// Per-network JSON-RPC URLs (`rpc = { "eip155:84532" = "${RPC_URL}" }`), secrets.
+fn rpc_map(s: &Section<'_>, env: Env<'_>) -> Option<Vec<(Network, Secret)>> {
+    let entries = s.str_map("rpc")?;
+    let mut rpc = Vec::new();
+    for (net, url) in entries {
+        let key = format!("rpc.{net}");
+        let Some(network) = Network::parse(net) else {
+            s.issue(&key, format!("`{net}` is not an EVM network"));
+            continue;
+        };
+        // The expanded URL may hold an API key: errors name the key, never the URL.
+        match super::secret::expand_env(url, env) {
+            Ok(u) => match parse_http_url(&u) {
+                Ok(_) => rpc.push((network, Secret::new(u))),
+                Err(_) => s.issue(&key, "is not an http(s) URL"),
+            },
+            Err(e) => s.issue(&key, e),
+        }
+    }
+    Some(rpc)
+}
+
+fn chain(s: &Section<'_>, env: Env<'_>) -> ChainConfig {
+    let rpc = rpc_map(s, env).unwrap_or_default();
+    s.finish();
+    ChainConfig { rpc }
+}
+
 // === [limits] ===
 
 fn limits(s: &Section<'_>) -> LimitsConfig {
@@ -551,27 +639,10 @@ fn limits(s: &Section<'_>) -> LimitsConfig {
 
 /// `rpc` and `signer_keys` of an embedded facilitator.
 fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> {
-    let mut rpc = Vec::new();
-    match s.str_map("rpc") {
-        None => s.issue("rpc", "missing: a JSON-RPC URL per network, e.g. { \"eip155:84532\" = \"http://127.0.0.1:8545\" }"),
-        Some(entries) => {
-            for (net, url) in entries {
-                let key = format!("rpc.{net}");
-                let Some(network) = Network::parse(net) else {
-                    s.issue(&key, format!("`{net}` is not an EVM network"));
-                    continue;
-                };
-                // The expanded URL may hold an API key: errors name the key, never the URL.
-                match super::secret::expand_env(url, env) {
-                    Ok(u) => match parse_http_url(&u) {
-                        Ok(_) => rpc.push((network, Secret::new(u))),
-                        Err(_) => s.issue(&key, "is not an http(s) URL"),
-                    },
-                    Err(e) => s.issue(&key, e),
-                }
-            }
-        }
-    }
+    let rpc = rpc_map(s, env).unwrap_or_else(|| {
+        s.issue("rpc", "missing: a JSON-RPC URL per network, e.g. { \"eip155:84532\" = \"http://127.0.0.1:8545\" }");
+        Vec::new()
+    });
     let mut signer_keys = Vec::new();
     match s.str_array("signer_keys") {
         None => s.issue(

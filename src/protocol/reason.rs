@@ -105,7 +105,7 @@ reasons! {
     /// Settlement failed for a reason the facilitator did not name.
     SettlementFailed = "settlement_failed", "the payment could not be settled";
     /// A settlement transaction was sent and its outcome is not known yet.
-    SettlementPending = "settlement_pending", "the settlement's outcome is not known yet; retry with the same payment header";
+    SettlementPending = "settlement_pending", "the payment's settlement is not confirmed yet: retry this request with the same payment header (do not sign a new payment)";
     /// The facilitator did not answer `/settle` in time: the transfer may have happened.
     SettlementTimeout = "settlement_timeout", "the settlement's outcome is not known yet; retry with the same payment header";
     /// The facilitator's `/settle` answer was unreadable: the transfer may have happened.
@@ -136,6 +136,8 @@ reasons! {
     RequestTooLarge = "request_too_large", "the request body is too large";
     /// The request headers are over `[limits] max_header_bytes`.
     HeadersTooLarge = "headers_too_large", "the request headers are too large";
+    /// The payment journal cannot be written; nothing is settled.
+    JournalUnavailable = "journal_unavailable", "the gateway cannot record payments right now; nothing was charged; retry later";
     /// The standalone facilitator's bearer token is missing or wrong.
     Unauthorized = "unauthorized", "a valid bearer token is required";
     /// The standalone facilitator does not settle for this recipient.

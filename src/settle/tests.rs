@@ -37,6 +37,8 @@ fn verified() -> Verified {
             nonce: B256::ZERO,
         },
         valid_before: unix_now() + 300,
+        pay_to: Address::repeat_byte(3),
+        caip2: "eip155:84532".into(),
     }
 }
 
@@ -51,7 +53,13 @@ fn held(replay: &Arc<ReplayGuard>) -> Payment {
         .acquire(v.key.clone(), v.valid_before, unix_now())
         .unwrap();
     let hold = Hold::new(replay.clone(), v.key.clone(), v.valid_before);
-    Payment::new(v, SettlementMode::AfterResponse, hold)
+    Payment::new(
+        v,
+        SettlementMode::AfterResponse,
+        hold,
+        "/paid/**".into(),
+        "http://gw/paid/x".into(),
+    )
 }
 
 async fn run(answer: Result<SettleResponse, FacilitatorError>) -> (Payment, Arc<ReplayGuard>) {

@@ -428,6 +428,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub upstream: MockServer,
     pub facilitator: MockFacilitator,
+    pub payments: Arc<x402_gateway::payments::Payments>,
+    pub config: Config,
     shutdown: watch::Sender<bool>,
 }
 
@@ -467,8 +469,22 @@ impl TestGateway {
         sections: &str,
     ) -> TestGateway {
         let facilitator = MockFacilitator::start().await;
+        let resolve = if facilitator_extra.contains("resolve_timeout") {
+            ""
+        } else {
+            "resolve_timeout = \"1s\""
+        };
+        let journal = if sections.contains("[journal]") {
+            String::new()
+        } else {
+            format!(
+                "[journal]\npath = \"{}\"\n",
+                scratch_file("journal.db").display()
+            )
+        };
         let text = format!(
             r#"{sections}
+{journal}
 [upstream]
 url = "{upstream_url}"
 read_timeout = "5s"
@@ -477,6 +493,7 @@ read_timeout = "5s"
 url = "{}"
 timeout = "2s"
 settle_timeout = "2s"
+{resolve}
 {facilitator_extra}
 [payment]
 pay_to = "{PAY_TO}"
@@ -485,11 +502,19 @@ network = "base-sepolia"
             facilitator.server.url()
         );
         let config = Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        // `X402_TEST_LOG=debug` shows the gateway's (and Pingora's) logs of a test.
+        if let Ok(level) = std::env::var("X402_TEST_LOG") {
+            x402_gateway::telemetry::init(&x402_gateway::config::LoggingConfig {
+                format: x402_gateway::config::LogFormat::Text,
+                level,
+            });
+        }
         let client: Arc<dyn Facilitator> = Arc::new(
             FacilitatorClient::new(&facilitator.server.url(), &config.facilitator).unwrap(),
         );
         let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
         let gateway = build_gateway(&config, client, &supported).unwrap();
+        let payments = gateway.payments().clone();
 
         let conf = Arc::new(ServerConf::default());
         let proxy = pingora::proxy::http_proxy(&conf, gateway);
@@ -498,6 +523,8 @@ network = "base-sepolia"
             addr,
             upstream,
             facilitator,
+            payments,
+            config,
             shutdown,
         }
     }
@@ -568,6 +595,19 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A fresh path in a fresh temporary directory of this test process.
+pub fn scratch_file(name: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "x402-test-{}-{}-{}",
+        std::process::id(),
+        x402_gateway::limiter::now_ms(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 /// A port that was free a moment ago.

@@ -1,0 +1,651 @@
+//! The payment journal: every payment's life, durable, in embedded SQLite (WAL).
+//!
+//! Owns: [`Journal`] (the one writer, with group commit), [`Entry`] and [`JournalState`] (the
+//! recorded life cycle `verified → forwarded → settling → settled | failed | unknown`, and
+//! `settled → delivered`), the schema, and the queries of recovery and the `journal` command.
+//!
+//! Rules:
+//! - A state is written before the irreversible step it guards: `settling` is durable (its
+//!   commit acknowledged) before `/settle` is called. Other writes are queued without waiting;
+//!   the writer keeps their order, so an acknowledged write implies every earlier one.
+//! - One writer thread owns the write connection and commits whatever is queued as one
+//!   transaction: a request waits for at most the fsync of the batch its write joined.
+//! - If a commit fails (disk full, read-only), the journal is *unhealthy*: priced requests are
+//!   refused with `503` and nothing is settled until a probe commit succeeds again.
+//! - Payment-shaped data only: the authorization, the requirements and payload as sent to the
+//!   facilitator (a signed authorization for one transfer to us), transaction hashes, reasons.
+//!   No keys, no facilitator secrets, no request bodies.
+//!
+//! Does not own: deciding outcomes (`payments`), reading the chain (`journal::reconcile`).
+
+pub mod reconcile;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::{JournalConfig, JournalSync};
+use crate::verify::ReplayKey;
+
+/// Where a payment is in its life, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JournalState {
+    /// Verified and held; nothing forwarded or settled.
+    Verified,
+    /// Forwarded upstream (after-response mode), not settled yet.
+    Forwarded,
+    /// `/settle` is being called (durable before the call).
+    Settling,
+    /// Settled on chain.
+    Settled,
+    /// Settled, and the paid response's head went to the client.
+    Delivered,
+    /// Definitively not settled.
+    Failed,
+    /// The transfer may or may not have happened; being resolved.
+    Unknown,
+}
+
+impl JournalState {
+    /// The recorded name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalState::Verified => "verified",
+            JournalState::Forwarded => "forwarded",
+            JournalState::Settling => "settling",
+            JournalState::Settled => "settled",
+            JournalState::Delivered => "delivered",
+            JournalState::Failed => "failed",
+            JournalState::Unknown => "unknown",
+        }
+    }
+
+    /// Reads a recorded name.
+    pub fn parse(s: &str) -> Option<JournalState> {
+        Some(match s {
+            "verified" => JournalState::Verified,
+            "forwarded" => JournalState::Forwarded,
+            "settling" => JournalState::Settling,
+            "settled" => JournalState::Settled,
+            "delivered" => JournalState::Delivered,
+            "failed" => JournalState::Failed,
+            "unknown" => JournalState::Unknown,
+            _ => return None,
+        })
+    }
+
+    /// Whether the outcome is final.
+    pub fn is_final(self) -> bool {
+        matches!(self, JournalState::Delivered | JournalState::Failed)
+    }
+}
+
+/// One payment as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The authorization's identity on chain.
+    pub key: ReplayKey,
+    /// The recipient.
+    pub pay_to: Address,
+    /// Atomic amount.
+    pub amount: U256,
+    /// CAIP-2 network.
+    pub network: String,
+    /// Protocol version of the payment (1 or 2).
+    pub version: u8,
+    /// The route (its `path` as configured; bounded set, never a raw request path).
+    pub route: String,
+    /// The resource URL the payment was made for.
+    pub resource: String,
+    /// The facilitator request as sent (payload and requirements).
+    pub request: String,
+    /// `validBefore` of the authorization.
+    pub valid_before: u64,
+    /// Current state.
+    pub state: JournalState,
+    /// Transaction hash, once known.
+    pub transaction: Option<String>,
+    /// Why it failed or is unknown.
+    pub reason: Option<String>,
+    /// A block at or before the settlement was sent (where log searches start).
+    pub from_block: Option<u64>,
+    /// Unix milliseconds of the first record.
+    pub created_at: u64,
+    /// Unix milliseconds of the last change.
+    pub updated_at: u64,
+}
+
+/// Why the journal could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite failed (open, migrate, commit, query).
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer is gone or its commit failed: nothing can be made durable.
+    #[error("the journal cannot be written")]
+    Unwritable,
+    /// A row that cannot be read back (hand-edited file).
+    #[error("journal row {0} is malformed")]
+    Malformed(String),
+}
+
+fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+    move |source| JournalError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    crate::limiter::now_ms()
+}
+
+/// The 32-byte identity of a key, as stored.
+pub fn key_id(k: &ReplayKey) -> B256 {
+    let mut buf = Vec::with_capacity(8 + 20 + 20 + 32);
+    buf.extend_from_slice(&k.chain_id.to_be_bytes());
+    buf.extend_from_slice(k.asset.as_slice());
+    buf.extend_from_slice(k.from.as_slice());
+    buf.extend_from_slice(k.nonce.as_slice());
+    alloy::primitives::keccak256(&buf)
+}
+
+enum Op {
+    Record(Box<Entry>),
+    Transition {
+        key: ReplayKey,
+        state: JournalState,
+        transaction: Option<String>,
+        reason: Option<String>,
+        from_block: Option<u64>,
+    },
+    Prune {
+        before_ms: u64,
+    },
+    Probe,
+    /// Test hook: cap the database's size (`PRAGMA max_page_count`), as a full disk does.
+    MaxPages(u64),
+}
+
+struct Cmd {
+    op: Op,
+    ack: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS payments (
+    id           BLOB PRIMARY KEY,      -- keccak(chain id, asset, payer, nonce)
+    chain_id     INTEGER NOT NULL,
+    asset        TEXT NOT NULL,
+    payer        TEXT NOT NULL,
+    nonce        TEXT NOT NULL,
+    pay_to       TEXT NOT NULL,
+    amount       TEXT NOT NULL,
+    network      TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    route        TEXT NOT NULL,
+    resource     TEXT NOT NULL,
+    request      TEXT NOT NULL,
+    valid_before INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    tx           TEXT,
+    reason       TEXT,
+    from_block   INTEGER,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
+CREATE INDEX IF NOT EXISTS payments_created ON payments(created_at);
+"#;
+
+fn open(path: &Path, sync: JournalSync) -> Result<Connection, JournalError> {
+    let e = sql(path);
+    let conn = Connection::open(path).map_err(&e)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&e)?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            JournalSync::Full => "FULL",
+            JournalSync::Normal => "NORMAL",
+        },
+    )
+    .map_err(&e)?;
+    conn.execute_batch(SCHEMA).map_err(&e)?;
+    conn.pragma_update(None, "user_version", 1).map_err(&e)?;
+    Ok(conn)
+}
+
+/// Opens the journal for reading (the `journal` command, recovery) while a gateway may be
+/// writing it.
+///
+/// # Errors
+/// [`JournalError::Sqlite`].
+pub fn open_reader(path: &Path) -> Result<Connection, JournalError> {
+    let e = sql(path);
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(&e)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
+    Ok(conn)
+}
+
+fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+    match op {
+        Op::Record(e) => {
+            t.execute(
+                "INSERT INTO payments (id, chain_id, asset, payer, nonce, pay_to, amount, network,
+                    version, route, resource, request, valid_before, state, tx, reason, from_block,
+                    created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, ?19)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, request = excluded.request,
+                    resource = excluded.resource, route = excluded.route,
+                    tx = COALESCE(excluded.tx, tx), reason = COALESCE(excluded.reason, reason),
+                    from_block = COALESCE(excluded.from_block, from_block),
+                    updated_at = excluded.updated_at",
+                params![
+                    key_id(&e.key).as_slice(),
+                    e.key.chain_id as i64,
+                    e.key.asset.to_checksum(None),
+                    e.key.from.to_checksum(None),
+                    e.key.nonce.to_string(),
+                    e.pay_to.to_checksum(None),
+                    e.amount.to_string(),
+                    e.network,
+                    i64::from(e.version),
+                    e.route,
+                    e.resource,
+                    e.request,
+                    i64::try_from(e.valid_before).unwrap_or(i64::MAX),
+                    e.state.as_str(),
+                    e.transaction,
+                    e.reason,
+                    e.from_block.map(|b| b as i64),
+                    e.created_at as i64,
+                    e.updated_at as i64,
+                ],
+            )?;
+        }
+        Op::Transition {
+            key,
+            state,
+            transaction,
+            reason,
+            from_block,
+        } => {
+            t.execute(
+                "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = COALESCE(?4, reason),
+                    from_block = COALESCE(?5, from_block), updated_at = ?6
+                 WHERE id = ?1",
+                params![
+                    key_id(key).as_slice(),
+                    state.as_str(),
+                    transaction,
+                    reason,
+                    from_block.map(|b| b as i64),
+                    now_ms() as i64,
+                ],
+            )?;
+        }
+        Op::Prune { before_ms } => {
+            t.execute(
+                "DELETE FROM payments WHERE state IN ('delivered', 'failed') AND updated_at < ?1",
+                params![i64::try_from(*before_ms).unwrap_or(i64::MAX)],
+            )?;
+        }
+        Op::MaxPages(n) => {
+            t.query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))?;
+        }
+        Op::Probe => {
+            t.execute_batch("CREATE TABLE IF NOT EXISTS probe (x); DELETE FROM probe; INSERT INTO probe VALUES (1);")?;
+        }
+    }
+    Ok(())
+}
+
+/// The payment journal's write side, shared by all requests.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Cmd>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    /// Opens (creating and migrating) the journal and starts its writer thread.
+    ///
+    /// # Errors
+    /// [`JournalError::Sqlite`] when the file cannot be opened or migrated.
+    pub fn open(c: &JournalConfig) -> Result<Journal, JournalError> {
+        if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = open(&c.path, c.sync)?;
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        let path = c.path.clone();
+        std::thread::Builder::new()
+            .name("x402-journal".into())
+            .spawn(move || writer(conn, &rx, &h, &path))
+            .map_err(|_| JournalError::Unwritable)?;
+        Ok(Journal {
+            tx,
+            healthy,
+            path: c.path.clone(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, op: Op, ack: Option<tokio::sync::oneshot::Sender<bool>>) {
+        if self.tx.send(Cmd { op, ack }).is_err() {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
+    }
+
+    async fn durable(&self, op: Op) -> Result<(), JournalError> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.send(op, Some(ack));
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(JournalError::Unwritable),
+        }
+    }
+
+    /// Records a payment (queued).
+    pub fn record(&self, e: Entry) {
+        self.send(Op::Record(Box::new(e)), None);
+    }
+
+    /// Records a payment and waits until it is durable.
+    ///
+    /// # Errors
+    /// [`JournalError::Unwritable`].
+    pub async fn record_durable(&self, e: Entry) -> Result<(), JournalError> {
+        self.durable(Op::Record(Box::new(e))).await
+    }
+
+    /// Moves a payment to `state` (queued).
+    pub fn transition(
+        &self,
+        key: &ReplayKey,
+        state: JournalState,
+        transaction: Option<String>,
+        reason: Option<String>,
+    ) {
+        self.send(
+            Op::Transition {
+                key: key.clone(),
+                state,
+                transaction,
+                reason,
+                from_block: None,
+            },
+            None,
+        );
+    }
+
+    /// Moves a payment to `state` and waits until it is durable (used for `settling`, before
+    /// `/settle`).
+    ///
+    /// # Errors
+    /// [`JournalError::Unwritable`].
+    pub async fn transition_durable(
+        &self,
+        key: &ReplayKey,
+        state: JournalState,
+        from_block: Option<u64>,
+    ) -> Result<(), JournalError> {
+        self.durable(Op::Transition {
+            key: key.clone(),
+            state,
+            transaction: None,
+            reason: None,
+            from_block,
+        })
+        .await
+    }
+
+    /// Waits until everything queued so far is durable.
+    ///
+    /// # Errors
+    /// [`JournalError::Unwritable`].
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.durable(Op::Probe).await
+    }
+
+    /// Deletes delivered and failed payments last changed before `before_ms` (queued).
+    pub fn prune(&self, before_ms: u64) {
+        self.send(Op::Prune { before_ms }, None);
+    }
+
+    /// Tries a commit, to find out whether an unhealthy journal can be written again.
+    pub fn probe(&self) {
+        self.send(Op::Probe, None);
+    }
+
+    /// Test hook: caps the database at `pages` pages, so that writes beyond fail as on a full
+    /// disk (`SQLITE_FULL`).
+    #[doc(hidden)]
+    pub async fn limit_pages(&self, pages: u64) {
+        let _ = self.durable(Op::MaxPages(pages)).await;
+    }
+}
+
+/// The writer: takes everything queued, commits it as one transaction, acknowledges.
+fn writer(mut conn: Connection, rx: &mpsc::Receiver<Cmd>, healthy: &AtomicBool, path: &Path) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let result = conn.transaction().and_then(|t| {
+            for c in &batch {
+                apply(&t, &c.op)?;
+            }
+            t.commit()
+        });
+        let ok = match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(journal = %path.display(), error = %e, writes = batch.len(), "journal commit failed: priced routes answer 503 until it can be written");
+                false
+            }
+        };
+        if ok != healthy.swap(ok, Ordering::Relaxed) && ok {
+            tracing::info!(journal = %path.display(), "journal writable again");
+        }
+        for c in batch {
+            if let Some(ack) = c.ack {
+                let _ = ack.send(ok);
+            }
+        }
+    }
+}
+
+// === Reading ===
+
+fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, String>> {
+    let text = |i: usize| r.get::<_, String>(i);
+    let (asset, payer, nonce, pay_to, amount) = (text(1)?, text(2)?, text(3)?, text(4)?, text(5)?);
+    let state: String = r.get(12)?;
+    let parsed = (|| {
+        Some(Entry {
+            key: ReplayKey {
+                chain_id: u64::try_from(r.get::<_, i64>(0).ok()?).ok()?,
+                asset: asset.parse().ok()?,
+                from: payer.parse().ok()?,
+                nonce: nonce.parse().ok()?,
+            },
+            pay_to: pay_to.parse().ok()?,
+            amount: amount.parse().ok()?,
+            network: r.get(6).ok()?,
+            version: u8::try_from(r.get::<_, i64>(7).ok()?).ok()?,
+            route: r.get(8).ok()?,
+            resource: r.get(9).ok()?,
+            request: r.get(10).ok()?,
+            valid_before: u64::try_from(r.get::<_, i64>(11).ok()?).ok()?,
+            state: JournalState::parse(&state)?,
+            transaction: r.get(13).ok()?,
+            reason: r.get(14).ok()?,
+            from_block: r.get::<_, Option<i64>>(15).ok()?.map(|b| b as u64),
+            created_at: u64::try_from(r.get::<_, i64>(16).ok()?).ok()?,
+            updated_at: u64::try_from(r.get::<_, i64>(17).ok()?).ok()?,
+        })
+    })();
+    Ok(parsed.ok_or(format!("{payer}/{nonce}")))
+}
+
+const COLUMNS: &str = "chain_id, asset, payer, nonce, pay_to, amount, network, version, route,
+    resource, request, valid_before, state, tx, reason, from_block, created_at, updated_at";
+
+/// A filter of [`query`].
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only these states.
+    pub states: Vec<JournalState>,
+    /// Only payments first recorded at or after this (unix ms).
+    pub since_ms: Option<u64>,
+    /// Only this route.
+    pub route: Option<String>,
+    /// Only payments that are still valid at this time (unix seconds).
+    pub valid_at: Option<u64>,
+}
+
+/// Payments matching `f`, oldest first.
+///
+/// # Errors
+/// [`JournalError`].
+pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, JournalError> {
+    let mut q = format!("SELECT {COLUMNS} FROM payments WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if !f.states.is_empty() {
+        let marks: Vec<String> = f
+            .states
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_owned().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        q.push_str(&format!(" AND state IN ({})", marks.join(", ")));
+    }
+    if let Some(t) = f.since_ms {
+        args.push((t as i64).into());
+        q.push_str(&format!(" AND created_at >= ?{}", args.len()));
+    }
+    if let Some(r) = &f.route {
+        args.push(r.clone().into());
+        q.push_str(&format!(" AND route = ?{}", args.len()));
+    }
+    if let Some(t) = f.valid_at {
+        args.push((t as i64).into());
+        q.push_str(&format!(" AND valid_before > ?{}", args.len()));
+    }
+    q.push_str(" ORDER BY created_at, rowid");
+    let err = |source| JournalError::Sqlite {
+        path: "(journal)".into(),
+        source,
+    };
+    let mut stmt = conn.prepare(&q).map_err(err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), row_entry)
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        match r.map_err(err)? {
+            Ok(e) => out.push(e),
+            Err(id) => return Err(JournalError::Malformed(id)),
+        }
+    }
+    Ok(out)
+}
+
+/// The payment of `key`, if recorded.
+///
+/// # Errors
+/// [`JournalError`].
+pub fn get(conn: &Connection, key: &ReplayKey) -> Result<Option<Entry>, JournalError> {
+    let err = |source| JournalError::Sqlite {
+        path: "(journal)".into(),
+        source,
+    };
+    let r = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"),
+            params![key_id(key).as_slice()],
+            row_entry,
+        )
+        .optional()
+        .map_err(err)?;
+    match r {
+        None => Ok(None),
+        Some(Ok(e)) => Ok(Some(e)),
+        Some(Err(id)) => Err(JournalError::Malformed(id)),
+    }
+}
+
+/// Payments of a payer and nonce (the `journal show` lookup), any chain or asset.
+///
+/// # Errors
+/// [`JournalError`].
+pub fn find(conn: &Connection, payer: &str, nonce: &str) -> Result<Vec<Entry>, JournalError> {
+    let err = |source| JournalError::Sqlite {
+        path: "(journal)".into(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE lower(payer) = lower(?1) AND lower(nonce) = lower(?2)"
+        ))
+        .map_err(err)?;
+    let rows = stmt
+        .query_map(params![payer, nonce], row_entry)
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        match r.map_err(err)? {
+            Ok(e) => out.push(e),
+            Err(id) => return Err(JournalError::Malformed(id)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

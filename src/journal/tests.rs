@@ -1,0 +1,145 @@
+use super::*;
+
+fn entry(n: u8, state: JournalState) -> Entry {
+    Entry {
+        key: ReplayKey {
+            chain_id: 84532,
+            asset: Address::repeat_byte(1),
+            from: Address::repeat_byte(2),
+            nonce: B256::repeat_byte(n),
+        },
+        pay_to: Address::repeat_byte(3),
+        amount: U256::from(1000),
+        network: "eip155:84532".into(),
+        version: 2,
+        route: "/paid/**".into(),
+        resource: "http://gw/paid/x".into(),
+        request: "{}".into(),
+        valid_before: 2_000_000_000,
+        state,
+        transaction: None,
+        reason: None,
+        from_block: None,
+        created_at: 1_000 + u64::from(n),
+        updated_at: 1_000 + u64::from(n),
+    }
+}
+
+fn config(dir: &Path, sync: JournalSync) -> JournalConfig {
+    JournalConfig {
+        enabled: true,
+        path: dir.join("journal.db"),
+        sync,
+        retention: Duration::from_secs(90 * 86_400),
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "x402-journal-{name}-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn the_life_cycle_is_recorded_and_read_back() {
+    let dir = scratch("cycle");
+    let j = Journal::open(&config(&dir, JournalSync::Full)).unwrap();
+    let e = entry(1, JournalState::Verified);
+    j.record(e.clone());
+    j.transition(&e.key, JournalState::Forwarded, None, None);
+    j.transition_durable(&e.key, JournalState::Settling, Some(77))
+        .await
+        .unwrap();
+    let r = open_reader(&dir.join("journal.db")).unwrap();
+    let got = get(&r, &e.key).unwrap().unwrap();
+    assert_eq!(got.state, JournalState::Settling);
+    assert_eq!(got.from_block, Some(77));
+    j.transition(&e.key, JournalState::Settled, Some("0xab".into()), None);
+    j.transition(&e.key, JournalState::Delivered, None, None);
+    j.flush().await.unwrap();
+    let got = get(&r, &e.key).unwrap().unwrap();
+    assert_eq!(got.state, JournalState::Delivered);
+    assert_eq!(got.transaction.as_deref(), Some("0xab"));
+    assert_eq!(got.request, "{}");
+    assert_eq!(got.key, e.key);
+    assert_eq!(got.amount, U256::from(1000));
+    let found = find(&r, &format!("{:#x}", e.key.from), &e.key.nonce.to_string()).unwrap();
+    assert_eq!(found.len(), 1);
+}
+
+#[tokio::test]
+async fn queries_filter_by_state_route_and_time() {
+    let dir = scratch("query");
+    let j = Journal::open(&config(&dir, JournalSync::Normal)).unwrap();
+    for (n, s) in [
+        (1, JournalState::Unknown),
+        (2, JournalState::Settled),
+        (3, JournalState::Delivered),
+    ] {
+        j.record(entry(n, s));
+    }
+    j.flush().await.unwrap();
+    let r = open_reader(&dir.join("journal.db")).unwrap();
+    let open = query(
+        &r,
+        &Filter {
+            states: vec![JournalState::Unknown, JournalState::Settled],
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(open.len(), 2);
+    let later = query(
+        &r,
+        &Filter {
+            since_ms: Some(1_002),
+            ..Filter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(later.len(), 2);
+    j.prune(u64::MAX);
+    j.flush().await.unwrap();
+    assert_eq!(
+        query(&r, &Filter::default()).unwrap().len(),
+        2,
+        "delivered rows pruned"
+    );
+}
+
+#[tokio::test]
+async fn a_full_journal_refuses_durable_writes_and_says_so() {
+    let dir = scratch("full");
+    let j = Journal::open(&config(&dir, JournalSync::Full)).unwrap();
+    j.record(entry(1, JournalState::Verified));
+    j.flush().await.unwrap();
+    assert!(j.is_healthy());
+    // The database may not grow any more: every new row fails with SQLITE_FULL.
+    let pages: i64 = open_reader(&dir.join("journal.db"))
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    j.limit_pages(pages as u64).await;
+    let mut failed = None;
+    for n in 2..200u8 {
+        let mut e = entry(n, JournalState::Verified);
+        e.request = "x".repeat(4000);
+        if j.record_durable(e.clone()).await.is_err() {
+            failed = Some(e);
+            break;
+        }
+    }
+    let e = failed.expect("a full journal accepted every write");
+    assert!(!j.is_healthy());
+    let mut settling = e.clone();
+    settling.state = JournalState::Settling;
+    assert!(j.record_durable(settling).await.is_err());
+    // Room again: the next commit succeeds and the journal is healthy.
+    j.limit_pages(1 << 20).await;
+    j.flush().await.unwrap();
+    assert!(j.is_healthy());
+}

@@ -1,0 +1,413 @@
+//! `x402-gateway journal`: read the payment journal (while the gateway runs), reconcile open
+//! payments against the chain, report revenue.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use alloy::primitives::U256;
+use clap::{Args, Subcommand, ValueEnum};
+use x402_gateway::config::{assets, money, Asset, Config};
+use x402_gateway::journal::reconcile::Outcome;
+use x402_gateway::journal::{self, Entry, Filter, Journal, JournalState};
+
+/// `journal` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct JournalArgs {
+    /// The configuration file (its `[journal] path` is read).
+    #[arg(long, short, default_value = "gateway.toml", global = true)]
+    pub(crate) config: std::path::PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: JournalCommand,
+}
+
+/// `journal` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum JournalCommand {
+    /// List payments, oldest first.
+    List {
+        /// Only this state (verified, forwarded, settling, settled, delivered, failed, unknown);
+        /// repeatable.
+        #[arg(long)]
+        state: Vec<String>,
+        /// Only payments since: a duration ago ("24h", "7d"), a date ("2026-11-01") or a time
+        /// ("2026-11-01T12:00:00Z").
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this route (its configured `path`).
+        #[arg(long)]
+        route: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one payment: KEY is `PAYER/NONCE`, a nonce, or a transaction hash.
+    Show {
+        /// The payment.
+        key: String,
+    },
+    /// Read every settling or unknown payment's outcome from the chain now (as recovery does
+    /// at start) and record it.
+    Reconcile,
+    /// Revenue (settled and delivered) in dollars and atomic units, and counts per outcome.
+    Report {
+        /// Group by.
+        #[arg(long, value_enum, default_value = "route")]
+        by: By,
+        /// Only payments since (as for `list`).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// Output format of `list`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned columns.
+    Table,
+    /// A JSON array.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Grouping of `report`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum By {
+    /// The route.
+    Route,
+    /// The UTC day the payment was first recorded.
+    Day,
+    /// The payer.
+    Payer,
+    /// The network.
+    Network,
+}
+
+/// Reads `--since`.
+fn since_ms(s: &str) -> Result<u64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        return Ok(journal::now_ms().saturating_sub(ms));
+    }
+    let text = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    let t = humantime::parse_rfc3339_weak(&text).map_err(|_| {
+        format!("--since {s}: use a duration (\"24h\"), a date (\"2026-11-01\") or a time")
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "--since is before 1970".to_owned())?
+        .as_millis();
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn states(names: &[String]) -> Result<Vec<JournalState>, String> {
+    names
+        .iter()
+        .map(|n| JournalState::parse(n).ok_or_else(|| format!("unknown state {n}")))
+        .collect()
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// The assets of the config and the built-in table, by (chain, address).
+fn asset_of(config: &Config, e: &Entry) -> Option<Asset> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| &r.options)
+        .find(|o| o.network.chain_id() == e.key.chain_id && o.asset.address == e.key.asset)
+        .map(|o| o.asset.clone())
+        .or_else(|| assets::by_address(e.key.chain_id, e.key.asset))
+}
+
+fn dollars(config: &Config, e: &Entry) -> Option<String> {
+    let a = asset_of(config, e)?;
+    a.usd_stable
+        .then(|| format!("${}", money::format_units(e.amount, a.decimals)))
+}
+
+fn json(e: &Entry, config: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "payer": e.key.from.to_checksum(None),
+        "nonce": e.key.nonce.to_string(),
+        "chain_id": e.key.chain_id,
+        "asset": e.key.asset.to_checksum(None),
+        "pay_to": e.pay_to.to_checksum(None),
+        "amount": e.amount.to_string(),
+        "amount_usd": dollars(config, e),
+        "network": e.network,
+        "x402_version": e.version,
+        "route": e.route,
+        "resource": e.resource,
+        "state": e.state.as_str(),
+        "transaction": e.transaction,
+        "reason": e.reason,
+        "valid_before": e.valid_before,
+        "created_at": time(e.created_at),
+        "updated_at": time(e.updated_at),
+    })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Runs a `journal` command. Returns the process exit code.
+pub(crate) async fn run(a: JournalArgs, config: &Config) -> Result<bool, String> {
+    let path = &config.journal.path;
+    if !path.exists() {
+        return Err(format!("no journal at {}", path.display()));
+    }
+    let reader = journal::open_reader(path).map_err(|e| e.to_string())?;
+    match a.command {
+        JournalCommand::List {
+            state,
+            since,
+            route,
+            format,
+        } => {
+            let f = Filter {
+                states: states(&state)?,
+                since_ms: since.as_deref().map(since_ms).transpose()?,
+                route,
+                valid_at: None,
+            };
+            let rows = journal::query(&reader, &f).map_err(|e| e.to_string())?;
+            print_rows(&rows, format, config);
+            Ok(true)
+        }
+        JournalCommand::Show { key } => {
+            let key = key.trim();
+            let rows = journal::query(&reader, &Filter::default()).map_err(|e| e.to_string())?;
+            let (payer, nonce) = key.split_once('/').unwrap_or(("", key));
+            let found: Vec<&Entry> = rows
+                .iter()
+                .filter(|e| {
+                    let nonce_ok = e.key.nonce.to_string().eq_ignore_ascii_case(nonce);
+                    let payer_ok =
+                        payer.is_empty() || e.key.from.to_string().eq_ignore_ascii_case(payer);
+                    (nonce_ok && payer_ok)
+                        || e.transaction
+                            .as_deref()
+                            .is_some_and(|t| t.eq_ignore_ascii_case(key))
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(format!("no payment {key} in {}", path.display()));
+            }
+            for e in found {
+                let mut v = json(e, config);
+                v["request"] = serde_json::from_str(&e.request).unwrap_or(serde_json::Value::Null);
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            Ok(true)
+        }
+        JournalCommand::Reconcile => reconcile(config, &reader).await,
+        JournalCommand::Report { by, since } => {
+            let f = Filter {
+                since_ms: since.as_deref().map(since_ms).transpose()?,
+                ..Filter::default()
+            };
+            let rows = journal::query(&reader, &f).map_err(|e| e.to_string())?;
+            report(&rows, by, config);
+            Ok(true)
+        }
+    }
+}
+
+fn print_rows(rows: &[Entry], format: Format, config: &Config) {
+    match format {
+        Format::Json => {
+            let all: Vec<_> = rows.iter().map(|e| json(e, config)).collect();
+            println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        }
+        Format::Csv => {
+            println!("created_at,state,route,payer,nonce,amount,amount_usd,network,transaction,reason,resource");
+            for e in rows {
+                let fields = [
+                    time(e.created_at),
+                    e.state.as_str().to_owned(),
+                    e.route.clone(),
+                    e.key.from.to_checksum(None),
+                    e.key.nonce.to_string(),
+                    e.amount.to_string(),
+                    dollars(config, e).unwrap_or_default(),
+                    e.network.clone(),
+                    e.transaction.clone().unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                    e.resource.clone(),
+                ];
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                println!("{}", line.join(","));
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:<20} {:<9} {:<16} {:<42} {:>10} {:<18} {:<14} REASON",
+                "CREATED (UTC)", "STATE", "ROUTE", "PAYER", "AMOUNT", "NONCE", "TRANSACTION"
+            );
+            for e in rows {
+                let short = |s: &str| {
+                    if s.len() > 14 {
+                        format!("{}…", &s[..13])
+                    } else {
+                        s.to_owned()
+                    }
+                };
+                println!(
+                    "{:<20} {:<9} {:<16} {:<42} {:>10} {:<18} {:<14} {}",
+                    time(e.created_at),
+                    e.state.as_str(),
+                    e.route,
+                    e.key.from.to_checksum(None),
+                    dollars(config, e).unwrap_or_else(|| e.amount.to_string()),
+                    short(&e.key.nonce.to_string()),
+                    short(e.transaction.as_deref().unwrap_or("-")),
+                    e.reason.as_deref().unwrap_or(""),
+                );
+            }
+            println!("{} payment(s)", rows.len());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    counts: BTreeMap<&'static str, usize>,
+    revenue: BTreeMap<(u64, String), U256>,
+    usd_micros: Option<U256>,
+}
+
+fn report(rows: &[Entry], by: By, config: &Config) {
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for e in rows {
+        let key = match by {
+            By::Route => e.route.clone(),
+            By::Day => time(e.created_at)[..10].to_owned(),
+            By::Payer => e.key.from.to_checksum(None),
+            By::Network => e.network.clone(),
+        };
+        let g = groups.entry(key).or_default();
+        *g.counts.entry(e.state.as_str()).or_default() += 1;
+        if matches!(e.state, JournalState::Settled | JournalState::Delivered) {
+            *g.revenue
+                .entry((e.key.chain_id, e.key.asset.to_checksum(None)))
+                .or_default() += e.amount;
+            if let Some(a) = asset_of(config, e).filter(|a| a.usd_stable) {
+                // Dollars in millionths, exactly: amount × 10^6 / 10^decimals.
+                let micros = e.amount * U256::from(1_000_000u64)
+                    / U256::from(10u64).pow(U256::from(a.decimals));
+                g.usd_micros = Some(g.usd_micros.unwrap_or_default() + micros);
+            }
+        }
+    }
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}  REVENUE (ATOMIC, PER CHAIN/ASSET)",
+        match by {
+            By::Route => "ROUTE",
+            By::Day => "DAY (UTC)",
+            By::Payer => "PAYER",
+            By::Network => "NETWORK",
+        },
+        "REVENUE USD",
+        "DELIVERED",
+        "SETTLED",
+        "FAILED",
+        "UNKNOWN",
+        "OTHER"
+    );
+    for (k, g) in &groups {
+        let c = |s: &str| g.counts.get(s).copied().unwrap_or(0);
+        let other = c("verified") + c("forwarded") + c("settling");
+        let usd = g.usd_micros.map_or("-".to_owned(), |m| {
+            format!("${}", money::format_units(m, 6))
+        });
+        let atomic: Vec<String> = g
+            .revenue
+            .iter()
+            .map(|((chain, asset), v)| format!("{v} on {chain}/{asset}"))
+            .collect();
+        println!(
+            "{:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            k,
+            usd,
+            c("delivered"),
+            c("settled"),
+            c("failed"),
+            c("unknown"),
+            other,
+            atomic.join("; ")
+        );
+    }
+}
+
+async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<bool, String> {
+    let open = journal::query(
+        reader,
+        &Filter {
+            states: vec![JournalState::Settling, JournalState::Unknown],
+            ..Filter::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if open.is_empty() {
+        println!("nothing to reconcile: no settling or unknown payment");
+        return Ok(true);
+    }
+    let facilitator = x402_gateway::connect_facilitator(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reconciler =
+        Arc::new(x402_gateway::reconciler(config, facilitator).map_err(|e| e.to_string())?);
+    let journal = Journal::open(&config.journal).map_err(|e| e.to_string())?;
+    let (mut settled, mut failed, mut still) = (0, 0, 0);
+    for e in &open {
+        let o = reconciler.read(e).await;
+        let who = format!("{}/{}", e.key.from.to_checksum(None), e.key.nonce);
+        match &o {
+            Outcome::Settled { transaction } => {
+                settled += 1;
+                journal.transition(
+                    &e.key,
+                    JournalState::Settled,
+                    Some(transaction.clone()),
+                    None,
+                );
+                println!(
+                    "settled   {who} in {transaction} (redeemable with the same payment header)"
+                );
+            }
+            Outcome::Failed { reason } => {
+                failed += 1;
+                journal.transition(&e.key, JournalState::Failed, None, Some(reason.clone()));
+                println!("failed    {who}: {reason}");
+            }
+            Outcome::Open => {
+                still += 1;
+                journal.transition(&e.key, JournalState::Unknown, None, None);
+                println!("unknown   {who}: not readable yet");
+            }
+        }
+    }
+    journal.flush().await.map_err(|e| e.to_string())?;
+    println!("{settled} settled, {failed} failed, {still} still unknown");
+    Ok(still == 0)
+}
+
+/// Loads the config of `path` for the journal command.
+pub(crate) fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}

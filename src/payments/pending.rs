@@ -1,0 +1,202 @@
+//! Payments whose settlement outcome is unknown, or that settled and were not delivered: the
+//! ones a retry with the same payment header may redeem.
+//!
+//! Owns: [`Pending`], an in-memory index (filled from the journal at start) so that the hot path
+//! never reads SQLite, and the claim that makes a settled payment deliverable once at a time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::journal::Entry;
+use crate::verify::ReplayKey;
+
+/// What a pending payment is waiting for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// Its outcome is unknown.
+    Unknown,
+    /// Settled by this transaction, not delivered yet.
+    Settled(String),
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: Entry,
+    open: Open,
+    /// A request is delivering it now.
+    claimed: bool,
+    /// Unix ms of the next background reading.
+    next_read_ms: u64,
+    /// Readings so far (for the backoff).
+    reads: u32,
+}
+
+/// The result of [`Pending::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// Not pending: a replay (or delivered already).
+    No,
+    /// Another request is delivering it right now.
+    Busy,
+    /// Its outcome must be read again before anything else.
+    Unknown(Box<Entry>),
+    /// Settled and now claimed for delivery by the caller.
+    Deliver(Box<Entry>, String),
+}
+
+/// The pending payments, shared by all requests.
+#[derive(Debug, Default)]
+pub struct Pending {
+    slots: Mutex<HashMap<ReplayKey, Slot>>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ReplayKey, Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds (or updates) a pending payment.
+    pub fn put(&self, entry: Entry, open: Open, now_ms: u64) {
+        let mut slots = self.lock();
+        let key = entry.key.clone();
+        match slots.get_mut(&key) {
+            Some(s) => {
+                s.open = open;
+                s.claimed = false;
+                s.entry = entry;
+            }
+            None => {
+                slots.insert(
+                    key,
+                    Slot {
+                        entry,
+                        open,
+                        claimed: false,
+                        next_read_ms: now_ms + 1000,
+                        reads: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Takes a pending payment for a retry of `key` on `route`: settled ones are claimed for
+    /// delivery (one request at a time).
+    pub fn claim(&self, key: &ReplayKey, route: &str) -> Claim {
+        let mut slots = self.lock();
+        let Some(s) = slots.get_mut(key) else {
+            return Claim::No;
+        };
+        if s.entry.route != route {
+            // A payment redeems the resource it paid for, not another route's.
+            return Claim::No;
+        }
+        if s.claimed {
+            return Claim::Busy;
+        }
+        match &s.open {
+            Open::Unknown => Claim::Unknown(Box::new(s.entry.clone())),
+            Open::Settled(tx) => {
+                s.claimed = true;
+                Claim::Deliver(Box::new(s.entry.clone()), tx.clone())
+            }
+        }
+    }
+
+    /// A claimed delivery did not happen (upstream error): the payment stays redeemable.
+    pub fn unclaim(&self, key: &ReplayKey) {
+        if let Some(s) = self.lock().get_mut(key) {
+            s.claimed = false;
+        }
+    }
+
+    /// Removes a payment (delivered, or definitively failed).
+    pub fn remove(&self, key: &ReplayKey) {
+        self.lock().remove(key);
+    }
+
+    /// Unknown payments due for a background reading at `now_ms`, each then scheduled again
+    /// with backoff (1 s doubling to 5 min).
+    pub fn due(&self, now_ms: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for s in self.lock().values_mut() {
+            if s.open == Open::Unknown && !s.claimed && s.next_read_ms <= now_ms {
+                s.reads = s.reads.saturating_add(1);
+                let wait = 1000u64.saturating_mul(1 << s.reads.min(9)).min(300_000);
+                s.next_read_ms = now_ms + wait;
+                out.push(s.entry.clone());
+            }
+        }
+        out
+    }
+
+    /// How many payments are pending (unknown, settled-undelivered).
+    pub fn counts(&self) -> (usize, usize) {
+        let slots = self.lock();
+        let unknown = slots.values().filter(|s| s.open == Open::Unknown).count();
+        (unknown, slots.len() - unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalState;
+    use alloy::primitives::{Address, B256, U256};
+
+    fn entry(route: &str) -> Entry {
+        Entry {
+            key: ReplayKey {
+                chain_id: 1,
+                asset: Address::repeat_byte(1),
+                from: Address::repeat_byte(2),
+                nonce: B256::repeat_byte(3),
+            },
+            pay_to: Address::repeat_byte(4),
+            amount: U256::from(1),
+            network: "eip155:1".into(),
+            version: 2,
+            route: route.into(),
+            resource: "r".into(),
+            request: "{}".into(),
+            valid_before: 10,
+            state: JournalState::Unknown,
+            transaction: None,
+            reason: None,
+            from_block: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_settled_payment_is_delivered_once_at_a_time() {
+        let p = Pending::default();
+        let e = entry("/paid/**");
+        let k = e.key.clone();
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::No));
+        p.put(e.clone(), Open::Unknown, 0);
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Unknown(_)));
+        p.put(e, Open::Settled("0xab".into()), 0);
+        assert!(matches!(p.claim(&k, "/other"), Claim::No), "another route");
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Deliver(_, _)));
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Busy));
+        p.unclaim(&k);
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Deliver(_, _)));
+        p.remove(&k);
+        assert!(matches!(p.claim(&k, "/paid/**"), Claim::No));
+    }
+
+    #[test]
+    fn background_readings_back_off() {
+        let p = Pending::default();
+        p.put(entry("/x"), Open::Unknown, 0);
+        assert!(p.due(500).is_empty());
+        assert_eq!(p.due(1000).len(), 1);
+        assert!(p.due(2000).is_empty(), "next reading after 2 s");
+        assert_eq!(p.due(3000).len(), 1);
+        assert_eq!(p.counts(), (1, 0));
+    }
+}
