@@ -78,6 +78,9 @@ pub enum GatewayError {
 impl From<VerifyError> for GatewayError {
     fn from(e: VerifyError) -> Self {
         match e {
+            // Another request holds the same authorization now: a retry of it is not a reason
+            // to pay again (a 402 would make the client sign a second payment).
+            VerifyError::Rejected(PaymentRejection::InFlight) => GatewayError::InProgress,
             VerifyError::Rejected(r) => GatewayError::Rejected(r),
             VerifyError::Unavailable(f) => GatewayError::FacilitatorUnavailable(f),
             VerifyError::Busy => GatewayError::Busy,

@@ -344,13 +344,33 @@ impl Journal {
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = open(&c.path, c.sync)?;
+        Self::spawn(c, Some(conn))
+    }
+
+    /// Opens the journal, or, when it cannot be opened now (a read-only or full disk), returns
+    /// an unhealthy journal whose writer tries again every second: the gateway starts, free
+    /// routes work, and priced routes answer `503` until it opens.
+    ///
+    /// # Errors
+    /// [`JournalError::Unwritable`] when no writer thread can be started.
+    pub fn open_or_retry(c: &JournalConfig) -> Result<Journal, JournalError> {
+        match Self::open(c) {
+            Ok(j) => Ok(j),
+            Err(e) => {
+                tracing::error!(error = %e, "the payment journal cannot be opened: priced routes answer 503 until it can");
+                Self::spawn(c, None)
+            }
+        }
+    }
+
+    fn spawn(c: &JournalConfig, conn: Option<Connection>) -> Result<Journal, JournalError> {
         let (tx, rx) = mpsc::channel::<Cmd>();
-        let healthy = Arc::new(AtomicBool::new(true));
+        let healthy = Arc::new(AtomicBool::new(conn.is_some()));
         let h = healthy.clone();
-        let path = c.path.clone();
+        let (path, sync) = (c.path.clone(), c.sync);
         std::thread::Builder::new()
             .name("x402-journal".into())
-            .spawn(move || writer(conn, &rx, &h, &path))
+            .spawn(move || writer(conn, sync, &rx, &h, &path))
             .map_err(|_| JournalError::Unwritable)?;
         Ok(Journal {
             tx,
@@ -465,8 +485,35 @@ impl Journal {
 }
 
 /// The writer: takes everything queued, commits it as one transaction, acknowledges.
-fn writer(mut conn: Connection, rx: &mpsc::Receiver<Cmd>, healthy: &AtomicBool, path: &Path) {
-    while let Ok(first) = rx.recv() {
+fn writer(
+    mut conn: Option<Connection>,
+    sync: JournalSync,
+    rx: &mpsc::Receiver<Cmd>,
+    healthy: &AtomicBool,
+    path: &Path,
+) {
+    loop {
+        if conn.is_none() {
+            match open(path, sync) {
+                Ok(c) => {
+                    tracing::info!(journal = %path.display(), "journal opened");
+                    conn = Some(c);
+                    healthy.store(true, Ordering::Relaxed);
+                }
+                Err(_) => healthy.store(false, Ordering::Relaxed),
+            }
+        }
+        let first = match &conn {
+            Some(_) => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+            None => match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(c) => c,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
@@ -474,7 +521,15 @@ fn writer(mut conn: Connection, rx: &mpsc::Receiver<Cmd>, healthy: &AtomicBool, 
                 Err(_) => break,
             }
         }
-        let result = conn.transaction().and_then(|t| {
+        let Some(db) = conn.as_mut() else {
+            for c in batch {
+                if let Some(ack) = c.ack {
+                    let _ = ack.send(false);
+                }
+            }
+            continue;
+        };
+        let result = db.transaction().and_then(|t| {
             for c in &batch {
                 apply(&t, &c.op)?;
             }

@@ -203,7 +203,7 @@ pub fn build_gateway(
         config.limits.max_pending_payments,
     ));
     let journal = if config.journal.enabled {
-        Some(journal::Journal::open(&config.journal).map_err(StartupError::Journal)?)
+        Some(journal::Journal::open_or_retry(&config.journal).map_err(StartupError::Journal)?)
     } else {
         None
     };

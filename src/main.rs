@@ -270,8 +270,9 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             "journal recovered"
         ),
         Ok(Err(e)) => {
-            eprintln!("error: cannot recover the payment journal: {e}");
-            return ExitCode::FAILURE;
+            // Serve free routes; priced ones answer 503 until the journal can be recovered
+            // (the maintenance service tries every second).
+            tracing::error!(error = %e, "cannot recover the payment journal yet: priced routes answer 503 until it is");
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -148,6 +148,9 @@ pub struct Payments {
     pending: Pending,
     resolve_timeout: Duration,
     retention: Duration,
+    /// The journal was recovered (no priced request is taken before: the replay guard would
+    /// not know the authorizations used before the start).
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 impl Payments {
@@ -161,6 +164,7 @@ impl Payments {
         reconciler: Arc<Reconciler>,
     ) -> Self {
         Payments {
+            recovered: std::sync::atomic::AtomicBool::new(journal.is_none()),
             journal,
             reconciler,
             pending: Pending::default(),
@@ -195,6 +199,12 @@ impl Payments {
     /// `Access-Control-Allow-Origin` of the gateway's CORS headers, if on.
     pub fn cors_origin(&self) -> Option<&HeaderValue> {
         self.cors_origin.as_ref()
+    }
+
+    /// Whether priced requests are taken: the journal is writable and was recovered.
+    pub fn is_ready(&self) -> bool {
+        self.recovered.load(std::sync::atomic::Ordering::Acquire)
+            && self.journal.as_ref().is_none_or(Journal::is_healthy)
     }
 
     /// The journal, when payments are journaled.
@@ -287,8 +297,9 @@ impl Payments {
             let answer = rescue(&e, Some(routed.route()), asking(&url));
             early(answer, Some(routed), Some(e.reason()))
         };
-        if self.journal.as_ref().is_some_and(|j| !j.is_healthy()) {
-            // Payments that cannot be recorded are not taken; free routes keep working.
+        if !self.is_ready() {
+            // Payments that cannot be recorded (or before the journal was recovered) are not
+            // taken; free routes keep working.
             return refuse(GatewayError::JournalUnavailable, routed);
         }
         if content_length(req.headers).is_some_and(|n| n > self.max_request_body) {
@@ -502,6 +513,16 @@ impl Payments {
         self.record(p, JournalState::Delivered);
         if p.redeemed {
             self.pending.remove(&p.verified.key);
+        }
+    }
+
+    /// The payment's request goes upstream (after-response mode: settled when it answers).
+    pub fn forwarded(&self, p: &mut Payment) {
+        if p.state() == &PaymentState::Verified {
+            p.forwarded();
+            if p.mode == SettlementMode::AfterResponse {
+                self.record(p, JournalState::Forwarded);
+            }
         }
     }
 
@@ -769,7 +790,11 @@ impl Payments {
                 }
             }
         }
-        let _ = j.flush().await;
+        j.flush()
+            .await
+            .map_err(|_| journal::JournalError::Unwritable)?;
+        self.recovered
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(r)
     }
 
@@ -782,11 +807,19 @@ impl Payments {
     /// [`Payments::maintain`] as if it were `now_ms` (a time far ahead reads every unknown
     /// outcome now).
     pub async fn maintain_at(&self, now_ms: u64, prune: bool) {
+        if !self.recovered.load(std::sync::atomic::Ordering::Acquire)
+            && self.journal.as_ref().is_some_and(Journal::is_healthy)
+        {
+            match self.recover().await {
+                Ok(r) => tracing::info!(?r, "journal recovered"),
+                Err(e) => tracing::warn!(error = %e, "journal not recoverable yet"),
+            }
+        }
         self.reconciler.refresh_heads().await;
         for e in self.pending.due(now_ms) {
             let o = self.reconciler.read(&e).await;
             if o == Outcome::Open {
-                tracing::warn!(payer = %e.key.from, transaction = e.transaction.as_deref().unwrap_or(""), "settlement outcome still unknown");
+                tracing::debug!(payer = %e.key.from, transaction = e.transaction.as_deref().unwrap_or(""), "settlement outcome still unknown");
             } else {
                 tracing::info!(payer = %e.key.from, outcome = ?o, "unknown settlement resolved");
             }

@@ -268,7 +268,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         if let Some(p) = ctx.payment.as_mut() {
-            p.forwarded();
+            self.payments.forwarded(p);
         }
         self.upstream.peer_for_request()
     }

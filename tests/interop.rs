@@ -178,6 +178,8 @@ listen = "127.0.0.1:{port}"
 threads = 1
 [upstream]
 url = "{}"
+[journal]
+path = "{name}.db"
 [facilitator]
 settle_timeout = "{settle_timeout}"
 {facilitator}
@@ -642,13 +644,22 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     );
     assert_eq!(env.balance(PAYEE).await, payee0);
 
-    // Mining paused: the settlement transaction sits in the mempool past `settle_timeout`. The
-    // content is not released and no success is reported for an unmined transfer (it could
-    // still be dropped); the receipt names the pending transaction.
-    let (base, _gw5) = env.gateway_with("mempool", &rpc_line, "2s").await;
+    // Mining paused: the settlement transaction sits in the mempool past `settle_timeout` and
+    // `resolve_timeout`. The content is not released, no success is reported for an unmined
+    // transfer (it could still be dropped), and the answer is a 503 (a 402 would make the
+    // client pay again); the receipt names the pending transaction. Once mined, a retry with
+    // the same payment header is served, and the payer paid once.
+    let (base, _gw5) = env
+        .gateway_with(
+            "mempool",
+            &format!("{rpc_line}\nresolve_timeout = \"2s\""),
+            "2s",
+        )
+        .await;
     let p = ProviderBuilder::new().connect_http(env.rpc.parse().unwrap());
     let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
     let payment = sign_fresh(&payer(), &required);
+    let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
     let _: () = p
         .raw_request("evm_setAutomine".into(), (false,))
         .await
@@ -660,13 +671,15 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .await
         .unwrap();
     let status = resp.status();
+    let retry_after = resp.headers().get("retry-after").cloned();
     let receipt = decode_receipt(&resp, "payment-response");
     let body = resp.text().await.unwrap();
     let _: () = p
         .raw_request("evm_setAutomine".into(), (true,))
         .await
         .unwrap();
-    assert_ne!(status, 200, "content released for an unmined transfer");
+    assert_eq!(status, 503, "an unmined transfer: {body}");
+    assert!(retry_after.is_some());
     assert!(!body.contains("\"upstream\""), "content released: {body}");
     assert_eq!(receipt.success, Some(false));
     assert_eq!(receipt.error_reason.as_deref(), Some("settlement_pending"));
@@ -681,4 +694,101 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         env.tx_succeeded(&pending).await,
         "the named transaction mined"
     );
+    let resp = http()
+        .get(format!("{base}/paid/mempool"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the same payment redeems the content");
+    let receipt = decode_receipt(&resp, "payment-response");
+    assert_eq!(receipt.transaction.as_deref(), Some(pending.as_str()));
+    assert!(resp.text().await.unwrap().contains("\"upstream\""));
+    assert_eq!(
+        payer0 - env.balance(PAYER).await,
+        U256::from(PRICE),
+        "paid once"
+    );
+    assert_eq!(env.balance(PAYEE).await - payee0, U256::from(PRICE));
+    let again = http()
+        .get(format!("{base}/paid/mempool"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 402, "delivered once, then a replay");
+
+    // SIGTERM while a settlement is in flight: the gateway stops accepting but finishes the
+    // request; the client gets its content and receipt, the payment settles once, and the
+    // process exits when done (long before drain_timeout).
+    let (base, mut gw6) = env.gateway("drain", &rpc_line).await;
+    let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
+    let payment = sign_fresh(&payer(), &required);
+    let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
+    let _: () = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let request = tokio::spawn(
+        http()
+            .get(format!("{base}/paid/drain"))
+            .header("payment-signature", payment)
+            .send(),
+    );
+    // The settlement transaction reaches the mempool: the payment is in flight.
+    let started = Instant::now();
+    loop {
+        let block: serde_json::Value = p
+            .raw_request("eth_getBlockByNumber".into(), ("pending", false))
+            .await
+            .unwrap();
+        if block["transactions"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no settlement sent"
+        );
+        tokio::task::yield_now().await;
+    }
+    let pid = gw6.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // It stops accepting new connections while it drains.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let stop = Instant::now();
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "still accepting after SIGTERM"
+        );
+        tokio::task::yield_now().await;
+    }
+    let _: String = p.raw_request("evm_mine".into(), ()).await.unwrap();
+    let _: () = p
+        .raw_request("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let receipt = decode_receipt(&resp, "payment-response");
+    assert_eq!(receipt.success, Some(true));
+    assert!(
+        env.tx_succeeded(receipt.transaction.as_deref().unwrap())
+            .await
+    );
+    let exit = gw6.0.wait().unwrap();
+    assert!(exit.success(), "drained and exited cleanly: {exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "exited when idle, not at drain_timeout"
+    );
+    assert_eq!(payer0 - env.balance(PAYER).await, U256::from(PRICE));
+    assert_eq!(env.balance(PAYEE).await - payee0, U256::from(PRICE));
 }

@@ -82,6 +82,17 @@ type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 pub struct MockServer {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Request>>>,
+    /// Faults to inject (chaos tests): refuse connections, stall answers.
+    pub faults: Arc<ServerFaults>,
+}
+
+/// Faults of a [`MockServer`].
+#[derive(Default)]
+pub struct ServerFaults {
+    /// New and kept-alive connections are dropped (as a killed server's would be).
+    pub down: std::sync::atomic::AtomicBool,
+    /// Answers wait this long first.
+    pub stall_ms: std::sync::atomic::AtomicU64,
 }
 
 impl MockServer {
@@ -101,26 +112,37 @@ impl MockServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let recorded = requests.clone();
+        let faults = Arc::new(ServerFaults::default());
+        let f = faults.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
+                if f.down.load(Ordering::SeqCst) {
+                    drop(sock);
+                    continue;
+                }
                 let (handler, recorded) = (handler.clone(), recorded.clone());
                 let acceptor = acceptor.clone();
+                let f = f.clone();
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve(sock, handler, recorded).await,
+                        None => serve(sock, handler, recorded, f).await,
                         Some(a) => {
                             if let Ok(tls) = a.accept(sock).await {
-                                serve(tls, handler, recorded).await;
+                                serve(tls, handler, recorded, f).await;
                             }
                         }
                     }
                 });
             }
         });
-        MockServer { addr, requests }
+        MockServer {
+            addr,
+            requests,
+            faults,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -150,11 +172,19 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: S,
     handler: Handler,
     recorded: Arc<Mutex<Vec<Request>>>,
+    faults: Arc<ServerFaults>,
 ) {
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     while let Some(req) = read_request(&mut r, &mut w).await {
+        if faults.down.load(Ordering::SeqCst) {
+            return;
+        }
         recorded.lock().unwrap().push(req.clone());
+        let stall = faults.stall_ms.load(Ordering::SeqCst);
+        if stall > 0 {
+            tokio::time::sleep(Duration::from_millis(stall)).await;
+        }
         let resp = handler(&req);
         if !resp.delay.is_zero() {
             tokio::time::sleep(resp.delay).await;
@@ -515,6 +545,7 @@ network = "base-sepolia"
         let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
         let gateway = build_gateway(&config, client, &supported).unwrap();
         let payments = gateway.payments().clone();
+        payments.recover().await.unwrap();
 
         let conf = Arc::new(ServerConf::default());
         let proxy = pingora::proxy::http_proxy(&conf, gateway);
