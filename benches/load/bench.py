@@ -77,6 +77,7 @@ class Scenario:
     verification: str = ""  # extra [verification] lines for the gateway
     embedded: bool = False
     binary: str = ""  # another gateway binary (--baseline): run with a config it reads
+    journal: bool = True  # the payment journal on (a fresh file per run) or off
 
 
 SCENARIOS = [
@@ -99,6 +100,11 @@ SCENARIOS = [
     Scenario("gw_paid_before_local", "x402-gateway paid, before_upstream, local verification",
              "gateway", "/paid-before", paid=True, ready_status=402,
              verification='mode = "local"'),
+    Scenario("gw_paid_after_nojournal", "x402-gateway paid, after_response, journal off",
+             "gateway", "/paid", paid=True, ready_status=402, journal=False),
+    Scenario("gw_paid_after_local_nojournal",
+             "x402-gateway paid, after_response, local verification, journal off", "gateway",
+             "/paid", paid=True, ready_status=402, verification='mode = "local"', journal=False),
     Scenario("axum_paid", "x402-axum 2.x paid", "axum", "/paid", paid=True, ready_status=402),
     Scenario("express_paid", "@x402/express 2.27 paid", "express", "/paid", paid=True,
              ready_status=402),
@@ -278,6 +284,12 @@ class Bench:
             # gets none.
             limits = "" if s.binary else (
                 '[limits]\nchallenge_rate = "100000000/s"\nfailed_payment_rate = "100000000/s"')
+            if not s.binary:
+                journal = WORK / f"{name}-journal.db"
+                for f in WORK.glob(f"{name}-journal.db*"):
+                    f.unlink()
+                limits += (f'\n[journal]\npath = "{journal}"' if s.journal
+                           else '\n[journal]\nenabled = false')
             conf = render(HERE / "gateway.toml", WORK / f"{name}.toml", PORT=port,
                           UPSTREAM_PORT=PORTS["upstream"], FACILITATOR=facilitator,
                           VERIFICATION=s.verification, LIMITS=limits)
@@ -530,6 +542,15 @@ def write_doc(results: list[dict], args: argparse.Namespace) -> None:
         if a in rows and b in rows:
             out.append(f"| {rows[a]['label']} ÷ nginx proxy_pass (CPU) | "
                        f"{ratio(rows, a, b, 'cpu_us')} | |")
+    journal_pairs = [("gw_paid_after", "gw_paid_after_nojournal"),
+                     ("gw_paid_after_local", "gw_paid_after_local_nojournal")]
+    journal_pairs = [(a, b) for a, b in journal_pairs if a in rows and b in rows]
+    if journal_pairs:
+        out += ["", "The payment journal's cost (`sync = \"full\"`, group commit), in this run:", "",
+                "| row | req/s journal on ÷ off | CPU-µs/req on − off |", "|---|---:|---:|"]
+        for a, b in journal_pairs:
+            out.append(f"| {rows[a]['label']} | {ratio(rows, a, b)} | "
+                       f"{rows[a]['cpu_us'] - rows[b]['cpu_us']:+.1f} |")
     base = [k for k in BASELINE_KEYS if k in rows and k + "_base" in rows]
     if base:
         out += ["", f"Against the baseline binary (`--baseline {args.baseline}`), in this run:", "",

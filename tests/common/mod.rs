@@ -460,6 +460,8 @@ pub struct TestGateway {
     pub facilitator: MockFacilitator,
     pub payments: Arc<x402_gateway::payments::Payments>,
     pub config: Config,
+    /// The config file text (for running the binary's commands on the same files).
+    pub text: String,
     shutdown: watch::Sender<bool>,
 }
 
@@ -556,6 +558,7 @@ network = "base-sepolia"
             facilitator,
             payments,
             config,
+            text,
             shutdown,
         }
     }

@@ -256,3 +256,43 @@ fn verification_mode() {
     assert_eq!(issues[0].key, "verification.mode");
     assert!(issues[0].message.contains("\"facilitator\" or \"local\""));
 }
+
+#[test]
+fn drain_timeout_must_cover_settle_and_resolve() {
+    let text = MINIMAL.replace(
+        "[facilitator]\nurl = \"http://127.0.0.1:9000/\"",
+        "[server]\ndrain_timeout = \"20s\"\n[facilitator]\nurl = \"http://127.0.0.1:9000/\"\nsettle_timeout = \"30s\"",
+    );
+    let issues = load(&text).unwrap_err();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.key == "server.drain_timeout" && i.message.contains("settle_timeout")),
+        "{issues:?}"
+    );
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(35));
+    assert_eq!(c.facilitator.resolve_timeout, Duration::from_secs(15));
+    assert!(c.journal.enabled);
+    assert!(c.journal.path.ends_with("x402-journal.db"));
+}
+
+#[test]
+fn journal_and_chain_keys() {
+    let text = format!(
+        "{MINIMAL}\n[journal]\npath = \"/var/lib/x402/j.db\"\nsync = \"normal\"\nretention = \"7d\"\n[chain]\nrpc = {{ \"eip155:84532\" = \"https://rpc.example/${{FACILITATOR_TOKEN}}\" }}\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.journal.sync, crate::config::JournalSync::Normal);
+    assert_eq!(c.journal.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(c.chain.rpc.len(), 1);
+    assert!(
+        !format!("{:?}", c.chain).contains("s3cret"),
+        "RPC URLs are secrets"
+    );
+    let bad = format!("{MINIMAL}\n[journal]\nsync = \"sometimes\"\n");
+    assert!(load(&bad)
+        .unwrap_err()
+        .iter()
+        .any(|i| i.key == "journal.sync"));
+}
