@@ -18,24 +18,14 @@ use x402_gateway::protocol::{self, PaymentPayload, VerifyResponse};
 use x402_gateway::verify::{local, unix_now, ReplayGuard, ReplayKey, VerdictCache};
 
 fn config(routes: usize) -> Config {
-    let mut text = String::from(
-        r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-url = "http://127.0.0.1:9000"
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-network = "base-sepolia"
-"#,
-    );
+    let mut text = String::new();
     for i in 0..routes {
         text.push_str(&format!(
             "[[route]]\npath = \"/api/v{}/item{i}/*\"\nprice = \"$0.001\"\n",
             i % 7
         ));
     }
-    Config::from_toml(&text, "bench", &|_| None).unwrap()
+    x402_gateway::fuzzing::test_config(&text)
 }
 
 fn benches(c: &mut Criterion) {

@@ -27,12 +27,14 @@ pub fn payment_header(data: &[u8]) {
     assert_eq!(again.network, p.network);
 }
 
-/// The price table of the route-lookup target.
-pub fn fuzz_table() -> &'static PriceTable {
-    static TABLE: OnceLock<PriceTable> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let c = Config::from_toml(
-            r#"
+/// A minimal configuration (upstream, facilitator, `[payment]` on Base Sepolia) with these
+/// `[[route]]` tables: for tests, property tests, fuzz targets and benchmarks.
+///
+/// # Panics
+/// When the routes are invalid.
+pub fn test_config(routes: &str) -> Config {
+    let text = format!(
+        r#"
 [upstream]
 url = "http://127.0.0.1:3000"
 [facilitator]
@@ -40,6 +42,22 @@ url = "http://127.0.0.1:9000"
 [payment]
 pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 network = "base-sepolia"
+{routes}"#
+    );
+    Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The price table of [`test_config`] (every option offered to v1 clients too).
+pub fn test_table(routes: &str) -> PriceTable {
+    PriceTable::new(test_config(routes).routes, &|_| true)
+}
+
+/// The price table of the route-lookup target.
+pub fn fuzz_table() -> &'static PriceTable {
+    static TABLE: OnceLock<PriceTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        test_table(
+            r#"
 [[route]]
 path = "/health"
 price = "free"
@@ -57,11 +75,7 @@ price = "$0.002"
 path = "/public/**"
 price = "free"
 "#,
-            "fuzz",
-            &|_| None,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
-        PriceTable::new(c.routes, &|_| true)
     })
 }
 

@@ -633,14 +633,21 @@ pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, JournalError> 
         q.push_str(&format!(" AND valid_before > ?{}", args.len()));
     }
     q.push_str(" ORDER BY created_at, rowid");
+    collect(conn, &q, rusqlite::params_from_iter(args))
+}
+
+/// Runs a query of [`COLUMNS`] and reads every row.
+fn collect(
+    conn: &Connection,
+    q: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Entry>, JournalError> {
     let err = |source| JournalError::Sqlite {
         path: "(journal)".into(),
         source,
     };
-    let mut stmt = conn.prepare(&q).map_err(err)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), row_entry)
-        .map_err(err)?;
+    let mut stmt = conn.prepare(q).map_err(err)?;
+    let rows = stmt.query_map(params, row_entry).map_err(err)?;
     let mut out = Vec::new();
     for r in rows {
         match r.map_err(err)? {
@@ -680,26 +687,13 @@ pub fn get(conn: &Connection, key: &ReplayKey) -> Result<Option<Entry>, JournalE
 /// # Errors
 /// [`JournalError`].
 pub fn find(conn: &Connection, payer: &str, nonce: &str) -> Result<Vec<Entry>, JournalError> {
-    let err = |source| JournalError::Sqlite {
-        path: "(journal)".into(),
-        source,
-    };
-    let mut stmt = conn
-        .prepare(&format!(
+    collect(
+        conn,
+        &format!(
             "SELECT {COLUMNS} FROM payments WHERE lower(payer) = lower(?1) AND lower(nonce) = lower(?2)"
-        ))
-        .map_err(err)?;
-    let rows = stmt
-        .query_map(params![payer, nonce], row_entry)
-        .map_err(err)?;
-    let mut out = Vec::new();
-    for r in rows {
-        match r.map_err(err)? {
-            Ok(e) => out.push(e),
-            Err(id) => return Err(JournalError::Malformed(id)),
-        }
-    }
-    Ok(out)
+        ),
+        params![payer, nonce],
+    )
 }
 
 #[cfg(test)]

@@ -125,6 +125,18 @@ impl Gateway {
     }
 }
 
+/// The answer to an error that carries no challenge.
+fn plain(e: &GatewayError) -> Answer {
+    rescue(
+        e,
+        None,
+        Asking {
+            url: "",
+            browser: false,
+        },
+    )
+}
+
 fn header_bytes(req: &RequestHeader) -> usize {
     req.headers
         .iter()
@@ -177,14 +189,7 @@ impl ProxyHttp for Gateway {
             .is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p)));
         let req = session.req_header();
         if header_bytes(req) > self.max_header_bytes {
-            let answer = rescue(
-                &GatewayError::HeadersTooLarge,
-                None,
-                Asking {
-                    url: "",
-                    browser: false,
-                },
-            );
+            let answer = plain(&GatewayError::HeadersTooLarge);
             self.answer(session, &answer).await?;
             return Ok(true);
         }
@@ -207,14 +212,7 @@ impl ProxyHttp for Gateway {
             Admission::Forward(f) => {
                 if f.payment.is_some() && !self.upstream.is_addressable() {
                     // Nothing to forward to: answer before anything is charged.
-                    let answer = rescue(
-                        &GatewayError::Upstream,
-                        None,
-                        Asking {
-                            url: "",
-                            browser: false,
-                        },
-                    );
+                    let answer = plain(&GatewayError::Upstream);
                     self.answer(session, &answer).await?;
                     return Ok(true);
                 }
@@ -245,14 +243,7 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.max_request_body && priced_route(ctx) {
-                ctx.pending = Some(rescue(
-                    &GatewayError::RequestTooLarge,
-                    None,
-                    Asking {
-                        url: "",
-                        browser: false,
-                    },
-                ));
+                ctx.pending = Some(plain(&GatewayError::RequestTooLarge));
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body over [limits] max_request_body",
@@ -411,15 +402,8 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 tracing::warn!(error = %e, "upstream request failed");
-                rescue(
-                    &GatewayError::Upstream,
-                    None,
-                    Asking {
-                        url: "",
-                        browser: false,
-                    },
-                )
-                .with_receipt(ctx.payment.as_ref().and_then(Payment::receipt))
+                plain(&GatewayError::Upstream)
+                    .with_receipt(ctx.payment.as_ref().and_then(Payment::receipt))
             }
         };
         let code = if session.response_written().is_none() {

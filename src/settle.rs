@@ -102,15 +102,9 @@ impl Payment {
         route: String,
         resource: String,
     ) -> Self {
-        Payment {
-            verified,
-            mode,
-            route,
-            resource,
-            redeemed: false,
-            state: PaymentState::Verified,
-            hold: Some(hold),
-        }
+        let mut p = Self::restored(verified, mode, PaymentState::Verified, route, resource);
+        p.hold = Some(hold);
+        p
     }
 
     /// A payment restored from the journal in `state` (a retry of a payment settled or

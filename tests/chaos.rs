@@ -65,17 +65,6 @@ impl Rng {
 
 // === Processes ===
 
-struct Chain(u16);
-
-impl Drop for Chain {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{ROOT}/scripts/chain.sh"))
-            .args(["stop", &self.0.to_string()])
-            .status();
-    }
-}
-
 /// A tmpfs for the journal (a disk that can fill up or turn read-only).
 struct Disk {
     dir: PathBuf,
@@ -363,15 +352,8 @@ async fn paid_requests_survive_seeded_chaos_on_a_real_chain() {
         anvil.display()
     );
     let dir = scratch_file("chaos").parent().unwrap().to_path_buf();
-    let port = free_port();
-    let out = Command::new("bash")
-        .arg(format!("{ROOT}/scripts/chain.sh"))
-        .args(["start", &port.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chain did not start");
-    let _chain = Chain(port);
-    let rpc = format!("http://127.0.0.1:{port}");
+    let chain = Chain::start("100");
+    let rpc = chain.rpc.clone();
     let payers: Vec<String> = PAYER_KEYS
         .iter()
         .map(|k| format!("{}=1000", k.parse::<PrivateKeySigner>().unwrap().address()))

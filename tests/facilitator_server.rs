@@ -56,8 +56,9 @@ impl Facilitator for Counting {
 
 const TOKEN: &str = "a-long-enough-test-token";
 
-fn policy(extra: &str) -> ServerPolicy {
-    let text = format!(
+/// A config with an embedded facilitator and `extra` `[facilitator]` keys.
+fn config_text(extra: &str) -> String {
+    format!(
         r#"
 [upstream]
 url = "http://127.0.0.1:3000"
@@ -65,7 +66,6 @@ url = "http://127.0.0.1:3000"
 embedded = true
 rpc = {{ "eip155:84532" = "http://127.0.0.1:8545" }}
 signer_keys = ["${{KEY}}"]
-server_token = "${{TOKEN}}"
 {extra}
 [payment]
 pay_to = "{PAY_TO}"
@@ -74,13 +74,20 @@ network = "base-sepolia"
 path = "/x"
 price = "$0.001"
 "#
-    );
-    let c = Config::from_toml(&text, "t", &|k| match k {
+    )
+}
+
+fn env(k: &str) -> Option<String> {
+    match k {
         "KEY" => Some("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".into()),
         "TOKEN" => Some(TOKEN.into()),
         _ => None,
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn policy(extra: &str) -> ServerPolicy {
+    let text = config_text(&format!("server_token = \"${{TOKEN}}\"\n{extra}"));
+    let c = Config::from_toml(&text, "t", &env).unwrap_or_else(|e| panic!("{e}"));
     ServerPolicy::new(&c.facilitator.server)
 }
 
@@ -229,42 +236,21 @@ async fn outages_answer_a_fixed_text() {
 #[test]
 fn check_refuses_an_open_listener_without_a_token() {
     let text = |listen: &str, token: bool| {
-        format!(
-            r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-embedded = true
-rpc = {{ "eip155:84532" = "http://127.0.0.1:8545" }}
-signer_keys = ["${{KEY}}"]
-listen = "{listen}"
-{}
-[payment]
-pay_to = "{PAY_TO}"
-network = "base-sepolia"
-[[route]]
-path = "/x"
-price = "$0.001"
-"#,
+        config_text(&format!(
+            "listen = \"{listen}\"\n{}",
             if token {
                 "server_token = \"${TOKEN}\""
             } else {
                 ""
             }
-        )
-    };
-    let env = |k: &str| match k {
-        "KEY" => Some("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".into()),
-        "TOKEN" => Some(TOKEN.into()),
-        _ => None,
+        ))
     };
     let e = Config::from_toml(&text("0.0.0.0:8403", false), "t", &env).unwrap_err();
     assert!(e.to_string().contains("facilitator.server_token"), "{e}");
     assert!(Config::from_toml(&text("0.0.0.0:8403", true), "t", &env).is_ok());
     assert!(Config::from_toml(&text("127.0.0.1:8403", false), "t", &env).is_ok());
     // A token written in the file is refused: secrets come from the environment.
-    let literal = text("0.0.0.0:8403", false)
-        .replace("listen", "server_token = \"plain-text-token-123\"\nlisten");
+    let literal = config_text("listen = \"0.0.0.0:8403\"\nserver_token = \"plain-text-token-123\"");
     let e = Config::from_toml(&literal, "t", &env).unwrap_err();
     assert!(e.to_string().contains("${VAR}"), "{e}");
 }

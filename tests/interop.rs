@@ -36,17 +36,6 @@ alloy::sol! {
     function balanceOf(address account) external view returns (uint256);
 }
 
-struct Chain(u16);
-
-impl Drop for Chain {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(format!("{ROOT}/scripts/chain.sh"))
-            .args(["stop", &self.0.to_string()])
-            .status();
-    }
-}
-
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).unwrap()
 }
@@ -95,20 +84,12 @@ impl Env {
         require_tools();
         let dir = std::env::temp_dir().join(format!("x402-interop-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(format!("{ROOT}/scripts/chain.sh"))
-            .args(["start", &port.to_string()])
-            .env("PAYER_USDC", "100")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "chain did not start");
+        let chain = Chain::start("100");
         let env = Env {
-            rpc: format!("http://127.0.0.1:{port}"),
+            rpc: chain.rpc.clone(),
             dir,
             upstream: mock_upstream().await,
-            _chain: Chain(port),
+            _chain: chain,
         };
         env.node(&[
             "devchain.mjs",
@@ -144,6 +125,26 @@ impl Env {
             .with_to(USDC.parse::<Address>().unwrap())
             .with_input(input);
         balanceOfCall::abi_decode_returns(&p.call(tx).await.unwrap()).unwrap()
+    }
+
+    /// A fresh payment for the gateway at `base`, and the balances (payer, payee) before it.
+    async fn fresh_payment(&self, base: &str) -> (String, (U256, U256)) {
+        let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
+        let payment = sign_fresh(&payer(), &required);
+        (
+            payment,
+            (self.balance(PAYER).await, self.balance(PAYEE).await),
+        )
+    }
+
+    /// The payer paid, and the payee received, the price exactly once since `before`.
+    async fn paid_once(&self, (payer0, payee0): (U256, U256)) {
+        assert_eq!(
+            payer0 - self.balance(PAYER).await,
+            U256::from(PRICE),
+            "paid once"
+        );
+        assert_eq!(self.balance(PAYEE).await - payee0, U256::from(PRICE));
     }
 
     async fn tx_succeeded(&self, hash: &str) -> bool {
@@ -657,27 +658,14 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         )
         .await;
     let p = ProviderBuilder::new().connect_http(env.rpc.parse().unwrap());
-    let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
-    let payment = sign_fresh(&payer(), &required);
-    let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
-    let _: () = p
-        .raw_request("evm_setAutomine".into(), (false,))
-        .await
-        .unwrap();
-    let resp = http()
-        .get(format!("{base}/paid/mempool"))
-        .header("payment-signature", &payment)
-        .send()
-        .await
-        .unwrap();
+    let (payment, balances) = env.fresh_payment(&base).await;
+    automine(&p, false).await;
+    let resp = paid_get(&base, "/paid/mempool", &payment).await;
     let status = resp.status();
     let retry_after = resp.headers().get("retry-after").cloned();
     let receipt = decode_receipt(&resp, "payment-response");
     let body = resp.text().await.unwrap();
-    let _: () = p
-        .raw_request("evm_setAutomine".into(), (true,))
-        .await
-        .unwrap();
+    automine(&p, true).await;
     assert_eq!(status, 503, "an unmined transfer: {body}");
     assert!(retry_after.is_some());
     assert!(!body.contains("\"upstream\""), "content released: {body}");
@@ -694,47 +682,25 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         env.tx_succeeded(&pending).await,
         "the named transaction mined"
     );
-    let resp = http()
-        .get(format!("{base}/paid/mempool"))
-        .header("payment-signature", &payment)
-        .send()
-        .await
-        .unwrap();
+    let resp = paid_get(&base, "/paid/mempool", &payment).await;
     assert_eq!(resp.status(), 200, "the same payment redeems the content");
     let receipt = decode_receipt(&resp, "payment-response");
     assert_eq!(receipt.transaction.as_deref(), Some(pending.as_str()));
     assert!(resp.text().await.unwrap().contains("\"upstream\""));
-    assert_eq!(
-        payer0 - env.balance(PAYER).await,
-        U256::from(PRICE),
-        "paid once"
-    );
-    assert_eq!(env.balance(PAYEE).await - payee0, U256::from(PRICE));
-    let again = http()
-        .get(format!("{base}/paid/mempool"))
-        .header("payment-signature", &payment)
-        .send()
-        .await
-        .unwrap();
+    env.paid_once(balances).await;
+    let again = paid_get(&base, "/paid/mempool", &payment).await;
     assert_eq!(again.status(), 402, "delivered once, then a replay");
 
     // SIGTERM while a settlement is in flight: the gateway stops accepting but finishes the
     // request; the client gets its content and receipt, the payment settles once, and the
     // process exits when done (long before drain_timeout).
     let (base, mut gw6) = env.gateway("drain", &rpc_line).await;
-    let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
-    let payment = sign_fresh(&payer(), &required);
-    let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
-    let _: () = p
-        .raw_request("evm_setAutomine".into(), (false,))
-        .await
-        .unwrap();
-    let request = tokio::spawn(
-        http()
-            .get(format!("{base}/paid/drain"))
-            .header("payment-signature", payment)
-            .send(),
-    );
+    let (payment, balances) = env.fresh_payment(&base).await;
+    automine(&p, false).await;
+    let request = {
+        let base = base.clone();
+        tokio::spawn(async move { paid_get(&base, "/paid/drain", &payment).await })
+    };
     // The settlement transaction reaches the mempool: the payment is in flight.
     let started = Instant::now();
     loop {
@@ -771,11 +737,8 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         tokio::task::yield_now().await;
     }
     let _: String = p.raw_request("evm_mine".into(), ()).await.unwrap();
-    let _: () = p
-        .raw_request("evm_setAutomine".into(), (true,))
-        .await
-        .unwrap();
-    let resp = request.await.unwrap().unwrap();
+    automine(&p, true).await;
+    let resp = request.await.unwrap();
     assert_eq!(resp.status(), 200);
     let receipt = decode_receipt(&resp, "payment-response");
     assert_eq!(receipt.success, Some(true));
@@ -789,6 +752,23 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         started.elapsed() < Duration::from_secs(30),
         "exited when idle, not at drain_timeout"
     );
-    assert_eq!(payer0 - env.balance(PAYER).await, U256::from(PRICE));
-    assert_eq!(env.balance(PAYEE).await - payee0, U256::from(PRICE));
+    env.paid_once(balances).await;
+}
+
+/// Turns anvil's automine on or off.
+async fn automine(p: &impl Provider, on: bool) {
+    let _: () = p
+        .raw_request("evm_setAutomine".into(), (on,))
+        .await
+        .unwrap();
+}
+
+/// GETs `path` of `base` with a v2 payment header.
+async fn paid_get(base: &str, path: &str, payment: &str) -> reqwest::Response {
+    http()
+        .get(format!("{base}{path}"))
+        .header("payment-signature", payment)
+        .send()
+        .await
+        .unwrap()
 }

@@ -5,18 +5,10 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::Config;
 
 fn table() -> PriceTable {
-    let c = Config::from_toml(
+    crate::fuzzing::test_table(
         r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-url = "http://127.0.0.1:9000"
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-network = "base-sepolia"
 [[route]]
 path = "/health"
 price = "free"
@@ -36,11 +28,7 @@ price = "$5"
 path = "/kiss"
 price = "$0.002"
 "#,
-        "props",
-        &|_| None,
     )
-    .unwrap();
-    PriceTable::new(c.routes, &|_| true)
 }
 
 // === Router models: target → the path the router routes on (None: it refuses the request) ===

@@ -1,21 +1,8 @@
 use super::*;
-use crate::config::Config;
 use crate::protocol::{decode_header, v1, v2};
 
 fn table(routes: &str) -> PriceTable {
-    let text = format!(
-        r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-url = "http://127.0.0.1:9000"
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-network = "base-sepolia"
-{routes}"#
-    );
-    let c = Config::from_toml(&text, "t", &|_| None).unwrap();
-    PriceTable::new(c.routes, &|_| true)
+    crate::fuzzing::test_table(routes)
 }
 
 const ROUTES: &str = r#"

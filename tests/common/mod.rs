@@ -757,3 +757,38 @@ pub fn raw_status(raw: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// A local chain (anvil with Circle's USDC, `scripts/chain.sh`) on a fresh port, stopped when
+/// dropped.
+pub struct Chain {
+    pub port: u16,
+    pub rpc: String,
+}
+
+impl Chain {
+    /// Starts it (the payer of `scripts/chain.sh` funded with `payer_usdc`).
+    pub fn start(payer_usdc: &str) -> Chain {
+        let port = free_port();
+        let out = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chain.sh"))
+            .args(["start", &port.to_string()])
+            .env("PAYER_USDC", payer_usdc)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chain did not start");
+        Chain {
+            port,
+            rpc: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chain.sh"))
+            .args(["stop", &self.port.to_string()])
+            .status();
+    }
+}
