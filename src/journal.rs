@@ -26,8 +26,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, U256};
-use rusqlite::{params, Connection, OptionalExtension};
+use alloy::primitives::{Address, U256};
+use rusqlite::{params, Connection};
 
 use crate::config::{JournalConfig, JournalSync};
 use crate::verify::ReplayKey;
@@ -88,6 +88,8 @@ impl JournalState {
 /// One payment as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The row (increasing with time: rows are appended, never inserted at random places).
+    pub id: i64,
     /// The authorization's identity on chain.
     pub key: ReplayKey,
     /// The recipient.
@@ -152,20 +154,10 @@ pub fn now_ms() -> u64 {
     crate::limiter::now_ms()
 }
 
-/// The 32-byte identity of a key, as stored.
-pub fn key_id(k: &ReplayKey) -> B256 {
-    let mut buf = Vec::with_capacity(8 + 20 + 20 + 32);
-    buf.extend_from_slice(&k.chain_id.to_be_bytes());
-    buf.extend_from_slice(k.asset.as_slice());
-    buf.extend_from_slice(k.from.as_slice());
-    buf.extend_from_slice(k.nonce.as_slice());
-    alloy::primitives::keccak256(&buf)
-}
-
 enum Op {
     Record(Box<Entry>),
     Transition {
-        key: ReplayKey,
+        id: i64,
         state: JournalState,
         transaction: Option<String>,
         reason: Option<String>,
@@ -186,7 +178,7 @@ struct Cmd {
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS payments (
-    id           BLOB PRIMARY KEY,      -- keccak(chain id, asset, payer, nonce)
+    id           INTEGER PRIMARY KEY,   -- time-ordered: appends only
     chain_id     INTEGER NOT NULL,
     asset        TEXT NOT NULL,
     payer        TEXT NOT NULL,
@@ -197,7 +189,6 @@ CREATE TABLE IF NOT EXISTS payments (
     version      INTEGER NOT NULL,
     route        TEXT NOT NULL,
     resource     TEXT NOT NULL,
-    request      TEXT NOT NULL,
     valid_before INTEGER NOT NULL,
     state        TEXT NOT NULL,
     tx           TEXT,
@@ -206,8 +197,16 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS payments_state ON payments(state);
+-- Only open payments are indexed by state: recovery reads them; the index stays small.
+CREATE INDEX IF NOT EXISTS payments_open ON payments(state)
+    WHERE state IN ('verified', 'forwarded', 'settling', 'unknown', 'settled');
 CREATE INDEX IF NOT EXISTS payments_created ON payments(created_at);
+-- The request as sent to the facilitator, written once: updates of a payment's state rewrite
+-- small rows only.
+CREATE TABLE IF NOT EXISTS requests (
+    id      INTEGER PRIMARY KEY,
+    request TEXT NOT NULL
+);
 "#;
 
 fn open(path: &Path, sync: JournalSync) -> Result<Connection, JournalError> {
@@ -249,65 +248,73 @@ pub fn open_reader(path: &Path) -> Result<Connection, JournalError> {
 fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
     match op {
         Op::Record(e) => {
-            t.execute(
+            let id = e.id;
+            t.prepare_cached(
                 "INSERT INTO payments (id, chain_id, asset, payer, nonce, pay_to, amount, network,
-                    version, route, resource, request, valid_before, state, tx, reason, from_block,
+                    version, route, resource, valid_before, state, tx, reason, from_block,
                     created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, request = excluded.request,
+                    ?17, ?18)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state,
                     resource = excluded.resource, route = excluded.route,
                     tx = COALESCE(excluded.tx, tx), reason = COALESCE(excluded.reason, reason),
                     from_block = COALESCE(excluded.from_block, from_block),
                     updated_at = excluded.updated_at",
-                params![
-                    key_id(&e.key).as_slice(),
-                    e.key.chain_id as i64,
-                    e.key.asset.to_checksum(None),
-                    e.key.from.to_checksum(None),
-                    e.key.nonce.to_string(),
-                    e.pay_to.to_checksum(None),
-                    e.amount.to_string(),
-                    e.network,
-                    i64::from(e.version),
-                    e.route,
-                    e.resource,
-                    e.request,
-                    i64::try_from(e.valid_before).unwrap_or(i64::MAX),
-                    e.state.as_str(),
-                    e.transaction,
-                    e.reason,
-                    e.from_block.map(|b| b as i64),
-                    e.created_at as i64,
-                    e.updated_at as i64,
-                ],
-            )?;
+            )?
+            .execute(params![
+                id,
+                e.key.chain_id as i64,
+                hex_address(e.key.asset),
+                hex_address(e.key.from),
+                e.key.nonce.to_string(),
+                hex_address(e.pay_to),
+                e.amount.to_string(),
+                e.network,
+                i64::from(e.version),
+                e.route,
+                e.resource,
+                i64::try_from(e.valid_before).unwrap_or(i64::MAX),
+                e.state.as_str(),
+                e.transaction,
+                e.reason,
+                e.from_block.map(|b| b as i64),
+                e.created_at as i64,
+                e.updated_at as i64,
+            ])?;
+            t.prepare_cached("INSERT OR IGNORE INTO requests (id, request) VALUES (?1, ?2)")?
+                .execute(params![id, e.request])?;
         }
         Op::Transition {
-            key,
+            id,
             state,
             transaction,
             reason,
             from_block,
         } => {
-            t.execute(
+            t.prepare_cached(
                 "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = COALESCE(?4, reason),
                     from_block = COALESCE(?5, from_block), updated_at = ?6
                  WHERE id = ?1",
-                params![
-                    key_id(key).as_slice(),
+            )?
+            .execute(params![
+                    id,
                     state.as_str(),
                     transaction,
                     reason,
-                    from_block.map(|b| b as i64),
-                    now_ms() as i64,
-                ],
-            )?;
+                from_block.map(|b| b as i64),
+                now_ms() as i64,
+            ])?;
         }
         Op::Prune { before_ms } => {
+            let before = i64::try_from(*before_ms).unwrap_or(i64::MAX);
+            t.execute(
+                "DELETE FROM requests WHERE id IN (SELECT id FROM payments
+                    WHERE state IN ('delivered', 'failed') AND updated_at < ?1)",
+                params![before],
+            )?;
             t.execute(
                 "DELETE FROM payments WHERE state IN ('delivered', 'failed') AND updated_at < ?1",
-                params![i64::try_from(*before_ms).unwrap_or(i64::MAX)],
+                params![before],
             )?;
         }
         Op::MaxPages(n) => {
@@ -326,6 +333,7 @@ pub struct Journal {
     tx: mpsc::Sender<Cmd>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
+    last_id: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -376,7 +384,25 @@ impl Journal {
             tx,
             healthy,
             path: c.path.clone(),
+            last_id: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
+    }
+
+    /// A new row id: the time in milliseconds, shifted, plus a counter, so ids increase with
+    /// time across restarts and the tables only ever grow at their end.
+    pub fn next_id(&self) -> i64 {
+        let t = i64::try_from(now_ms()).unwrap_or(i64::MAX >> 16) << 16;
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let id = t.max(last + 1);
+            match self
+                .last_id
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(now) => last = now,
+            }
+        }
     }
 
     /// The file.
@@ -420,14 +446,14 @@ impl Journal {
     /// Moves a payment to `state` (queued).
     pub fn transition(
         &self,
-        key: &ReplayKey,
+        id: i64,
         state: JournalState,
         transaction: Option<String>,
         reason: Option<String>,
     ) {
         self.send(
             Op::Transition {
-                key: key.clone(),
+                id,
                 state,
                 transaction,
                 reason,
@@ -444,12 +470,12 @@ impl Journal {
     /// [`JournalError::Unwritable`].
     pub async fn transition_durable(
         &self,
-        key: &ReplayKey,
+        id: i64,
         state: JournalState,
         from_block: Option<u64>,
     ) -> Result<(), JournalError> {
         self.durable(Op::Transition {
-            key: key.clone(),
+            id,
             state,
             transaction: None,
             reason: None,
@@ -485,6 +511,12 @@ impl Journal {
 }
 
 /// The writer: takes everything queued, commits it as one transaction, acknowledges.
+/// Writes that need no acknowledgement wait at most this long to share the commit (and the
+/// fsync) of a durable one: a paid request costs one fsync, not one per state it passes.
+const LAZY_COMMIT: Duration = Duration::from_millis(10);
+
+/// The writer: gathers what is queued and commits it as one transaction (group commit) when a
+/// durable write is among it or the oldest queued write is [`LAZY_COMMIT`] old; acknowledges.
 fn writer(
     mut conn: Option<Connection>,
     sync: JournalSync,
@@ -492,6 +524,8 @@ fn writer(
     healthy: &AtomicBool,
     path: &Path,
 ) {
+    let mut batch: Vec<Cmd> = Vec::new();
+    let mut oldest: Option<std::time::Instant> = None;
     loop {
         if conn.is_none() {
             match open(path, sync) {
@@ -503,52 +537,71 @@ fn writer(
                 Err(_) => healthy.store(false, Ordering::Relaxed),
             }
         }
-        let first = match &conn {
-            Some(_) => match rx.recv() {
-                Ok(c) => c,
-                Err(_) => return,
-            },
-            None => match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(c) => c,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        let wait = match (&conn, oldest) {
+            (None, _) => Some(Duration::from_secs(1)),
+            (Some(_), Some(t)) => {
+                Some((t + LAZY_COMMIT).saturating_duration_since(std::time::Instant::now()))
             }
-        }
-        let Some(db) = conn.as_mut() else {
-            for c in batch {
-                if let Some(ack) = c.ack {
-                    let _ = ack.send(false);
+            (Some(_), None) => None,
+        };
+        let got = match wait {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d),
+        };
+        let closed = match got {
+            Ok(c) => {
+                batch.push(c);
+                while batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
                 }
+                false
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        };
+        if batch.is_empty() {
+            if closed {
+                return;
             }
             continue;
-        };
-        let result = db.transaction().and_then(|t| {
-            for c in &batch {
-                apply(&t, &c.op)?;
-            }
-            t.commit()
-        });
-        let ok = match result {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(journal = %path.display(), error = %e, writes = batch.len(), "journal commit failed: priced routes answer 503 until it can be written");
-                false
+        }
+        let first = *oldest.get_or_insert_with(std::time::Instant::now);
+        let durable = batch.iter().any(|c| c.ack.is_some());
+        if conn.is_some() && !durable && !closed && first.elapsed() < LAZY_COMMIT {
+            continue;
+        }
+        oldest = None;
+        let ok = match conn.as_mut() {
+            None => false,
+            Some(db) => {
+                let result = db.transaction().and_then(|t| {
+                    for c in &batch {
+                        apply(&t, &c.op)?;
+                    }
+                    t.commit()
+                });
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(journal = %path.display(), error = %e, writes = batch.len(), "journal commit failed: priced routes answer 503 until it can be written");
+                        false
+                    }
+                }
             }
         };
         if ok != healthy.swap(ok, Ordering::Relaxed) && ok {
             tracing::info!(journal = %path.display(), "journal writable again");
         }
-        for c in batch {
+        for c in batch.drain(..) {
             if let Some(ack) = c.ack {
                 let _ = ack.send(ok);
             }
+        }
+        if closed {
+            return;
         }
     }
 }
@@ -557,37 +610,47 @@ fn writer(
 
 fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, String>> {
     let text = |i: usize| r.get::<_, String>(i);
-    let (asset, payer, nonce, pay_to, amount) = (text(1)?, text(2)?, text(3)?, text(4)?, text(5)?);
-    let state: String = r.get(12)?;
+    let (asset, payer, nonce, pay_to, amount) = (text(2)?, text(3)?, text(4)?, text(5)?, text(6)?);
+    let state: String = r.get(13)?;
     let parsed = (|| {
         Some(Entry {
+            id: r.get(0).ok()?,
             key: ReplayKey {
-                chain_id: u64::try_from(r.get::<_, i64>(0).ok()?).ok()?,
+                chain_id: u64::try_from(r.get::<_, i64>(1).ok()?).ok()?,
                 asset: asset.parse().ok()?,
                 from: payer.parse().ok()?,
                 nonce: nonce.parse().ok()?,
             },
             pay_to: pay_to.parse().ok()?,
             amount: amount.parse().ok()?,
-            network: r.get(6).ok()?,
-            version: u8::try_from(r.get::<_, i64>(7).ok()?).ok()?,
-            route: r.get(8).ok()?,
-            resource: r.get(9).ok()?,
-            request: r.get(10).ok()?,
-            valid_before: u64::try_from(r.get::<_, i64>(11).ok()?).ok()?,
+            network: r.get(7).ok()?,
+            version: u8::try_from(r.get::<_, i64>(8).ok()?).ok()?,
+            route: r.get(9).ok()?,
+            resource: r.get(10).ok()?,
+            request: r.get(11).ok()?,
+            valid_before: u64::try_from(r.get::<_, i64>(12).ok()?).ok()?,
             state: JournalState::parse(&state)?,
-            transaction: r.get(13).ok()?,
-            reason: r.get(14).ok()?,
-            from_block: r.get::<_, Option<i64>>(15).ok()?.map(|b| b as u64),
-            created_at: u64::try_from(r.get::<_, i64>(16).ok()?).ok()?,
-            updated_at: u64::try_from(r.get::<_, i64>(17).ok()?).ok()?,
+            transaction: r.get(14).ok()?,
+            reason: r.get(15).ok()?,
+            from_block: r.get::<_, Option<i64>>(16).ok()?.map(|b| b as u64),
+            created_at: u64::try_from(r.get::<_, i64>(17).ok()?).ok()?,
+            updated_at: u64::try_from(r.get::<_, i64>(18).ok()?).ok()?,
         })
     })();
     Ok(parsed.ok_or(format!("{payer}/{nonce}")))
 }
 
-const COLUMNS: &str = "chain_id, asset, payer, nonce, pay_to, amount, network, version, route,
-    resource, request, valid_before, state, tx, reason, from_block, created_at, updated_at";
+const COLUMNS: &str = "id, chain_id, asset, payer, nonce, pay_to, amount, network, version, route,
+    resource, COALESCE(requests.request, ''), valid_before, state, tx, reason, from_block,
+    created_at, updated_at";
+
+/// The payments joined with their requests.
+const TABLES: &str = "payments LEFT JOIN requests USING (id)";
+
+/// An address as stored: lowercase hex (no checksum: cheaper, and compared case-insensitively).
+fn hex_address(a: Address) -> String {
+    format!("{a:#x}")
+}
 
 /// A filter of [`query`].
 #[derive(Clone, Debug, Default)]
@@ -607,7 +670,7 @@ pub struct Filter {
 /// # Errors
 /// [`JournalError`].
 pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, JournalError> {
-    let mut q = format!("SELECT {COLUMNS} FROM payments WHERE 1 = 1");
+    let mut q = format!("SELECT {COLUMNS} FROM {TABLES} WHERE 1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if !f.states.is_empty() {
         let marks: Vec<String> = f
@@ -632,7 +695,7 @@ pub fn query(conn: &Connection, f: &Filter) -> Result<Vec<Entry>, JournalError> 
         args.push((t as i64).into());
         q.push_str(&format!(" AND valid_before > ?{}", args.len()));
     }
-    q.push_str(" ORDER BY created_at, rowid");
+    q.push_str(" ORDER BY created_at, payments.rowid");
     collect(conn, &q, rusqlite::params_from_iter(args))
 }
 
@@ -646,7 +709,7 @@ fn collect(
         path: "(journal)".into(),
         source,
     };
-    let mut stmt = conn.prepare(q).map_err(err)?;
+    let mut stmt = conn.prepare_cached(q).map_err(err)?;
     let rows = stmt.query_map(params, row_entry).map_err(err)?;
     let mut out = Vec::new();
     for r in rows {
@@ -658,30 +721,6 @@ fn collect(
     Ok(out)
 }
 
-/// The payment of `key`, if recorded.
-///
-/// # Errors
-/// [`JournalError`].
-pub fn get(conn: &Connection, key: &ReplayKey) -> Result<Option<Entry>, JournalError> {
-    let err = |source| JournalError::Sqlite {
-        path: "(journal)".into(),
-        source,
-    };
-    let r = conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"),
-            params![key_id(key).as_slice()],
-            row_entry,
-        )
-        .optional()
-        .map_err(err)?;
-    match r {
-        None => Ok(None),
-        Some(Ok(e)) => Ok(Some(e)),
-        Some(Err(id)) => Err(JournalError::Malformed(id)),
-    }
-}
-
 /// Payments of a payer and nonce (the `journal show` lookup), any chain or asset.
 ///
 /// # Errors
@@ -689,9 +728,7 @@ pub fn get(conn: &Connection, key: &ReplayKey) -> Result<Option<Entry>, JournalE
 pub fn find(conn: &Connection, payer: &str, nonce: &str) -> Result<Vec<Entry>, JournalError> {
     collect(
         conn,
-        &format!(
-            "SELECT {COLUMNS} FROM payments WHERE lower(payer) = lower(?1) AND lower(nonce) = lower(?2)"
-        ),
+        &format!("SELECT {COLUMNS} FROM {TABLES} WHERE payer = lower(?1) AND nonce = lower(?2)"),
         params![payer, nonce],
     )
 }

@@ -380,24 +380,19 @@ async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<boo
         match &o {
             Outcome::Settled { transaction } => {
                 settled += 1;
-                journal.transition(
-                    &e.key,
-                    JournalState::Settled,
-                    Some(transaction.clone()),
-                    None,
-                );
+                journal.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);
                 println!(
                     "settled   {who} in {transaction} (redeemable with the same payment header)"
                 );
             }
             Outcome::Failed { reason } => {
                 failed += 1;
-                journal.transition(&e.key, JournalState::Failed, None, Some(reason.clone()));
+                journal.transition(e.id, JournalState::Failed, None, Some(reason.clone()));
                 println!("failed    {who}: {reason}");
             }
             Outcome::Open => {
                 still += 1;
-                journal.transition(&e.key, JournalState::Unknown, None, None);
+                journal.transition(e.id, JournalState::Unknown, None, None);
                 println!("unknown   {who}: not readable yet");
             }
         }

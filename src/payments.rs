@@ -222,6 +222,7 @@ impl Payments {
         let v = &p.verified;
         let now = journal::now_ms();
         Entry {
+            id: p.journal_id.unwrap_or_default(),
             key: v.key.clone(),
             pay_to: v.pay_to,
             amount: v.amount,
@@ -235,15 +236,15 @@ impl Payments {
             transaction: p.transaction().map(str::to_owned),
             reason: p.failure_reason().map(|r| r.as_str().to_owned()),
             from_block: None,
-            created_at: now,
+            created_at: p.verified_at,
             updated_at: now,
         }
     }
 
     fn record(&self, p: &Payment, state: JournalState) {
-        if let Some(j) = &self.journal {
+        if let (Some(j), Some(id)) = (&self.journal, p.journal_id) {
             j.transition(
-                &p.verified.key,
+                id,
                 state,
                 p.transaction().map(str::to_owned),
                 p.failure_reason().map(|r| r.as_str().to_owned()),
@@ -349,9 +350,6 @@ impl Payments {
             route.rule.path.clone(),
             url.clone(),
         );
-        if let Some(j) = &self.journal {
-            j.record(Self::entry(&payment, JournalState::Verified));
-        }
         let websocket = route.rule.websocket && !unlisted;
         Admission::Forward(Box::new(Forward {
             route: Some(routed),
@@ -435,6 +433,7 @@ impl Payments {
         tracing::info!(payer = %v.payer, transaction, resource = %entry.resource, "redeeming a settled payment");
         let mut p = restored(PaymentState::Settled { transaction });
         p.redeemed = true;
+        p.journal_id = Some(entry.id);
         Admission::Forward(Box::new(Forward {
             route: Some(routed),
             payment: Some(p),
@@ -449,12 +448,7 @@ impl Payments {
         match o {
             Outcome::Settled { transaction } => {
                 if let Some(j) = &self.journal {
-                    j.transition(
-                        &e.key,
-                        JournalState::Settled,
-                        Some(transaction.clone()),
-                        None,
-                    );
+                    j.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);
                 }
                 let mut e = e.clone();
                 e.state = JournalState::Settled;
@@ -464,7 +458,7 @@ impl Payments {
             }
             Outcome::Failed { reason } => {
                 if let Some(j) = &self.journal {
-                    j.transition(&e.key, JournalState::Failed, None, Some(reason.clone()));
+                    j.transition(e.id, JournalState::Failed, None, Some(reason.clone()));
                 }
                 self.pending.remove(&e.key);
             }
@@ -479,6 +473,7 @@ impl Payments {
             return;
         }
         if let Some(j) = &self.journal {
+            p.journal_id = Some(j.next_id());
             let mut e = Self::entry(p, JournalState::Settling);
             e.from_block = self.reconciler.cached_head(p.verified.key.chain_id);
             if j.record_durable(e).await.is_err() {
@@ -500,12 +495,13 @@ impl Payments {
                 }
             }
         }
-        let state = match p.state() {
-            PaymentState::Settled { .. } => JournalState::Settled,
-            PaymentState::Unknown { .. } => JournalState::Unknown,
-            _ => JournalState::Failed,
-        };
-        self.record(p, state);
+        // A settlement is written with its delivery (or as undelivered), one write later: a
+        // crash before then leaves it `settling`, which recovery reads from the chain.
+        match p.state() {
+            PaymentState::Settled { .. } => {}
+            PaymentState::Unknown { .. } => self.record(p, JournalState::Unknown),
+            _ => self.record(p, JournalState::Failed),
+        }
     }
 
     /// A settled payment's response head goes to the client.
@@ -517,19 +513,19 @@ impl Payments {
     }
 
     /// The payment's request goes upstream (after-response mode: settled when it answers).
+    /// Not written on its own: the `settling` record carries the payment's verification time,
+    /// and a payment given back before settling is recorded as `failed`.
     pub fn forwarded(&self, p: &mut Payment) {
-        if p.state() == &PaymentState::Verified {
-            p.forwarded();
-            if p.mode == SettlementMode::AfterResponse {
-                self.record(p, JournalState::Forwarded);
-            }
-        }
+        p.forwarded();
     }
 
     /// Records a payment given back (nothing served, nothing settled) as failed.
-    pub fn released(&self, p: &Payment) {
-        if matches!(p.state(), PaymentState::Released { .. }) {
-            self.record(p, JournalState::Failed);
+    pub fn released(&self, p: &mut Payment) {
+        if let (Some(j), PaymentState::Released { .. }) = (&self.journal, p.state()) {
+            let id = *p.journal_id.get_or_insert_with(|| j.next_id());
+            let mut e = Self::entry(p, JournalState::Failed);
+            e.id = id;
+            j.record(e);
         }
     }
 
@@ -537,6 +533,7 @@ impl Payments {
     /// failure): it stays redeemable with the same payment header.
     pub fn undelivered(&self, p: &Payment) {
         if let PaymentState::Settled { transaction } = p.state() {
+            self.record(p, JournalState::Settled);
             let e = Self::entry(p, JournalState::Settled);
             self.pending
                 .put(e, Open::Settled(transaction.clone()), journal::now_ms());
@@ -585,7 +582,7 @@ impl Payments {
         };
         if status == 101 && !route.is_some_and(|r| r.route().rule.websocket) {
             payment.release(ErrorReason::UpstreamError);
-            self.record(payment, JournalState::Failed);
+            self.released(payment);
             let answer = rescue(&GatewayError::Upstream, None, asking(resource_url));
             return HeadAction::Replace(answer);
         }
@@ -593,7 +590,7 @@ impl Payments {
             if status >= 400 {
                 // Upstream failed: nothing is charged, the client may retry the payment.
                 payment.release(ErrorReason::UpstreamError);
-                self.record(payment, JournalState::Failed);
+                self.released(payment);
             } else {
                 self.settle(payment).await;
             }
@@ -759,12 +756,7 @@ impl Payments {
             match e.state {
                 JournalState::Verified | JournalState::Forwarded => {
                     // Never submitted: nothing was charged, nothing served.
-                    j.transition(
-                        &e.key,
-                        JournalState::Failed,
-                        None,
-                        Some("not_served".into()),
-                    );
+                    j.transition(e.id, JournalState::Failed, None, Some("not_served".into()));
                     r.abandoned += 1;
                 }
                 JournalState::Settled => {
@@ -781,7 +773,7 @@ impl Payments {
                         Outcome::Failed { .. } => r.failed += 1,
                         Outcome::Open => {
                             r.unknown += 1;
-                            j.transition(&e.key, JournalState::Unknown, None, None);
+                            j.transition(e.id, JournalState::Unknown, None, None);
                             self.pending
                                 .put(e.clone(), Open::Unknown, journal::now_ms());
                         }

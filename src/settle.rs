@@ -89,6 +89,10 @@ pub struct Payment {
     pub resource: String,
     /// Whether it was redeemed (settled earlier, delivered now).
     pub redeemed: bool,
+    /// When it was verified (unix ms).
+    pub verified_at: u64,
+    /// Its row in the payment journal, once written.
+    pub journal_id: Option<i64>,
     state: PaymentState,
     hold: Option<Hold>,
 }
@@ -122,6 +126,8 @@ impl Payment {
             route,
             resource,
             redeemed: false,
+            verified_at: crate::limiter::now_ms(),
+            journal_id: None,
             state,
             hold: None,
         }

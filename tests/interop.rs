@@ -753,6 +753,44 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         "exited when idle, not at drain_timeout"
     );
     env.paid_once(balances).await;
+
+    // (Last: it moves the chain's clock forward.)
+    let (base, _gw7) = env
+        .gateway_with(
+            "dropped",
+            &format!("{rpc_line}\nresolve_timeout = \"1s\""),
+            "2s",
+        )
+        .await;
+    // Proven not settled: the pending transaction is dropped from the mempool and the chain's
+    // time passes validBefore unused. A retry with the same payment is then a 402 with the
+    // reason (pay again: the first authorization can never move money).
+    let (payment, balances) = env.fresh_payment(&base).await;
+    automine(&p, false).await;
+    let resp = paid_get(&base, "/paid/dropped", &payment).await;
+    assert_eq!(resp.status(), 503);
+    let dropped = decode_receipt(&resp, "payment-response")
+        .transaction
+        .unwrap_or_default();
+    let _: serde_json::Value = p
+        .raw_request("anvil_dropTransaction".into(), (dropped.clone(),))
+        .await
+        .unwrap();
+    automine(&p, true).await;
+    let _: serde_json::Value = p
+        .raw_request("evm_increaseTime".into(), (400u64,))
+        .await
+        .unwrap();
+    let _: String = p.raw_request("evm_mine".into(), ()).await.unwrap();
+    let resp = paid_get(&base, "/paid/dropped", &payment).await;
+    assert_eq!(resp.status(), 402, "proven unsettled");
+    assert!(
+        challenge_error(&resp).contains("authorization_expired_unused"),
+        "{}",
+        challenge_error(&resp)
+    );
+    assert!(!decode_receipt(&resp, "payment-response").is_success());
+    assert_eq!(balances.0, env.balance(PAYER).await, "nothing moved");
 }
 
 /// Turns anvil's automine on or off.

@@ -430,3 +430,136 @@ async fn the_upstream_gets_its_own_host_name_by_default() {
     raw_get(gw.addr, "/health", &[]).await;
     assert_eq!(gw.upstream.last().unwrap().header("host"), Some("gw"));
 }
+
+/// A raw upstream that answers any request with `101 Switching Protocols` and then echoes
+/// bytes (a websocket server that does not check anything, or a misbehaving one).
+async fn switching_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let upgrades = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = upgrades.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if text.contains("upgrade: websocket") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, upgrades)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_routes_switch_protocols_and_they_are_paid_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, upgrades) = switching_upstream().await;
+    let routes = r#"
+[[route]]
+path = "/ws/**"
+price = "$0.001"
+websocket = true
+[[route]]
+path = "/paid/**"
+price = "$0.001"
+"#;
+    let gw = TestGateway::start_custom(
+        mock_upstream().await,
+        &format!("http://{addr}"),
+        "",
+        routes,
+        "",
+        "",
+    )
+    .await;
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    // Unpaid: the challenge, nothing upstream.
+    let raw = raw_request(gw.addr, "GET", "/ws/feed", &upgrade, b"").await;
+    assert_eq!(raw_status(&raw), 402, "{raw}");
+    assert_eq!(upgrades.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Paid: settled on the 101, which carries the receipt; then the tunnel works.
+    let resp = http().get(gw.url("/ws/feed")).send().await.unwrap();
+    let required = decode_required(&resp);
+    let payment = x402_gateway::client::sign_v2(
+        &payer(),
+        &required,
+        0,
+        now(),
+        x402_gateway::client::random_nonce(),
+    )
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut req = "GET /ws/feed HTTP/1.1\r\nhost: gw\r\n".to_owned();
+    for (k, v) in upgrade {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("payment-signature: {payment}\r\n\r\n"));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("payment-response:"), "{head}");
+    assert_eq!(gw.facilitator.settle_calls(), 1);
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    // A route without `websocket = true`: the upgrade is stripped, and the upstream's 101 is
+    // refused (never a tunnel past the price table), with nothing charged.
+    let payment = pay_v2(&gw, "/paid/x").await;
+    let mut h = upgrade.to_vec();
+    h.push(("payment-signature", &payment));
+    let raw = raw_request(gw.addr, "GET", "/paid/x", &h, b"").await;
+    assert!(
+        !raw.to_ascii_lowercase().starts_with("http/1.1 101"),
+        "{raw}"
+    );
+    assert_eq!(
+        upgrades.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the stripped upgrade reached the upstream"
+    );
+    assert_eq!(
+        gw.facilitator.settle_calls(),
+        1,
+        "charged for a refused switch"
+    );
+}

@@ -1,7 +1,9 @@
 use super::*;
+use alloy::primitives::B256;
 
 fn entry(n: u8, state: JournalState) -> Entry {
     Entry {
+        id: i64::from(n),
         key: ReplayKey {
             chain_id: 84532,
             asset: Address::repeat_byte(1),
@@ -50,25 +52,34 @@ async fn the_life_cycle_is_recorded_and_read_back() {
     let j = Journal::open(&config(&dir, JournalSync::Full)).unwrap();
     let e = entry(1, JournalState::Verified);
     j.record(e.clone());
-    j.transition(&e.key, JournalState::Forwarded, None, None);
-    j.transition_durable(&e.key, JournalState::Settling, Some(77))
+    j.transition(e.id, JournalState::Forwarded, None, None);
+    j.transition_durable(e.id, JournalState::Settling, Some(77))
         .await
         .unwrap();
     let r = open_reader(&dir.join("journal.db")).unwrap();
-    let got = get(&r, &e.key).unwrap().unwrap();
+    let by_key = |r: &Connection| {
+        find(r, &format!("{:#x}", e.key.from), &e.key.nonce.to_string())
+            .unwrap()
+            .pop()
+            .unwrap()
+    };
+    let got = by_key(&r);
     assert_eq!(got.state, JournalState::Settling);
     assert_eq!(got.from_block, Some(77));
-    j.transition(&e.key, JournalState::Settled, Some("0xab".into()), None);
-    j.transition(&e.key, JournalState::Delivered, None, None);
+    j.transition(e.id, JournalState::Settled, Some("0xab".into()), None);
+    j.transition(e.id, JournalState::Delivered, None, None);
     j.flush().await.unwrap();
-    let got = get(&r, &e.key).unwrap().unwrap();
+    let got = by_key(&r);
     assert_eq!(got.state, JournalState::Delivered);
     assert_eq!(got.transaction.as_deref(), Some("0xab"));
     assert_eq!(got.request, "{}");
     assert_eq!(got.key, e.key);
     assert_eq!(got.amount, U256::from(1000));
-    let found = find(&r, &format!("{:#x}", e.key.from), &e.key.nonce.to_string()).unwrap();
-    assert_eq!(found.len(), 1);
+    let found = find(&r, &e.key.from.to_checksum(None), &e.key.nonce.to_string()).unwrap();
+    assert_eq!(found.len(), 1, "found with a checksummed address too");
+    // Ids grow with time.
+    let (a, b) = (j.next_id(), j.next_id());
+    assert!(b > a && a > 1 << 40);
 }
 
 #[tokio::test]
@@ -135,6 +146,7 @@ async fn a_full_journal_refuses_durable_writes_and_says_so() {
     }
     let e = failed.expect("a full journal accepted every write");
     assert!(!j.is_healthy());
+    let _ = e.id;
     let mut settling = e.clone();
     settling.state = JournalState::Settling;
     assert!(j.record_durable(settling).await.is_err());

@@ -148,6 +148,7 @@ mod tests {
 
     fn entry(route: &str) -> Entry {
         Entry {
+            id: 1,
             key: ReplayKey {
                 chain_id: 1,
                 asset: Address::repeat_byte(1),
