@@ -271,9 +271,12 @@ impl Payments {
         let (index, charge_unlisted) = match snapshot.classify(&readings, req.target) {
             Lookup::None => return forward(None, false, false),
             Lookup::Route(r) if !r.is_priced() => {
-                let priced_path = snapshot.covers_priced(req.target);
                 let (index, ws) = (r.rule.index, r.rule.websocket);
-                return forward(Some(routed(&snapshot, index)), priced_path, ws);
+                return forward(Some(routed(&snapshot, index)), false, ws);
+            }
+            Lookup::FreeOnPricedPath(r) => {
+                let (index, ws) = (r.rule.index, r.rule.websocket);
+                return forward(Some(routed(&snapshot, index)), true, ws);
             }
             Lookup::Route(r) => (r.rule.index, false),
             Lookup::Unlisted { covering, allow } => match self.unlisted {

@@ -28,10 +28,13 @@ use path::Readings;
 /// What a request falls under.
 #[derive(Debug)]
 pub enum Lookup<'t> {
-    /// No route: the request passes through free.
+    /// No route, and no priced route covers the path: the request passes through free.
     None,
     /// The route that applies (free or priced).
     Route(&'t PricedRoute),
+    /// A free route that applies on a path a priced route also covers (for other methods):
+    /// method overrides must not reach the upstream.
+    FreeOnPricedPath(&'t PricedRoute),
     /// A priced route covers the path, but no route lists the method.
     Unlisted {
         /// The first priced route covering the path (what `unlisted_methods = "charge"` uses).
@@ -104,7 +107,7 @@ impl PriceTable {
     /// `target` is the request target as received (`/path?query`).
     pub fn lookup(&self, method: &Method, target: &str) -> Option<&PricedRoute> {
         match self.classify(std::slice::from_ref(method), target) {
-            Lookup::Route(r) => Some(r),
+            Lookup::Route(r) | Lookup::FreeOnPricedPath(r) => Some(r),
             Lookup::None | Lookup::Unlisted { .. } => None,
         }
     }
@@ -131,6 +134,15 @@ impl PriceTable {
         if let Some(i) = primary.filter(|&i| priced(i)) {
             return Lookup::Route(&self.routes[i]);
         }
+        // Which priced route covers any reading, whatever the method: none (the common free
+        // request) settles it in one lookup per reading.
+        let covering = readings
+            .iter()
+            .filter_map(|p| self.matcher.lookup(p, &priced))
+            .min();
+        let Some(covering) = covering else {
+            return primary.map_or(Lookup::None, |i| Lookup::Route(&self.routes[i]));
+        };
         let mut best: Option<usize> = None;
         for p in readings.iter() {
             for m in methods {
@@ -145,17 +157,10 @@ impl PriceTable {
             return Lookup::Route(&self.routes[i]);
         }
         // Nothing priced for any method reading. A free route that lists the method applies;
-        // otherwise a priced route covering the path makes the method unlisted.
+        // otherwise the method is unlisted on a priced path.
         if let Some(i) = primary {
-            return Lookup::Route(&self.routes[i]);
+            return Lookup::FreeOnPricedPath(&self.routes[i]);
         }
-        let covering = readings
-            .iter()
-            .filter_map(|p| self.matcher.lookup(p, &priced))
-            .min();
-        let Some(covering) = covering else {
-            return Lookup::None;
-        };
         let mut listed: Vec<Method> = Vec::new();
         for p in readings.iter() {
             self.matcher.each(p, &mut |i| {

@@ -87,6 +87,11 @@ pub struct RequestCtx {
     replacement: Option<Bytes>,
     /// A rejection of a payment attempt, for the log line.
     rejection: Option<ErrorReason>,
+    /// A websocket handshake whose (empty) request body is held open until the upstream
+    /// answers; see [`upstream::hold_upgrade_body`].
+    upgrade_held: bool,
+    /// The response's last body byte went out.
+    response_done: bool,
 }
 
 // === impl Gateway ===
@@ -167,6 +172,8 @@ impl ProxyHttp for Gateway {
             pending: None,
             replacement: None,
             rejection: None,
+            upgrade_held: false,
+            response_done: false,
         }
     }
 
@@ -221,6 +228,9 @@ impl ProxyHttp for Gateway {
                 ctx.priced_path = f.priced_path;
                 ctx.websocket = f.websocket;
                 ctx.resource_url = f.resource_url;
+                if f.websocket {
+                    ctx.upgrade_held = upstream::hold_upgrade_body(session.req_header_mut())?;
+                }
                 Ok(false)
             }
             Admission::Answer(e) => {
@@ -313,6 +323,7 @@ impl ProxyHttp for Gateway {
                 proto: "http",
                 priced_path: ctx.priced_path,
                 websocket: ctx.websocket,
+                upgrade_held: ctx.upgrade_held,
                 host: self.upstream.host_header(),
             },
         )
@@ -320,11 +331,19 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.remove_header(&SETTLEMENT_OVERRIDES);
+        if ctx.upgrade_held
+            && response.status.as_u16() != 101
+            && !response.status.is_informational()
+        {
+            // A refused handshake: the held request body never ends, so neither may the
+            // connection (the client's close ends the exchange).
+            session.set_keepalive(None);
+        }
         if ctx.payment.is_some() {
             for h in &respond::RECEIPT_HEADERS {
                 response.remove_header(h);
@@ -380,6 +399,7 @@ impl ProxyHttp for Gateway {
         if let Some(replacement) = &ctx.replacement {
             *body = end_of_stream.then(|| replacement.clone());
         }
+        ctx.response_done |= end_of_stream;
         Ok(None)
     }
 
@@ -391,6 +411,14 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let answer = match ctx.pending.take() {
             Some(a) => a,
+            // A refused websocket handshake ends when the client closes after the whole
+            // response: delivered, nothing failed.
+            None if ctx.upgrade_held && ctx.response_done => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
             None => {
                 if let Some(p) = ctx.payment.as_mut() {
                     if p.is_unsettled() {

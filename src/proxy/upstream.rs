@@ -29,18 +29,18 @@ use crate::protocol::CREDENTIAL_HEADERS;
 /// Headers a client could use to claim another identity or origin; from a peer that is not a
 /// trusted proxy they are removed (and `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP`
 /// set by the gateway).
-const CLIENT_IDENTITY_HEADERS: [&str; 10] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-cluster-client-ip",
+const CLIENT_IDENTITY_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The upstream: its peers (one per resolved address), rebuilt when the name resolves to new
 /// addresses.
@@ -257,6 +257,8 @@ pub struct Forwarding<'a> {
     pub priced_path: bool,
     /// Whether the route allows a websocket upgrade.
     pub websocket: bool,
+    /// Whether [`hold_upgrade_body`] held the client's request body open.
+    pub upgrade_held: bool,
     /// The `Host` to send, when not the client's.
     pub host: Option<&'a HeaderValue>,
 }
@@ -277,6 +279,10 @@ pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()>
         }
     }
     strip_upgrade(req, f.websocket)?;
+    if f.upgrade_held {
+        // The upstream sees the handshake as the client sent it: no body.
+        req.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+    }
     if let Some(host) = f.host {
         req.insert_header(header::HOST, host.clone())?;
     }
@@ -298,28 +304,68 @@ pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()>
         return Ok(());
     }
     // Anyone else (including a peer whose address is unknown) cannot vouch for anything.
-    for h in CLIENT_IDENTITY_HEADERS {
+    for h in &CLIENT_IDENTITY_HEADERS {
         req.remove_header(h);
     }
-    if let Some(ip) = f.peer {
-        let ip = ip.to_string();
-        req.insert_header("x-forwarded-for", &ip)?;
-        req.insert_header("x-real-ip", ip)?;
+    // Replaced, not appended to (an insert replaces every value of the name).
+    match f
+        .peer
+        .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+    {
+        Some(ip) => {
+            req.insert_header(X_FORWARDED_FOR, ip.clone())?;
+            req.insert_header(X_REAL_IP, ip)?;
+        }
+        None => {
+            req.remove_header(&X_FORWARDED_FOR);
+            req.remove_header(&X_REAL_IP);
+        }
     }
-    req.insert_header("x-forwarded-proto", f.proto)?;
+    req.insert_header(X_FORWARDED_PROTO, f.proto)?;
     Ok(())
+}
+
+/// The request-body length a held websocket handshake reads as (never reached: the body turns
+/// into the tunnel's client half at the `101`).
+const HELD_BODY: HeaderValue = HeaderValue::from_static("9223372036854775807");
+
+/// Holds a websocket handshake's request body open until the upstream answers.
+///
+/// Pingora 0.9 queues the end of an empty request body before the upstream answers; when the
+/// upstream's `101` is read first, that end is taken for the end of the tunnel's client half
+/// and the tunnel is closed at once (cloudflare/pingora#946). A request framed as a long body
+/// queues nothing: the client sends nothing before the `101` (RFC 6455 §4.1), and at the
+/// `101` Pingora reads the rest of the connection as the tunnel. The upstream still gets
+/// `content-length: 0` ([`prepare_request`]). Only for a `GET` with `Upgrade: websocket` and
+/// no body framing of its own; returns whether the request was held.
+///
+/// # Errors
+/// Header construction errors.
+pub fn hold_upgrade_body(req: &mut RequestHeader) -> Result<bool> {
+    if !asks_websocket(req)
+        || req.method != http::Method::GET
+        || req.version != http::Version::HTTP_11
+        || req.headers.contains_key(header::CONTENT_LENGTH)
+        || req.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Ok(false);
+    }
+    req.insert_header(header::CONTENT_LENGTH, HELD_BODY)?;
+    Ok(true)
+}
+
+fn asks_websocket(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Removes `Upgrade`, `HTTP2-Settings` and their `Connection` tokens, so no request turns into
 /// a tunnel (an h2c upgrade would carry further requests that are never priced). A websocket
 /// route keeps an `Upgrade: websocket` (and only that).
 fn strip_upgrade(req: &mut RequestHeader, websocket: bool) -> Result<()> {
-    let is_websocket = req
-        .headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    if websocket && is_websocket {
+    if websocket && asks_websocket(req) {
         req.remove_header(&HeaderName::from_static("http2-settings"));
         return Ok(());
     }
@@ -389,6 +435,7 @@ mod tests {
             proto: "http",
             priced_path: true,
             websocket: false,
+            upgrade_held: false,
             host: None,
         };
         prepare_request(&mut req, f).unwrap();
@@ -413,6 +460,7 @@ mod tests {
             proto: "http",
             priced_path: false,
             websocket: true,
+            upgrade_held: false,
             host: None,
         };
         prepare_request(&mut req, f).unwrap();
