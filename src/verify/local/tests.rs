@@ -1,6 +1,5 @@
 use super::*;
 use crate::client;
-use crate::config::Config;
 use crate::pricing::PriceTable;
 use crate::protocol::{self, v2};
 use alloy::primitives::{B256, U256};
@@ -10,15 +9,8 @@ const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b7
 const NOW: u64 = 1_800_000_000;
 
 fn table() -> PriceTable {
-    let c = Config::from_toml(
+    crate::fuzzing::test_table(
         r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-url = "http://127.0.0.1:9000"
-[payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-network = "base-sepolia"
 [[route]]
 path = "/x"
   [[route.accept]]
@@ -27,11 +19,7 @@ path = "/x"
   network = "base"
   price = "$0.002"
 "#,
-        "t",
-        &|_| None,
     )
-    .unwrap();
-    PriceTable::new(c.routes, &|_| true)
 }
 
 fn required(t: &PriceTable) -> v2::PaymentRequired {
