@@ -14,6 +14,7 @@ source scripts/env.sh
 CHAIN_PORT="${CHAIN_PORT:-18545}"
 API_PORT="${API_PORT:-13000}"
 GATEWAY_PORT="${GATEWAY_PORT:-18402}"
+ADMIN_PORT="${ADMIN_PORT:-19402}"
 DIR=.local/demo
 RPC="http://127.0.0.1:$CHAIN_PORT"
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
@@ -33,9 +34,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in "$API_PORT" "$GATEWAY_PORT"; do
+for port in "$API_PORT" "$GATEWAY_PORT" "$ADMIN_PORT"; do
   if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use; set API_PORT / GATEWAY_PORT / CHAIN_PORT" >&2; exit 1
+    echo "port $port is in use; set API_PORT / GATEWAY_PORT / ADMIN_PORT / CHAIN_PORT" >&2; exit 1
   fi
 done
 
@@ -57,6 +58,9 @@ cat > "$DIR/gateway.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GATEWAY_PORT"
 threads = 1
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
 
 [upstream]
 url = "http://127.0.0.1:$API_PORT"
@@ -112,6 +116,12 @@ tools/node/node_modules/.bin/cast receipt "$tx" --rpc-url "$RPC" | grep -E '^(bl
 bold "balances after (payer, payee)"
 balances
 
+bold "4. the operator's view (admin listener: /readyz, /metrics)"
+echo "\$ curl http://127.0.0.1:$ADMIN_PORT/readyz"
+curl -s "http://127.0.0.1:$ADMIN_PORT/readyz"
+echo "\$ curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep -E '^x402_(payments|revenue|challenges|signer)'"
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^x402_(payments|revenue|challenges|signer)'
+
 if [ "${DEMO_EXIT:-0}" = 1 ] || [ ! -t 0 ]; then
   bold "done"
   exit 0
@@ -122,6 +132,7 @@ cat <<TXT
   X402_PAYER_KEY=$PAYER_KEY \\
     $BIN pay $GATEWAY/weather/london                                 # pay and get the data
   curl $GATEWAY/health                                              # free route
+  curl http://127.0.0.1:$ADMIN_PORT/metrics                              # Prometheus metrics
   logs: $DIR/gateway.log
 TXT
 while true; do sleep 3600; done

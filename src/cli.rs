@@ -19,8 +19,9 @@ pub(crate) enum Command {
     /// Run the gateway: serve the routes of the config file in front of its upstream.
     ///
     /// Reads the facilitator's /supported first (or connects the embedded facilitator to its
-    /// chains) and refuses to start if a route offers a payment it cannot handle. Stops
-    /// gracefully on SIGTERM, at once on SIGINT; SIGQUIT hands the socket to a new process.
+    /// chains) and refuses to start if a route offers a payment it cannot handle. Reloads the
+    /// configuration on SIGHUP. Stops gracefully on SIGTERM, at once on SIGINT; SIGQUIT hands
+    /// the listening sockets to a process started with --upgrade.
     Run {
         /// The configuration file.
         #[arg(long, short, default_value = "gateway.toml")]
@@ -28,6 +29,11 @@ pub(crate) enum Command {
         /// Listen on this address instead of [server] listen (e.g. 127.0.0.1:8402).
         #[arg(long)]
         listen: Option<String>,
+        /// Take the listening sockets from the running instance instead of binding them: start
+        /// this, then send the running instance SIGQUIT (it hands them over through
+        /// [server] upgrade_sock and drains).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print its route table with prices in dollars and atomic
     /// units. Exits 0 when valid, 2 listing every problem with its TOML key path otherwise.

@@ -145,8 +145,17 @@ pub struct Config {
     pub journal: JournalConfig,
     /// `[chain]`: RPC endpoints for reading settlement outcomes.
     pub chain: ChainConfig,
+    /// `[admin]`: the metrics and health listener.
+    pub admin: AdminConfig,
     /// `[[route]]`, in file order (first match wins).
     pub routes: Vec<RouteRule>,
+}
+
+/// `[admin]`: a separate listener for operators (`/metrics`, `/livez`, `/readyz`).
+#[derive(Clone, Debug, Default)]
+pub struct AdminConfig {
+    /// Its address (`listen`); none: no admin listener.
+    pub listen: Option<String>,
 }
 
 /// `[journal]`: the durable payment journal.
@@ -248,6 +257,8 @@ pub struct ServerConfig {
     pub upgrade_sock: PathBuf,
     /// How long a stop (SIGTERM) waits for in-flight requests and settlements.
     pub drain_timeout: Duration,
+    /// Reload the configuration when its file changes (`watch_config`).
+    pub watch_config: bool,
 }
 
 /// `[upstream]`: where paid and free requests go.

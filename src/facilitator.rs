@@ -47,7 +47,7 @@ use crate::protocol::{
     ErrorReason, Network, PaymentPayload, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse,
 };
-use crate::verify::{unix_now, Facilitator, FacilitatorError};
+use crate::verify::{unix_now, Facilitator, FacilitatorError, SignerBalance};
 use check::{invalid, Invalid, Parsed};
 
 alloy::sol! {
@@ -169,6 +169,13 @@ fn revert_reason(message: &str) -> ErrorReason {
     } else {
         ErrorReason::SimulationFailed
     }
+}
+
+/// Whether a node refused a raw transaction for a nonce already used (by another sender of the
+/// same key): nothing was sent.
+fn nonce_too_low(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("nonce too low") || m.contains("nonce has already been used")
 }
 
 /// Whether a node's refusal of a raw transaction means it has the transaction already (so it
@@ -397,54 +404,66 @@ impl EmbeddedFacilitator {
             .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         let hash = {
             let mut next = signer.nonce.lock().await;
-            let nonce = match *next {
-                Some(n) => n,
-                None => self
-                    .rpc(
-                        chain,
-                        chain
-                            .reader
-                            .get_transaction_count(signer.address)
-                            .pending()
-                            .into_future(),
-                    )
+            // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
+            // nothing was sent, so the pending count is read again and the send retried, once.
+            let mut resync_left = 1;
+            loop {
+                let nonce = match *next {
+                    Some(n) => n,
+                    None => self
+                        .rpc(
+                            chain,
+                            chain
+                                .reader
+                                .get_transaction_count(signer.address)
+                                .pending()
+                                .into_future(),
+                        )
+                        .await
+                        .map_err(not_sent)?,
+                };
+                let envelope = tx
+                    .clone()
+                    .with_nonce(nonce)
+                    .build(&signer.wallet)
                     .await
-                    .map_err(not_sent)?,
-            };
-            let envelope = tx
-                .with_nonce(nonce)
-                .build(&signer.wallet)
-                .await
-                .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
-            let hash: B256 = *envelope.tx_hash();
-            let raw = envelope.encoded_2718();
-            match self
-                .rpc(chain, chain.reader.send_raw_transaction(&raw))
-                .await
-            {
-                Ok(_) => *next = Some(nonce + 1),
-                Err(RpcFailure::Refused(text)) if already_known(&text) => {
-                    *next = Some(nonce + 1);
+                    .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
+                let hash: B256 = *envelope.tx_hash();
+                let raw = envelope.encoded_2718();
+                match self
+                    .rpc(chain, chain.reader.send_raw_transaction(&raw))
+                    .await
+                {
+                    Ok(_) => *next = Some(nonce + 1),
+                    Err(RpcFailure::Refused(text)) if already_known(&text) => {
+                        *next = Some(nonce + 1);
+                    }
+                    Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
+                        resync_left -= 1;
+                        *next = None;
+                        tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
+                        continue;
+                    }
+                    Err(RpcFailure::Refused(text)) => {
+                        // The node refused it: nothing was sent. Resynchronise the nonce.
+                        *next = None;
+                        tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
+                        return Err(FacilitatorError::ChainNotSent(text));
+                    }
+                    Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
+                        // The answer was lost: the transaction may be in the mempool. Its hash is
+                        // known; the outcome is unknown.
+                        *next = None;
+                        tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
+                        return Ok(done(
+                            false,
+                            Some(ErrorReason::SettlementPending),
+                            hash.to_string(),
+                        ));
+                    }
                 }
-                Err(RpcFailure::Refused(text)) => {
-                    // The node refused it: nothing was sent. Resynchronise the nonce.
-                    *next = None;
-                    tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
-                    return Err(FacilitatorError::ChainNotSent(text));
-                }
-                Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
-                    // The answer was lost: the transaction may be in the mempool. Its hash is
-                    // known; the outcome is unknown.
-                    *next = None;
-                    tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
-                    return Ok(done(
-                        false,
-                        Some(ErrorReason::SettlementPending),
-                        hash.to_string(),
-                    ));
-                }
+                break hash;
             }
-            hash
         };
         match self.wait_receipt(chain, hash).await {
             Some(r) if r.status() => Ok(done(true, None, hash.to_string())),
@@ -591,6 +610,30 @@ impl Facilitator for EmbeddedFacilitator {
                 network: Some(i.network),
             }),
         }
+    }
+
+    async fn signer_balances(&self) -> Vec<SignerBalance> {
+        let mut out = Vec::new();
+        for c in &self.chains {
+            for s in &c.signers {
+                let wei = match self
+                    .rpc(c, c.reader.get_balance(s.address).latest().into_future())
+                    .await
+                {
+                    Ok(w) => Ok(w),
+                    Err(RpcFailure::Timeout) => {
+                        Err(format!("no answer within {:?}", self.rpc_timeout))
+                    }
+                    Err(RpcFailure::Refused(e) | RpcFailure::Transport(e)) => Err(e),
+                };
+                out.push(SignerBalance {
+                    network: c.network.caip2().to_owned(),
+                    signer: s.address,
+                    wei,
+                });
+            }
+        }
+        out
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {

@@ -291,10 +291,13 @@ fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             reason,
             from_block,
         } => {
+            // Forward only: a delivered or failed payment stays so, whoever reads its outcome
+            // later (recovery in a process that took over from a running one, a stale pending
+            // entry).
             t.prepare_cached(
                 "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = COALESCE(?4, reason),
                     from_block = COALESCE(?5, from_block), updated_at = ?6
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND state NOT IN ('delivered', 'failed')",
             )?
             .execute(params![
                     id,
@@ -334,6 +337,30 @@ pub struct Journal {
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     last_id: Arc<std::sync::atomic::AtomicI64>,
+    /// This process's part of its row ids.
+    tag: i64,
+}
+
+/// Row ids: `ms << ID_TIME_SHIFT | tag << ID_TAG_SHIFT | counter`.
+const ID_TIME_SHIFT: u32 = 20;
+const ID_TAG_SHIFT: u32 = 12;
+
+/// The tag of this process's row ids: one more than the last writer's (so a process that takes
+/// over from a running one never shares its ids), or random for a journal not open yet.
+fn process_tag(conn: Option<&Connection>) -> i64 {
+    let last: Option<i64> = conn.and_then(|c| {
+        c.query_row("SELECT max(id) FROM payments", [], |r| r.get(0))
+            .ok()
+            .flatten()
+    });
+    match last {
+        Some(id) => ((id >> ID_TAG_SHIFT) + 1) & 0xFF,
+        None => {
+            let mut b = [0u8; 1];
+            let _ = getrandom::fill(&mut b);
+            i64::from(b[0])
+        }
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -372,6 +399,7 @@ impl Journal {
     }
 
     fn spawn(c: &JournalConfig, conn: Option<Connection>) -> Result<Journal, JournalError> {
+        let tag = process_tag(conn.as_ref());
         let (tx, rx) = mpsc::channel::<Cmd>();
         let healthy = Arc::new(AtomicBool::new(conn.is_some()));
         let h = healthy.clone();
@@ -385,13 +413,17 @@ impl Journal {
             healthy,
             path: c.path.clone(),
             last_id: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            tag,
         })
     }
 
-    /// A new row id: the time in milliseconds, shifted, plus a counter, so ids increase with
-    /// time across restarts and the tables only ever grow at their end.
+    /// A new row id: the time in milliseconds, this process's tag and a counter
+    /// (`ms << 20 | tag << 12 | n`), so ids increase with time across restarts, the tables only
+    /// ever grow at their end, and two processes sharing the journal during an upgrade never
+    /// pick the same id (the tag differs from the last writer's).
     pub fn next_id(&self) -> i64 {
-        let t = i64::try_from(now_ms()).unwrap_or(i64::MAX >> 16) << 16;
+        let t = (i64::try_from(now_ms()).unwrap_or(i64::MAX >> ID_TIME_SHIFT) << ID_TIME_SHIFT)
+            | (self.tag << ID_TAG_SHIFT);
         let mut last = self.last_id.load(Ordering::Relaxed);
         loop {
             let id = t.max(last + 1);
@@ -403,6 +435,11 @@ impl Journal {
                 Err(now) => last = now,
             }
         }
+    }
+
+    /// Whether row `id` was written by this process (its tag; see [`Journal::next_id`]).
+    pub fn is_own(&self, id: i64) -> bool {
+        id >> ID_TIME_SHIFT != 0 && (id >> ID_TAG_SHIFT) & 0xFF == self.tag
     }
 
     /// The file.
@@ -577,12 +614,17 @@ fn writer(
         let ok = match conn.as_mut() {
             None => false,
             Some(db) => {
-                let result = db.transaction().and_then(|t| {
-                    for c in &batch {
-                        apply(&t, &c.op)?;
-                    }
-                    t.commit()
-                });
+                // IMMEDIATE: take the write lock at BEGIN (waiting up to the busy timeout), so
+                // that another process writing the same journal (during an upgrade) makes this
+                // wait instead of failing.
+                let result = db
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .and_then(|t| {
+                        for c in &batch {
+                            apply(&t, &c.op)?;
+                        }
+                        t.commit()
+                    });
                 match result {
                     Ok(()) => true,
                     Err(e) => {
@@ -719,6 +761,29 @@ fn collect(
         }
     }
     Ok(out)
+}
+
+/// The state of payment `id` now, if it is in the journal.
+///
+/// # Errors
+/// [`JournalError::Sqlite`].
+pub fn state_of(conn: &Connection, id: i64) -> Result<Option<JournalState>, JournalError> {
+    let state: Option<String> = conn
+        .query_row(
+            "SELECT state FROM payments WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(|source| JournalError::Sqlite {
+            path: String::new(),
+            source,
+        })?;
+    Ok(state.as_deref().and_then(JournalState::parse))
 }
 
 /// Payments of a payer and nonce (the `journal show` lookup), any chain or asset.

@@ -27,6 +27,7 @@
 //! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
 //! ← `proxy`; this file and `main.rs` compose them.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -35,16 +36,18 @@ pub mod facilitator;
 pub mod fuzzing;
 pub mod journal;
 pub mod limiter;
+pub mod metrics;
 pub mod payments;
 pub mod pricing;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod settle;
 pub mod telemetry;
 pub mod verify;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +171,17 @@ pub async fn fetch_supported(
     }
 }
 
+/// The price table of `routes`, offering v1 payments where the facilitator's `kinds` list the
+/// network's v1 name.
+pub fn price_table(routes: Vec<config::RouteRule>, kinds: &HashSet<SupportedKind>) -> PriceTable {
+    let v1_ok = |o: &PaymentOption| {
+        o.network
+            .v1_name()
+            .is_some_and(|n| kinds.contains(&kind(1, n)))
+    };
+    PriceTable::new(routes, &v1_ok)
+}
+
 /// Builds the price table and the gateway for a configuration, refusing options the
 /// facilitator does not support.
 ///
@@ -183,24 +197,24 @@ pub fn build_gateway(
     if !missing.is_empty() {
         return Err(StartupError::Unsupported(missing));
     }
-    let v1_ok = |o: &PaymentOption| {
-        o.network
-            .v1_name()
-            .is_some_and(|n| kinds.contains(&kind(1, n)))
-    };
-    let table = Arc::new(ArcSwap::from_pointee(PriceTable::new(
+    let table = Arc::new(ArcSwap::from_pointee(price_table(
         config.routes.clone(),
-        &v1_ok,
+        &kinds,
     )));
+    let metrics = Arc::new(
+        metrics::Metrics::new().map_err(|e| StartupError::Server(format!("metrics: {e}")))?,
+    );
     let bounded: Arc<dyn Facilitator> = Arc::new(verify::facilitator::Bounded::new(
         facilitator,
         config.limits.max_concurrent_facilitator_calls,
         config.facilitator.timeout,
+        metrics.clone(),
     ));
     let verifier = Arc::new(Verifier::new(
         bounded.clone(),
         &config.verification,
         config.limits.max_pending_payments,
+        metrics.clone(),
     ));
     let journal = if config.journal.enabled {
         Some(journal::Journal::open_or_retry(&config.journal).map_err(StartupError::Journal)?)
@@ -208,7 +222,9 @@ pub fn build_gateway(
         None
     };
     let reconciler = Arc::new(reconciler(config, bounded)?);
-    let payments = Arc::new(Payments::new(config, table, verifier, journal, reconciler));
+    let payments = Arc::new(Payments::new(
+        config, table, verifier, journal, reconciler, metrics,
+    ));
     let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
     Ok(Gateway::new(config, payments, upstream))
 }
@@ -243,6 +259,7 @@ pub fn reconciler(
 pub struct SupportedRefresh {
     facilitator: Arc<dyn Facilitator>,
     config: Config,
+    health: Arc<admin::Health>,
 }
 
 #[async_trait]
@@ -256,12 +273,47 @@ impl BackgroundService for SupportedRefresh {
             }
             match self.facilitator.supported().await {
                 Ok(s) => {
+                    self.health.supported_ok();
                     let missing = unsupported_options(&self.config, &kinds(&s));
                     if !missing.is_empty() {
                         tracing::warn!(?missing, "facilitator no longer lists options this gateway offers; their payments will fail verification");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "refreshing facilitator /supported failed"),
+            }
+        }
+    }
+}
+
+/// Reads the embedded facilitator's signer balances into `x402_signer_gas_balance_wei` (at
+/// start, then every 30 s); warns about a signer that cannot pay gas.
+pub struct SignerBalances {
+    /// The facilitator whose signers are read.
+    pub facilitator: Arc<dyn Facilitator>,
+    /// Where the balances go.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for SignerBalances {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            for b in self.facilitator.signer_balances().await {
+                match b.wei {
+                    Ok(wei) => {
+                        if wei.is_zero() {
+                            tracing::warn!(network = b.network, signer = %b.signer, "settlement signer has no gas: its settlements will fail");
+                        }
+                        self.metrics.signer_balance(&b.network, b.signer, wei);
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = b.network, signer = %b.signer, error = e, "cannot read a settlement signer's balance");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
         }
     }
@@ -315,11 +367,19 @@ pub fn new_server(
     pid_file: &Path,
     upgrade_sock: &Path,
 ) -> Result<Server, StartupError> {
-    new_server_draining(threads, pid_file, upgrade_sock, Duration::from_secs(1))
+    new_server_draining(
+        threads,
+        pid_file,
+        upgrade_sock,
+        Duration::from_secs(1),
+        false,
+    )
 }
 
 /// As [`new_server`], waiting up to `drain` after a graceful stop (SIGTERM) for in-flight
 /// work before the runtimes are shut down (a [`Drain`] service ends the wait early once idle).
+/// With `upgrade`, the listening sockets are taken from the running instance through
+/// `upgrade_sock` (it sends them on SIGQUIT) instead of being bound.
 ///
 /// # Errors
 /// [`StartupError::RuntimeDir`].
@@ -328,6 +388,7 @@ pub fn new_server_draining(
     pid_file: &Path,
     upgrade_sock: &Path,
     drain: Duration,
+    upgrade: bool,
 ) -> Result<Server, StartupError> {
     let default_dir = config::runtime_dir(&|k| std::env::var(k).ok());
     for path in [pid_file, upgrade_sock] {
@@ -344,26 +405,42 @@ pub fn new_server_draining(
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     Ok(server)
 }
 
-/// The Pingora server: the gateway on `listen`, plus the `/supported` refresher and the
-/// upstream resolver.
+/// The Pingora server: the gateway on `listen`, the admin listener, and the background
+/// services (`/supported` refresher, upstream resolver, payments maintenance, drain, reload of
+/// the configuration `source` on SIGHUP or change, signer balances).
 ///
 /// # Errors
 /// [`StartupError::RuntimeDir`].
 pub fn build_server(
     config: &Config,
+    source: reload::Source,
     gateway: Gateway,
     facilitator: Arc<dyn Facilitator>,
 ) -> Result<Server, StartupError> {
     let s = &config.server;
-    let mut server = new_server_draining(s.threads, &s.pid_file, &s.upgrade_sock, s.drain_timeout)?;
+    let mut server = new_server_draining(
+        s.threads,
+        &s.pid_file,
+        &s.upgrade_sock,
+        s.drain_timeout,
+        source.upgrade,
+    )?;
+    // Pingora writes it only when daemonized; an upgrade procedure needs it in the foreground
+    // too (`kill -QUIT $(cat pid_file)`). Written once the sockets are ours.
+    write_pid_file(&s.pid_file)?;
     let upstream = gateway.upstream().clone();
     let payments = gateway.payments().clone();
     let in_flight = gateway.in_flight().clone();
+    let closing = gateway.closing().clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -371,11 +448,47 @@ pub fn build_server(
     );
     service.add_tcp(&s.listen);
     server.add_service(service);
+    // The gateway starts only after `/supported` was read.
+    let f = &config.facilitator;
+    let health = Arc::new(admin::Health::new(f.supported_refresh * 2 + f.timeout));
+    health.supported_ok();
+    if let Some(listen) = &config.admin.listen {
+        let mut admin = pingora::services::listening::Service::new(
+            "admin".to_owned(),
+            admin::AdminApp::new(payments.clone(), upstream.clone(), health.clone()),
+        );
+        admin.add_tcp(listen);
+        server.add_service(admin);
+    }
+    let reloader = reload::Reloader::new(
+        source,
+        payments.table().clone(),
+        facilitator.clone(),
+        payments.metrics().clone(),
+    );
+    server.add_service(background_service(
+        "config reload",
+        reload::ConfigWatcher {
+            reloader: Arc::new(reloader),
+            watch: s.watch_config,
+            every: Duration::from_secs(1),
+        },
+    ));
+    if config.facilitator.embedded.is_some() {
+        server.add_service(background_service(
+            "signer balances",
+            SignerBalances {
+                facilitator: facilitator.clone(),
+                metrics: payments.metrics().clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "supported refresh",
         SupportedRefresh {
             facilitator,
             config: config.clone(),
+            health: health.clone(),
         },
     ));
     server.add_service(background_service("upstream resolver", Resolver(upstream)));
@@ -384,14 +497,40 @@ pub fn build_server(
         Maintenance(payments.clone()),
     ));
     server.add_service(background_service(
+        "hand-over",
+        HandOver {
+            closing,
+            health: health.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "drain",
         Drain {
             in_flight,
             payments,
             timeout: s.drain_timeout,
+            health,
+            pid_file: s.pid_file.clone(),
         },
     ));
     Ok(server)
+}
+
+/// Writes this process's id to `path` (atomically: a new file renamed over the old one).
+fn write_pid_file(path: &Path) -> Result<(), StartupError> {
+    let tmp = path.with_extension("pid.new");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| StartupError::RuntimeDir(format!("{}: {e}", path.display())))
+}
+
+/// Removes the pid file at exit, unless a process that took over has written its own.
+fn remove_own_pid_file(path: &Path) {
+    let ours =
+        std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Background work of the payments: unknown outcomes read again with backoff, chain heads,
@@ -413,6 +552,36 @@ impl BackgroundService for Maintenance {
     }
 }
 
+/// On SIGQUIT (a process started with `run --upgrade` takes the listening sockets; both serve
+/// for Pingora's 5-second close timeout, then this one drains): answers from then on close
+/// their connections, so keep-alive clients reconnect, to the new process, between requests.
+pub struct HandOver {
+    /// Read by the gateway on every answer.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Told that this process is on its way out (`/readyz` fails).
+    pub health: Arc<admin::Health>,
+}
+
+#[async_trait]
+impl BackgroundService for HandOver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut quit) = signal(SignalKind::quit()) else {
+            return;
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = quit.recv() => tracing::info!("handing over to a new process: answers close their connections from now on"),
+        }
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.health.drain();
+    }
+}
+
+/// How long no request may be in flight before a draining process exits.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+
 /// The graceful stop: after SIGTERM, Pingora stops accepting and waits up to `drain_timeout`;
 /// this ends the wait as soon as no request (and so no settlement) is in flight, after the
 /// journal is flushed.
@@ -423,26 +592,50 @@ pub struct Drain {
     pub payments: Arc<Payments>,
     /// The longest wait.
     pub timeout: Duration,
+    /// Told when the stop begins (`/readyz` fails from then on).
+    pub health: Arc<admin::Health>,
+    /// Removed at exit if it still names this process.
+    pub pid_file: PathBuf,
 }
 
 #[async_trait]
 impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
+        self.health.drain();
         let start = tokio::time::Instant::now();
+        let in_flight = || self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+        // Idle means no request for DRAIN_QUIET: a request whose head was read just as the
+        // stop began gets its context (and is counted) a moment later.
+        let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let n = self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
-            if n == 0 || start.elapsed() >= self.timeout {
-                if n > 0 {
-                    tracing::warn!(in_flight = n, "drain timeout: stopping with requests in flight (the journal lets recovery finish their payments)");
+            let timed_out = start.elapsed() >= self.timeout;
+            if !timed_out {
+                if in_flight() > 0 {
+                    idle_since = None;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
-                if let Some(j) = self.payments.journal() {
-                    let _ = j.flush().await;
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < DRAIN_QUIET {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
-                tracing::info!(after = ?start.elapsed(), "drained; exiting");
-                std::process::exit(0);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(j) = self.payments.journal() {
+                let _ = j.flush().await;
+            }
+            let n = in_flight();
+            if n > 0 && !timed_out {
+                idle_since = None;
+                continue;
+            }
+            if n > 0 {
+                tracing::warn!(in_flight = n, "drain timeout: stopping with requests in flight (the journal lets recovery finish their payments)");
+            }
+            tracing::info!(after = ?start.elapsed(), "drained; exiting");
+            remove_own_pid_file(&self.pid_file);
+            std::process::exit(0);
         }
     }
 }

@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Check { config } => check(&config),
-        cli::Command::Run { config, listen } => run(&config, listen),
+        cli::Command::Run {
+            config,
+            listen,
+            upgrade,
+        } => run(&config, listen, upgrade),
         cli::Command::Facilitator { config, listen } => facilitator(&config, listen),
         cli::Command::Journal(args) => {
             let c = match journal_cmd::load(&args.config) {
@@ -96,7 +100,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     println!("{}: OK", path.display());
     let s = &c.server;
-    println!("  listen       {}", s.listen);
+    println!("  listen       {} (threads: {})", s.listen, s.threads);
     println!(
         "  upstream     {}{}{}",
         c.upstream.url,
@@ -162,6 +166,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
         }
+    );
+    println!(
+        "  admin        {}",
+        c.admin.listen.as_deref().map_or_else(
+            || "off".to_owned(),
+            |l| format!("{l}: /metrics, /livez, /readyz")
+        )
     );
     println!(
         "  runtime      pid {}; upgrade socket {}",
@@ -235,11 +246,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
+fn run(path: &std::path::Path, listen: Option<String>, upgrade: bool) -> ExitCode {
     let mut c = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let as_read = c.clone();
     if let Some(l) = listen {
         c.server.listen = l;
     }
@@ -260,7 +272,24 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
     };
     // Reconcile what the journal left open before serving.
     let payments = gateway.payments().clone();
-    match runtime().map(|rt| rt.block_on(payments.recover())) {
+    let recovery = async {
+        if upgrade {
+            // The running instance keeps settling and delivering its payments until it has
+            // drained: they are reconciled after it exits.
+            let old = std::fs::read_to_string(&c.server.pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            payments
+                .recover_for_handover(
+                    old,
+                    c.server.drain_timeout + std::time::Duration::from_secs(10),
+                )
+                .await
+        } else {
+            payments.recover().await
+        }
+    };
+    match runtime().map(|rt| rt.block_on(recovery)) {
         Ok(Ok(r)) => tracing::info!(
             settled = r.settled,
             failed = r.failed,
@@ -279,7 +308,13 @@ fn run(path: &std::path::Path, listen: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let server = match build_server(&c, gateway, client) {
+    let source = x402_gateway::reload::Source {
+        path: path.to_owned(),
+        as_read,
+        supported,
+        upgrade,
+    };
+    let server = match build_server(&c, source, gateway, client) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

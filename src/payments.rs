@@ -24,6 +24,7 @@
 pub mod pending;
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use crate::error::{rescue, Answer, Asking, GatewayError};
 use crate::journal::reconcile::{Outcome, Reconciler};
 use crate::journal::{self, Entry, Journal, JournalState};
 use crate::limiter::{now_ms, RateLimiter};
+use crate::metrics::Metrics;
 use crate::pricing::{Lookup, PriceTable, PricedRoute};
 use crate::protocol::{ErrorReason, PAYMENT_SIGNATURE, X_PAYMENT};
 use crate::settle::{Payment, PaymentState, Settler};
@@ -151,20 +153,38 @@ pub struct Payments {
     /// The journal was recovered (no priced request is taken before: the replay guard would
     /// not know the authorizations used before the start).
     recovered: std::sync::atomic::AtomicBool,
+    /// After `run --upgrade`: the process handed over from (pid) and when its open payments
+    /// are reconciled at the latest (ms); `None` once done.
+    handover: std::sync::Mutex<Option<(Option<u32>, u64)>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Which open payments a recovery reconciles.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scope {
+    /// All (a start with no other process writing the journal).
+    All,
+    /// None: only the replay guard learns (another process still owns them).
+    GuardOnly,
+    /// All but this process's own (after a hand-over: the other process has exited).
+    NotOwn,
 }
 
 impl Payments {
     /// The decisions for `config`, over `table` and `verifier`, recording in `journal` and
-    /// reading outcomes through `reconciler`.
+    /// `metrics`, reading outcomes through `reconciler`.
     pub fn new(
         config: &Config,
         table: Arc<ArcSwap<PriceTable>>,
         verifier: Arc<Verifier>,
         journal: Option<Journal>,
         reconciler: Arc<Reconciler>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Payments {
+            metrics,
             recovered: std::sync::atomic::AtomicBool::new(journal.is_none()),
+            handover: std::sync::Mutex::new(None),
             journal,
             reconciler,
             pending: Pending::default(),
@@ -184,6 +204,11 @@ impl Payments {
                 .as_deref()
                 .and_then(|o| HeaderValue::from_str(o).ok()),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The verifier.
@@ -433,6 +458,15 @@ impl Payments {
                 }
             },
         };
+        // Another process sharing the journal (the one this took over from) may have delivered
+        // it since this one learnt of it: the journal has the last word.
+        if self.journaled_state(entry.id).await == Some(JournalState::Delivered) {
+            self.pending.remove(&v.key);
+            return refuse(
+                GatewayError::Rejected(crate::verify::PaymentRejection::AlreadyUsed),
+                routed,
+            );
+        }
         tracing::info!(payer = %v.payer, transaction, resource = %entry.resource, "redeeming a settled payment");
         let mut p = restored(PaymentState::Settled { transaction });
         p.redeemed = true;
@@ -446,10 +480,24 @@ impl Payments {
         }))
     }
 
+    /// The state of journal entry `id` as written now (read off the request path's thread).
+    async fn journaled_state(&self, id: i64) -> Option<JournalState> {
+        let path = self.journal.as_ref()?.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = journal::open_reader(&path).ok()?;
+            journal::state_of(&conn, id).ok().flatten()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Records an outcome read from the chain for a pending entry.
     fn resolved(&self, e: &Entry, o: &Outcome) {
         match o {
             Outcome::Settled { transaction } => {
+                self.metrics
+                    .revenue(&e.route, &e.network, e.key.asset, e.amount);
                 if let Some(j) = &self.journal {
                     j.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);
                 }
@@ -501,7 +549,11 @@ impl Payments {
         // A settlement is written with its delivery (or as undelivered), one write later: a
         // crash before then leaves it `settling`, which recovery reads from the chain.
         match p.state() {
-            PaymentState::Settled { .. } => {}
+            PaymentState::Settled { .. } => {
+                let v = &p.verified;
+                self.metrics
+                    .revenue(&p.route, &v.network, v.key.asset, v.amount);
+            }
             PaymentState::Unknown { .. } => self.record(p, JournalState::Unknown),
             _ => self.record(p, JournalState::Failed),
         }
@@ -714,6 +766,43 @@ impl Payments {
     /// # Errors
     /// The journal cannot be read.
     pub async fn recover(&self) -> Result<Recovery, journal::JournalError> {
+        self.recover_scoped(Scope::All).await
+    }
+
+    /// Recovery of a process taking over from a running one (`run --upgrade`): the replay
+    /// guard learns every authorization used, but the open payments are left to the running
+    /// process, which is still settling and delivering them; they are reconciled once it has
+    /// exited (pid `old`) or `within` has passed (see [`Payments::maintain`]).
+    ///
+    /// # Errors
+    /// The journal cannot be read.
+    pub async fn recover_for_handover(
+        &self,
+        old: Option<u32>,
+        within: Duration,
+    ) -> Result<Recovery, journal::JournalError> {
+        let deadline = journal::now_ms() + u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        if let Ok(mut h) = self.handover.lock() {
+            *h = Some((old, deadline));
+        }
+        self.recover_scoped(Scope::GuardOnly).await
+    }
+
+    /// Whether the process handed over from has exited (or had its time).
+    fn handover_done(&self, now_ms: u64) -> bool {
+        let Ok(h) = self.handover.lock() else {
+            return true;
+        };
+        match *h {
+            None => false,
+            Some((old, deadline)) => {
+                now_ms >= deadline
+                    || old.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            }
+        }
+    }
+
+    async fn recover_scoped(&self, scope: Scope) -> Result<Recovery, journal::JournalError> {
         let Some(j) = &self.journal else {
             return Ok(Recovery::default());
         };
@@ -756,6 +845,14 @@ impl Payments {
             }
         }
         for e in open {
+            if scope == Scope::GuardOnly {
+                // The running process owns these: only its replays are refused here.
+                guarded(&e);
+                continue;
+            }
+            if scope == Scope::NotOwn && j.is_own(e.id) {
+                continue;
+            }
             match e.state {
                 JournalState::Verified | JournalState::Forwarded => {
                     // Never submitted: nothing was charged, nothing served.
@@ -805,9 +902,24 @@ impl Payments {
         if !self.recovered.load(std::sync::atomic::Ordering::Acquire)
             && self.journal.as_ref().is_some_and(Journal::is_healthy)
         {
-            match self.recover().await {
+            let handing_over = self.handover.lock().is_ok_and(|h| h.is_some());
+            let scope = if handing_over {
+                Scope::GuardOnly
+            } else {
+                Scope::All
+            };
+            match self.recover_scoped(scope).await {
                 Ok(r) => tracing::info!(?r, "journal recovered"),
                 Err(e) => tracing::warn!(error = %e, "journal not recoverable yet"),
+            }
+        }
+        if self.handover_done(now_ms) {
+            if let Ok(mut h) = self.handover.lock() {
+                *h = None;
+            }
+            match self.recover_scoped(Scope::NotOwn).await {
+                Ok(r) => tracing::info!(?r, "journal recovered after the hand-over"),
+                Err(e) => tracing::warn!(error = %e, "journal not recoverable after the hand-over"),
             }
         }
         self.reconciler.refresh_heads().await;

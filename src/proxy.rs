@@ -22,9 +22,9 @@ pub mod respond;
 pub mod upstream;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,15 +35,20 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::{Cidr, Config, SettlementMode};
 use crate::error::{rescue, Answer, Asking, GatewayError};
+use crate::metrics::UNMATCHED;
 use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
 use crate::protocol::{ErrorReason, SETTLEMENT_OVERRIDES};
-use crate::settle::Payment;
+use crate::settle::{Payment, PaymentState};
 use upstream::{Forwarding, UpstreamTarget};
 
 /// The gateway service: shared state of all requests.
 pub struct Gateway {
     payments: Arc<Payments>,
     in_flight: Arc<AtomicUsize>,
+    /// Set when the listening sockets are being handed over (SIGQUIT): every answer closes its
+    /// connection, so clients move to the new process between requests, not in the middle of
+    /// one.
+    closing: Arc<AtomicBool>,
     upstream: Arc<UpstreamTarget>,
     trusted_proxies: Vec<Cidr>,
     client_timeout: Duration,
@@ -92,6 +97,9 @@ pub struct RequestCtx {
     upgrade_held: bool,
     /// The response's last body byte went out.
     response_done: bool,
+    /// When the request was first sent upstream, and how long its response header took.
+    upstream_sent: Option<Instant>,
+    upstream_took: Option<Duration>,
 }
 
 // === impl Gateway ===
@@ -102,6 +110,7 @@ impl Gateway {
         Gateway {
             payments,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            closing: Arc::new(AtomicBool::new(false)),
             upstream,
             trusted_proxies: config.server.trusted_proxies.clone(),
             client_timeout: config.server.client_timeout,
@@ -125,7 +134,19 @@ impl Gateway {
         &self.in_flight
     }
 
+    /// Set to close every connection after its current answer (a hand-over began).
+    pub fn closing(&self) -> &Arc<AtomicBool> {
+        &self.closing
+    }
+
+    fn close_if_closing(&self, session: &mut Session) {
+        if self.closing.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+    }
+
     async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<()> {
+        self.close_if_closing(session);
         respond::write(session, answer, self.payments.cors_origin()).await
     }
 }
@@ -174,6 +195,8 @@ impl ProxyHttp for Gateway {
             rejection: None,
             upgrade_held: false,
             response_done: false,
+            upstream_sent: None,
+            upstream_took: None,
         }
     }
 
@@ -271,6 +294,7 @@ impl ProxyHttp for Gateway {
         if let Some(p) = ctx.payment.as_mut() {
             self.payments.forwarded(p);
         }
+        ctx.upstream_sent.get_or_insert_with(Instant::now);
         self.upstream.peer_for_request()
     }
 
@@ -336,6 +360,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.remove_header(&SETTLEMENT_OVERRIDES);
+        self.close_if_closing(session);
+        if !response.status.is_informational() && ctx.upstream_took.is_none() {
+            ctx.upstream_took = ctx.upstream_sent.map(|t| t.elapsed());
+        }
         if ctx.upgrade_held
             && response.status.as_u16() != 101
             && !response.status.is_informational()
@@ -457,14 +485,35 @@ impl ProxyHttp for Gateway {
                 self.payments.released(p);
             }
         }
-        let Some(route) = ctx.route.as_ref().map(Routed::route) else {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.as_ref().map(Routed::route);
+        let metrics = self.payments.metrics();
+        let label = route.map_or(UNMATCHED, |r| r.rule.path.as_str());
+        metrics.request(label, &session.req_header().method, status);
+        if let Some(took) = ctx.upstream_took {
+            metrics.upstream(label, took);
+        }
+        let Some(route) = route else {
             return;
         };
-        if !route.is_priced() || (ctx.payment.is_none() && ctx.rejection.is_none()) {
+        if !route.is_priced() {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let path = route.rule.path.as_str();
+        if status == 402 {
+            metrics.challenge(label);
+        }
+        match (&ctx.payment, &ctx.rejection) {
+            (Some(p), _) => {
+                let outcome = match p.state() {
+                    PaymentState::Settled { .. } if p.redeemed => "redeemed",
+                    s => s.name(),
+                };
+                metrics.payment(label, &p.verified.network, outcome, p.failure_reason());
+            }
+            (None, Some(r)) => metrics.payment(label, "", "rejected", Some(r)),
+            (None, None) => return,
+        }
+        let path = label;
         match &ctx.payment {
             Some(p) => tracing::info!(
                 target: "x402_gateway::payment",

@@ -11,8 +11,11 @@ use crate::config::{LogFormat, LoggingConfig};
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(c: &LoggingConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.level));
+    // Colours only on a terminal: files, journald and log shippers get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match c.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

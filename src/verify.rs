@@ -19,10 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use alloy::primitives::{keccak256, Address, U256};
 
 use crate::config::{PaymentOption, VerificationConfig, VerificationMode};
+use crate::metrics::Metrics;
 use crate::pricing::PricedRoute;
 use crate::protocol::{ErrorReason, PaymentPayload, X402Version};
 pub use cache::VerdictCache;
-pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError};
+pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError, SignerBalance};
 pub use local::{PaymentRejection, SignatureCheck};
 pub use replay::{Held, Hold, ReplayGuard, ReplayKey};
 
@@ -84,21 +85,24 @@ pub struct Verifier {
     cache: VerdictCache,
     replay: Arc<ReplayGuard>,
     mode: VerificationMode,
+    metrics: Arc<Metrics>,
 }
 
 impl Verifier {
     /// A verifier asking `facilitator`, holding at most `max_pending` authorizations in its
-    /// replay guard.
+    /// replay guard; verdict-cache hits and misses go to `metrics`.
     pub fn new(
         facilitator: Arc<dyn Facilitator>,
         config: &VerificationConfig,
         max_pending: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Verifier {
             facilitator,
             cache: VerdictCache::new(config.cache_capacity, config.cache_ttl),
             replay: Arc::new(ReplayGuard::new(max_pending)),
             mode: config.mode,
+            metrics,
         }
     }
 
@@ -199,7 +203,9 @@ impl Verifier {
         now: u64,
     ) -> Result<(), VerifyError> {
         let digest = keccak256(facilitator_body.as_bytes());
-        let verdict = match self.cache.get(&digest) {
+        let cached = self.cache.get(&digest);
+        self.metrics.verdict_cache(cached.is_some());
+        let verdict = match cached {
             Some(v) => v,
             None => {
                 let v = self

@@ -87,3 +87,23 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/gateway.toml"));
 }
+
+/// Pinned to one CPU (as `taskset`, a cpuset or a container's CPU quota would), the default
+/// is one worker thread, not the host's count.
+#[test]
+fn default_threads_follow_the_cpus_this_process_may_use() {
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_x402-gateway"))
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
+        .output()
+        .expect("taskset (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("(threads: 1)"), "{stdout}");
+    assert!(stdout.contains("admin        127.0.0.1:9402"), "{stdout}");
+}

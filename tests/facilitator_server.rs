@@ -52,6 +52,18 @@ impl Facilitator for Counting {
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         Ok(SupportedResponse::default())
     }
+    /// One signer without gas, or (failing) one whose chain cannot be read.
+    async fn signer_balances(&self) -> Vec<x402_gateway::verify::SignerBalance> {
+        vec![x402_gateway::verify::SignerBalance {
+            network: "eip155:84532".into(),
+            signer: alloy::primitives::Address::repeat_byte(0x11),
+            wei: if self.fail {
+                Err("error sending request for url ([redacted])".into())
+            } else {
+                Ok(alloy::primitives::U256::ZERO)
+            },
+        }]
+    }
 }
 
 const TOKEN: &str = "a-long-enough-test-token";
@@ -117,6 +129,33 @@ fn post(url: &str, path: &str, token: Option<&str>, body: String) -> reqwest::Re
     match token {
         Some(t) => r.bearer_auth(t),
         None => r,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_need_no_token_and_readyz_names_a_signer_that_cannot_pay_gas() {
+    for (fail, expected) in [
+        (
+            false,
+            "fail signer 0x1111111111111111111111111111111111111111 on eip155:84532: no gas",
+        ),
+        (
+            true,
+            "fail signer 0x1111111111111111111111111111111111111111 on eip155:84532: RPC unreachable: error sending request for url ([redacted])",
+        ),
+    ] {
+        let inner = Arc::new(Counting {
+            fail,
+            ..Counting::default()
+        });
+        let (url, _stop) = server("", inner.clone()).await;
+        let live = http().get(format!("{url}/livez")).send().await.unwrap();
+        assert_eq!(live.status(), 200);
+        let ready = http().get(format!("{url}/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(body.starts_with(expected), "{body}");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 0);
     }
 }
 

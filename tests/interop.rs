@@ -500,6 +500,25 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         );
     }
 
+    // The gateway's signer key just sent 20 transactions from another process (this test):
+    // its next settlement meets "nonce too low", resynchronises and lands.
+    let resp = http()
+        .get(format!("{base}/paid/after-other-sender"))
+        .send()
+        .await
+        .unwrap();
+    let resp = http()
+        .get(format!("{base}/paid/after-other-sender"))
+        .header(
+            "payment-signature",
+            sign_fresh(&payer(), &decode_required(&resp)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(decode_receipt(&resp, "payment-response").is_success());
+
     // A payer without balance gets an insufficient-balance 402, and nothing reaches the upstream.
     let broke = alloy::signers::local::PrivateKeySigner::random();
     let before = env.upstream.count();
@@ -534,7 +553,10 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
             .header("payment-signature", p)
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Verified and forwarded: the upstream holds its answer 4 s while the funds move.
+    while env.upstream.count_path("/paid/slow") == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     env.node(&[
         "devchain.mjs",
         "drain",
@@ -605,6 +627,18 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .unwrap()
         .iter()
         .any(|k| k["network"] == "base-sepolia" && k["x402Version"] == 1));
+    // Its probes: live, and ready because the chain answers and the signer has gas.
+    let live = http().get(format!("{url}/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = http().get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body = ready.text().await.unwrap();
+    let signer = FACILITATOR_KEY
+        .parse::<alloy::signers::local::PrivateKeySigner>()
+        .unwrap()
+        .address()
+        .to_checksum(None);
+    assert_eq!(body, format!("ok   signer {signer} on eip155:84532\n"));
     let (base, _gw3) = env.gateway("standalone", &format!("url = \"{url}\"")).await;
     all_clients_pay(&env, &base, "x402-gateway facilitator").await;
 

@@ -6,7 +6,6 @@
 
 mod common;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -70,15 +69,7 @@ async fn binary_serves_challenges_and_payments() {
     );
     let _gw = KillOnDrop(spawn(&config));
     let url = format!("http://127.0.0.1:{port}/paid/thing");
-    let mut first = None;
-    for _ in 0..100 {
-        if let Ok(r) = http().get(&url).send().await {
-            first = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let resp = first.expect("gateway did not come up within 5 s");
+    let resp = get_when_up(&url).await;
     assert_eq!(resp.status(), 402);
     let required = decode_required(&resp);
     let payment = x402_gateway::client::sign_v2(

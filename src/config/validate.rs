@@ -14,10 +14,10 @@ use super::file::{Issues, Section};
 use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, Asset, ChainConfig, Config, ConfigIssue, EmbeddedConfig, FacilitatorConfig,
-    FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat, LoggingConfig,
-    PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig, SettlementMode,
-    UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
+    assets, AdminConfig, Asset, ChainConfig, Config, ConfigIssue, EmbeddedConfig,
+    FacilitatorConfig, FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat,
+    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
+    SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -42,6 +42,7 @@ pub(super) fn validate(
     let limits = limits(&r.table("limits"));
     let journal = journal(&r.table("journal"), dir);
     let chain = chain(&r.table("chain"), env);
+    let admin = admin(&r.table("admin"));
     let defaults = Defaults::read(&r.table("payment"));
     let route_sections = r.tables("route");
     if route_sections.is_empty() && !r.has("route") {
@@ -73,6 +74,14 @@ pub(super) fn validate(
     if let Some(f) = &facilitator {
         check_facilitator_server(&facilitator_section, f);
     }
+    if let (Some(s), Some(a)) = (&server, &admin.listen) {
+        if *a == s.listen {
+            issues.push(
+                "admin.listen",
+                format!("`{a}` is also [server] listen: the admin listener needs its own address"),
+            );
+        }
+    }
     if let (Some(s), Some(f)) = (&server, &facilitator) {
         for (name, t) in [
             ("facilitator.settle_timeout", f.settle_timeout),
@@ -100,6 +109,7 @@ pub(super) fn validate(
             limits,
             journal,
             chain,
+            admin,
             routes,
         }),
         _ => {
@@ -200,8 +210,10 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
     let drain_timeout = s
         .duration("drain_timeout")
         .unwrap_or(Duration::from_secs(35));
+    let watch_config = s.bool("watch_config").unwrap_or(false);
     s.finish();
     Some(ServerConfig {
+        watch_config,
         listen,
         public_url,
         threads,
@@ -534,7 +546,21 @@ fn rate(s: &Section<'_>, key: &'static str, default: &str) -> Option<limits::Rat
     })
 }
 
-// === [journal], [chain] ===
+// === [journal], [chain], [admin] ===
+
+fn admin(s: &Section<'_>) -> AdminConfig {
+    let listen = s.str("listen").map(str::to_owned);
+    if let Some(l) = &listen {
+        if l.parse::<SocketAddr>().is_err() {
+            s.issue(
+                "listen",
+                format!("`{l}` is not an address like \"127.0.0.1:9402\""),
+            );
+        }
+    }
+    s.finish();
+    AdminConfig { listen }
+}
 
 fn journal(s: &Section<'_>, dir: &Path) -> JournalConfig {
     let enabled = s.bool("enabled").unwrap_or(true);

@@ -165,12 +165,48 @@ impl ServerPolicy {
 pub struct FacilitatorApp {
     inner: Arc<dyn Facilitator>,
     policy: ServerPolicy,
+    /// The last `/readyz` answer and when it was made: probes share one round of RPC reads a
+    /// second.
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, String)>>,
 }
+
+/// How long one `/readyz` answer is reused.
+const READINESS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl FacilitatorApp {
     /// Serves `inner` under `policy`.
     pub fn new(inner: Arc<dyn Facilitator>, policy: ServerPolicy) -> Self {
-        FacilitatorApp { inner, policy }
+        FacilitatorApp {
+            inner,
+            policy,
+            readiness: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `/readyz`: every chain's RPC answers and every signer has gas.
+    async fn readiness(&self) -> (StatusCode, String) {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, status, body)) = last.as_ref() {
+            if at.elapsed() < READINESS_TTL {
+                return (*status, body.clone());
+            }
+        }
+        let mut checks = Vec::new();
+        for b in self.inner.signer_balances().await {
+            let name = format!("signer {} on {}", b.signer.to_checksum(None), b.network);
+            let failed = match b.wei {
+                Ok(w) if w.is_zero() => Some("no gas: its settlements would fail".to_owned()),
+                Ok(_) => None,
+                Err(e) => Some(format!("RPC unreachable: {e}")),
+            };
+            checks.push((name, failed));
+        }
+        if checks.is_empty() {
+            checks.push(("signers".to_owned(), Some("none configured".to_owned())));
+        }
+        let (status, body) = crate::admin::readiness(&checks);
+        *last = Some((std::time::Instant::now(), status, body.clone()));
+        (status, body)
     }
 }
 
@@ -190,6 +226,16 @@ impl ServeHttp for FacilitatorApp {
                 }
                 return r;
             }
+        }
+        // Probes carry no token; the answers hold no secrets (RPC errors are redacted).
+        let plain = "text/plain; charset=utf-8";
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/livez") => return crate::admin::text(StatusCode::OK, plain, "ok\n".into()),
+            ("GET", "/readyz") => {
+                let (status, body) = self.readiness().await;
+                return crate::admin::text(status, plain, body);
+            }
+            _ => {}
         }
         let auth = s
             .req_header()

@@ -155,3 +155,50 @@ async fn a_full_journal_refuses_durable_writes_and_says_so() {
     j.flush().await.unwrap();
     assert!(j.is_healthy());
 }
+
+#[tokio::test]
+async fn a_delivered_or_failed_payment_never_moves_back() {
+    let dir = scratch("forward");
+    let j = Journal::open(&config(&dir, JournalSync::Normal)).unwrap();
+    let delivered = entry(1, JournalState::Delivered);
+    let failed = entry(2, JournalState::Failed);
+    j.record(delivered.clone());
+    j.record(failed.clone());
+    // What a process that took over would write after reading the chain.
+    j.transition(
+        delivered.id,
+        JournalState::Settled,
+        Some("0xcd".into()),
+        None,
+    );
+    j.transition(failed.id, JournalState::Unknown, None, None);
+    j.flush().await.unwrap();
+    let r = open_reader(&dir.join("journal.db")).unwrap();
+    let state = |e: &Entry| {
+        find(&r, &format!("{:#x}", e.key.from), &e.key.nonce.to_string()).unwrap()[0].state
+    };
+    assert_eq!(state(&delivered), JournalState::Delivered);
+    assert_eq!(state(&failed), JournalState::Failed);
+}
+
+#[tokio::test]
+async fn a_process_taking_over_never_picks_the_running_ones_ids() {
+    let dir = scratch("tags");
+    let c = config(&dir, JournalSync::Normal);
+    let old = Journal::open(&c).unwrap();
+    let mut e = entry(1, JournalState::Settling);
+    e.id = old.next_id();
+    old.record_durable(e).await.unwrap();
+    // The new process opens the same file while the old one still writes.
+    let new = Journal::open(&c).unwrap();
+    assert_eq!(new.tag, (old.tag + 1) & 0xFF);
+    let (a, b) = (old.next_id(), new.next_id());
+    assert_ne!(a, b);
+    assert_ne!(
+        (a >> ID_TAG_SHIFT) & 0xFF,
+        (b >> ID_TAG_SHIFT) & 0xFF,
+        "same milliseconds never collide"
+    );
+    // Both grow with time.
+    assert!(old.next_id() > a && new.next_id() > b);
+}

@@ -153,6 +153,15 @@ impl UpstreamTarget {
         self.peers.load().len()
     }
 
+    /// The upstream's addresses now (for health probes).
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.peers
+            .load()
+            .iter()
+            .filter_map(|p| p._address.as_inet().copied())
+            .collect()
+    }
+
     /// Whether the upstream has an address to connect to.
     pub fn is_addressable(&self) -> bool {
         !self.peers.load().is_empty()

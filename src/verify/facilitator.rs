@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::http1::{Endpoint, Http1Client};
 use crate::config::FacilitatorConfig;
+use crate::metrics::Metrics;
 use crate::protocol::{SettleResponse, SupportedResponse, VerifyResponse};
 
 /// Why a facilitator gave no usable answer.
@@ -83,40 +84,63 @@ pub struct Bounded {
     inner: Arc<dyn Facilitator>,
     permits: tokio::sync::Semaphore,
     wait: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Bounded {
-    /// At most `max` calls of `inner` at once; a call waits at most `wait` for a place.
-    pub fn new(inner: Arc<dyn Facilitator>, max: usize, wait: Duration) -> Self {
+    /// At most `max` calls of `inner` at once; a call waits at most `wait` for a place. Each
+    /// call's duration and outcome go to `metrics`.
+    pub fn new(
+        inner: Arc<dyn Facilitator>,
+        max: usize,
+        wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Bounded {
             inner,
             permits: tokio::sync::Semaphore::new(max),
             wait,
+            metrics,
         }
     }
 
-    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, FacilitatorError> {
-        match tokio::time::timeout(self.wait, self.permits.acquire()).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(FacilitatorError::Busy),
-        }
+    /// Runs `call` with a place (at most `max` at once), timing it.
+    async fn timed<T>(
+        &self,
+        endpoint: &str,
+        call: impl std::future::Future<Output = Result<T, FacilitatorError>>,
+    ) -> Result<T, FacilitatorError> {
+        let start = std::time::Instant::now();
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.wait, self.permits.acquire()).await else {
+            self.metrics
+                .facilitator_call(endpoint, "busy", start.elapsed());
+            return Err(FacilitatorError::Busy);
+        };
+        let r = call.await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .facilitator_call(endpoint, outcome, start.elapsed());
+        r
     }
 }
 
 #[async_trait]
 impl Facilitator for Bounded {
     async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError> {
-        let _p = self.permit().await?;
-        self.inner.verify(body).await
+        self.timed("verify", self.inner.verify(body)).await
     }
 
     async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
-        let _p = self.permit().await?;
-        self.inner.settle(body).await
+        self.timed("settle", self.inner.settle(body)).await
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
-        self.inner.supported().await
+        let start = std::time::Instant::now();
+        let r = self.inner.supported().await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .facilitator_call("supported", outcome, start.elapsed());
+        r
     }
 }
 
@@ -130,6 +154,22 @@ pub trait Facilitator: Send + Sync {
     async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError>;
     /// `GET /supported`.
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError>;
+    /// The native balance of each key that pays gas for settlements (an embedded facilitator;
+    /// none for a remote one).
+    async fn signer_balances(&self) -> Vec<SignerBalance> {
+        Vec::new()
+    }
+}
+
+/// A settlement signer's gas balance on one network.
+#[derive(Clone, Debug)]
+pub struct SignerBalance {
+    /// CAIP-2 network id.
+    pub network: String,
+    /// The signer.
+    pub signer: alloy::primitives::Address,
+    /// Its balance in wei, or why it could not be read (a redacted RPC error).
+    pub wei: Result<alloy::primitives::U256, String>,
 }
 
 /// HTTP facilitator client.

@@ -299,7 +299,7 @@ pub async fn mock_upstream_tls(acceptor: Option<tokio_rustls::TlsAcceptor>) -> M
                 resp.body.clear();
             }
             if req.target.contains("slow") {
-                resp = resp.delayed(Duration::from_millis(1500));
+                resp = resp.delayed(Duration::from_millis(4000));
             }
             if req.target.contains("cacheable") {
                 resp = resp.with_header("cache-control", "public, max-age=60");
@@ -791,4 +791,195 @@ impl Drop for Chain {
             .args(["stop", &self.port.to_string()])
             .status();
     }
+}
+
+// === The real binary ===
+
+/// A `gateway.toml` for the binary: `listen` on `port`, the admin listener on `admin`, the
+/// upstream and facilitator at these URLs, payments on Base Sepolia; `server_extra` goes into
+/// `[server]`, `routes` at the end.
+pub fn binary_config(
+    port: u16,
+    admin: u16,
+    upstream: &str,
+    facilitator: &str,
+    server_extra: &str,
+    routes: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+{server_extra}
+[admin]
+listen = "127.0.0.1:{admin}"
+[upstream]
+url = "{upstream}"
+[facilitator]
+url = "{facilitator}"
+timeout = "2s"
+[payment]
+pay_to = "{PAY_TO}"
+network = "base-sepolia"
+{routes}"#
+    )
+}
+
+/// Starts `x402-gateway run --config CONFIG [extra…]` with its log (info, plain text) in `log`.
+pub fn spawn_gateway(
+    config: &std::path::Path,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> KillOnDrop {
+    KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// GETs `url` once something listens there (up to 5 s).
+pub async fn get_when_up(url: &str) -> reqwest::Response {
+    for _ in 0..100 {
+        if let Ok(r) = http().get(url).send().await {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not answer within 5 s");
+}
+
+/// An error with its causes, for messages that say what failed on the wire.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+/// One request paid as the official clients pay: ask, sign what the 402 asks, retry; with
+/// `repay`, a 402 to the paid request (the price changed) is paid once more. `Ok(true)` when it
+/// was paid twice.
+pub async fn pay_once(url: &str, repay: bool) -> Result<bool, String> {
+    let r = http()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("unpaid: {}", error_chain(&e)))?;
+    if r.status() != 402 {
+        return Err(format!("unpaid request answered {}", r.status()));
+    }
+    let mut required = decode_required(&r);
+    for attempt in 0..2 {
+        let payment =
+            client::sign_v2(&payer(), &required, 0, now(), client::random_nonce()).unwrap();
+        let r = http()
+            .get(url)
+            .header("payment-signature", payment)
+            .send()
+            .await
+            .map_err(|e| format!("paid: {}", error_chain(&e)))?;
+        match r.status().as_u16() {
+            200 => return Ok(attempt == 1),
+            402 if attempt == 0 && repay => required = decode_required(&r),
+            s => return Err(format!("paid request answered {s}")),
+        }
+    }
+    Err("a second 402 after paying the new price".into())
+}
+
+/// Clients paying in a loop until stopped, each on its own paths; counts what they got.
+pub struct PayingClients {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    repaid: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl PayingClients {
+    /// `n` clients on `base`: client `i` pays for `{base}/paid/{i}` and, with `free`, also
+    /// fetches `{base}/free/{i}` in each round.
+    pub fn start(n: usize, base: &str, free: bool, repay: bool) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, repaid) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..n)
+            .map(|i| {
+                let (stop, ok, repaid) = (stop.clone(), ok.clone(), repaid.clone());
+                let (paid, free_url) = (format!("{base}/paid/{i}"), format!("{base}/free/{i}"));
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        match pay_once(&paid, repay).await {
+                            Ok(twice) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                                if twice {
+                                    repaid.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            Err(e) => errors.push(e),
+                        }
+                        if free {
+                            match http().get(&free_url).send().await {
+                                Ok(r) if r.status() == 200 => {}
+                                Ok(r) => errors.push(format!("free answered {}", r.status())),
+                                Err(e) => errors.push(format!("free: {}", error_chain(&e))),
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        PayingClients {
+            stop,
+            ok,
+            repaid,
+            tasks,
+        }
+    }
+
+    /// Paid requests served so far.
+    pub fn served(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` paid requests were served.
+    pub async fn until_served(&self, n: usize) {
+        while self.served() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops every client after its current round; returns what they got.
+    pub async fn stop(self) -> Stopped {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.unwrap());
+        }
+        Stopped {
+            served: self.ok.load(Ordering::SeqCst),
+            repaid: self.repaid.load(Ordering::SeqCst),
+            errors,
+        }
+    }
+}
+
+/// What paying clients got, in the end.
+pub struct Stopped {
+    /// Paid requests served.
+    pub served: usize,
+    /// Of those, paid twice (the price changed in between).
+    pub repaid: usize,
+    /// What failed.
+    pub errors: Vec<String>,
 }

@@ -296,3 +296,22 @@ fn journal_and_chain_keys() {
         .iter()
         .any(|i| i.key == "journal.sync"));
 }
+
+#[test]
+fn admin_listener_is_off_by_default_and_needs_its_own_address() {
+    assert_eq!(load(MINIMAL).unwrap().admin.listen, None);
+    let ok = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9402\"\n");
+    assert_eq!(
+        load(&ok).unwrap().admin.listen.as_deref(),
+        Some("127.0.0.1:9402")
+    );
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8402\"\n{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:8402\"\n"
+    );
+    let issues = load(&text).unwrap_err();
+    assert!(issues.iter().any(|i| i.key == "admin.listen"), "{issues:?}");
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"localhost\"\nport = 1\n");
+    let issues = load(&text).unwrap_err();
+    let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["admin.listen", "admin.port"], "{issues:?}");
+}

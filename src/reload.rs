@@ -1,0 +1,370 @@
+//! Hot reload of `gateway.toml` (SIGHUP, or `[server] watch_config = true`).
+//!
+//! Owns: [`Reloader`] (read, validate as `check` does, refuse options the facilitator does not
+//! support, swap the price table atomically) and the report of what changed. Requests in flight
+//! keep the table they were admitted with (each holds an `Arc` of it); the next request sees the
+//! new one. A file that does not validate changes nothing: every problem is logged and the
+//! running table stays.
+//!
+//! What a reload applies: the `[[route]]` tables and the `[payment]` defaults they inherit (the
+//! price table). Every other section is read at start only; a change there is reported as
+//! needing a restart and the running value is kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{Config, RouteRule};
+use crate::metrics::Metrics;
+use crate::pricing::PriceTable;
+use crate::protocol::SupportedResponse;
+use crate::verify::Facilitator;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be read or does not validate (every problem listed).
+    #[error("{0}")]
+    Config(String),
+    /// Routes offer payments the facilitator does not handle.
+    #[error("the facilitator does not support these route options: {}", .0.join("; "))]
+    Unsupported(Vec<String>),
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Routes added, removed or changed, one line each (`+`, `-`, `~`).
+    pub routes: Vec<String>,
+    /// Sections that changed in the file but apply only at the next start.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// One line per route: what a client is asked to pay, and how.
+fn route_summary(r: &RouteRule) -> String {
+    let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
+        m.iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let price = if r.is_free() {
+        "free".to_owned()
+    } else {
+        r.options
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} on {} to {}",
+                    o.display_price(),
+                    o.network.caip2(),
+                    o.pay_to
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let mut s = format!("{methods} {}: {price}", r.path);
+    if !r.is_free() {
+        s.push_str(&format!(", settle {}", r.settlement.as_str()));
+    }
+    if r.websocket {
+        s.push_str(", websocket");
+    }
+    s
+}
+
+/// The route changes from `old` to `new`, keyed by path and methods, in file order.
+pub fn diff_routes(old: &[RouteRule], new: &[RouteRule]) -> Vec<String> {
+    let key = |r: &RouteRule| {
+        let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
+            m.iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        format!("{methods} {}", r.path)
+    };
+    let before: BTreeMap<String, String> = old.iter().map(|r| (key(r), route_summary(r))).collect();
+    let after: BTreeMap<String, String> = new.iter().map(|r| (key(r), route_summary(r))).collect();
+    let mut out = Vec::new();
+    for r in new {
+        let k = key(r);
+        match before.get(&k) {
+            None => out.push(format!("+ {}", route_summary(r))),
+            Some(b) if *b != route_summary(r) => {
+                out.push(format!("~ {b} -> {}", route_summary(r)));
+            }
+            Some(_) => {}
+        }
+    }
+    for r in old {
+        if !after.contains_key(&key(r)) {
+            out.push(format!("- {}", route_summary(r)));
+        }
+    }
+    let old_order: Vec<String> = old.iter().map(key).collect();
+    let new_order: Vec<String> = new
+        .iter()
+        .map(key)
+        .filter(|k| before.contains_key(k))
+        .collect();
+    let kept_old: Vec<String> = old_order
+        .into_iter()
+        .filter(|k| after.contains_key(k))
+        .collect();
+    if kept_old != new_order {
+        out.push("order of routes changed (first match wins)".to_owned());
+    }
+    out
+}
+
+/// How a section of a configuration reads, for comparison.
+type Section = dyn Fn(&Config) -> String;
+
+/// The sections that changed but apply only at start.
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let sections: [(&'static str, &Section); 9] = [
+        ("[server]", &|c| format!("{:?}", c.server)),
+        ("[upstream]", &|c| format!("{:?}", c.upstream)),
+        ("[facilitator]", &|c| format!("{:?}", c.facilitator)),
+        ("[verification]", &|c| format!("{:?}", c.verification)),
+        ("[logging]", &|c| format!("{:?}", c.logging)),
+        ("[limits]", &|c| format!("{:?}", c.limits)),
+        ("[journal]", &|c| format!("{:?}", c.journal)),
+        ("[chain]", &|c| format!("{:?}", c.chain)),
+        ("[admin]", &|c| format!("{:?}", c.admin)),
+    ];
+    sections
+        .into_iter()
+        .filter(|(_, read)| read(old) != read(new))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Where the running configuration came from.
+#[derive(Debug)]
+pub struct Source {
+    /// The file.
+    pub path: PathBuf,
+    /// The configuration as read from it at start (before command-line overrides such as
+    /// `--listen`, so that they are not taken for edits).
+    pub as_read: Config,
+    /// The facilitator's `/supported` at start.
+    pub supported: SupportedResponse,
+    /// Started with `run --upgrade`: the listening sockets come from the running instance.
+    pub upgrade: bool,
+}
+
+/// Re-reads the configuration file and swaps the price table.
+pub struct Reloader {
+    path: PathBuf,
+    /// The configuration in effect (its routes are the table's).
+    current: tokio::sync::Mutex<Config>,
+    table: Arc<ArcSwap<PriceTable>>,
+    facilitator: Arc<dyn Facilitator>,
+    /// The last `/supported` read, used when the facilitator does not answer during a reload.
+    supported: std::sync::Mutex<SupportedResponse>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    /// Reloads the file of `source` into `table`.
+    pub fn new(
+        source: Source,
+        table: Arc<ArcSwap<PriceTable>>,
+        facilitator: Arc<dyn Facilitator>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Reloader {
+            path: source.path,
+            current: tokio::sync::Mutex::new(source.as_read),
+            table,
+            facilitator,
+            supported: std::sync::Mutex::new(source.supported),
+            metrics,
+        }
+    }
+
+    /// Reads, validates and applies the file once; logs and counts the result.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: nothing changed.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let r = self.try_reload().await;
+        match &r {
+            Ok(report) => {
+                self.metrics.config_reload("applied");
+                if report.routes.is_empty() {
+                    tracing::info!(config = %self.path.display(), "configuration reloaded: no route changed");
+                }
+                for change in &report.routes {
+                    tracing::info!(config = %self.path.display(), change, "configuration reloaded: route");
+                }
+                for section in &report.restart_needed {
+                    tracing::warn!(config = %self.path.display(), section, "changed in the file, applies at the next start (the running value is kept)");
+                }
+            }
+            Err(e) => {
+                self.metrics.config_reload("rejected");
+                tracing::error!(config = %self.path.display(), error = %e, "configuration reload rejected: the running configuration is kept");
+            }
+        }
+        r
+    }
+
+    async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
+        let new = Config::load(&self.path).map_err(|e| ReloadError::Config(e.to_string()))?;
+        let supported = match tokio::time::timeout(
+            new.facilitator.timeout.min(Duration::from_secs(10)),
+            self.facilitator.supported(),
+        )
+        .await
+        {
+            Ok(Ok(s)) => {
+                if let Ok(mut last) = self.supported.lock() {
+                    *last = s.clone();
+                }
+                s
+            }
+            _ => {
+                tracing::warn!("facilitator /supported did not answer during the reload: checking against the last answer");
+                self.supported.lock().map(|s| s.clone()).unwrap_or_default()
+            }
+        };
+        let kinds = crate::kinds(&supported);
+        let missing = crate::unsupported_options(&new, &kinds);
+        if !missing.is_empty() {
+            return Err(ReloadError::Unsupported(missing));
+        }
+        let mut current = self.current.lock().await;
+        let report = ReloadReport {
+            routes: diff_routes(&current.routes, &new.routes),
+            restart_needed: restart_needed(&current, &new),
+        };
+        self.table
+            .store(Arc::new(crate::price_table(new.routes.clone(), &kinds)));
+        current.routes = new.routes;
+        Ok(report)
+    }
+}
+
+/// What identifies a version of the file: its modification time and length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reloads on SIGHUP, and (`watch`) when the file changes (checked every `every`).
+pub struct ConfigWatcher {
+    /// The reloader.
+    pub reloader: Arc<Reloader>,
+    /// Whether to watch the file.
+    pub watch: bool,
+    /// How often the file is looked at.
+    pub every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by signal is off");
+                None
+            }
+        };
+        let path = self.reloader.path.clone();
+        let mut seen = stamp(&path);
+        loop {
+            let by_signal = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+                () = tokio::time::sleep(self.every), if self.watch => false,
+            };
+            let now = stamp(&path);
+            if !by_signal && now == seen {
+                continue;
+            }
+            seen = now;
+            let _ = self.reloader.reload().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::test_config;
+
+    const BASE: &str = r#"
+[[route]]
+path = "/health"
+price = "free"
+[[route]]
+path = "/weather/*"
+methods = ["GET"]
+price = "$0.001"
+[[route]]
+path = "/premium/**"
+price = "$0.01"
+"#;
+
+    #[test]
+    fn route_changes_are_listed_one_per_line() {
+        let old = test_config(BASE);
+        let new = test_config(&BASE.replace("$0.001", "$0.002").replace(
+            "path = \"/premium/**\"\nprice = \"$0.01\"",
+            "path = \"/gold/**\"\nprice = \"$1\"",
+        ));
+        let changes = diff_routes(&old.routes, &new.routes);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(
+            changes[0].starts_with("~ GET /weather/*: $0.001 on eip155:84532"),
+            "{changes:?}"
+        );
+        assert!(
+            changes[0].contains("-> GET /weather/*: $0.002 on eip155:84532"),
+            "{changes:?}"
+        );
+        assert!(
+            changes[1].starts_with("+ * /gold/**: $1 on eip155:84532"),
+            "{changes:?}"
+        );
+        assert!(
+            changes[2].starts_with("- * /premium/**: $0.01"),
+            "{changes:?}"
+        );
+        assert!(diff_routes(&old.routes, &old.routes).is_empty());
+    }
+
+    #[test]
+    fn a_new_order_is_a_change() {
+        let old = test_config(BASE);
+        let swapped = BASE.replacen("[[route]]\npath = \"/health\"\nprice = \"free\"\n", "", 1)
+            + "[[route]]\npath = \"/health\"\nprice = \"free\"\n";
+        let new = test_config(&swapped);
+        assert_eq!(
+            diff_routes(&old.routes, &new.routes),
+            ["order of routes changed (first match wins)"]
+        );
+    }
+
+    #[test]
+    fn sections_that_apply_at_start_are_reported() {
+        let old = test_config(BASE);
+        let mut new = test_config(BASE);
+        assert!(restart_needed(&old, &new).is_empty());
+        new.server.listen = "127.0.0.1:1".into();
+        new.admin.listen = Some("127.0.0.1:2".into());
+        assert_eq!(restart_needed(&old, &new), ["[server]", "[admin]"]);
+    }
+}

@@ -1,0 +1,189 @@
+//! Hot reload of the real binary: a price change by SIGHUP under load fails no request; a file
+//! that does not validate changes nothing; `watch_config` picks up an edit by itself. Each step
+//! waits for `x402_config_reloads_total` on the admin listener, never for a fixed time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+struct Running {
+    port: u16,
+    admin: u16,
+    upstream: String,
+    facilitator: String,
+    watch: bool,
+    config: PathBuf,
+    log: PathBuf,
+    process: KillOnDrop,
+}
+
+/// Writes the file: listening on `port`, this upstream and price.
+fn write_config(
+    path: &std::path::Path,
+    port: u16,
+    admin: u16,
+    upstream: &str,
+    facilitator: &str,
+    watch: bool,
+    price: &str,
+) {
+    let server = format!("threads = 2\nwatch_config = {watch}");
+    let routes = format!("[[route]]\npath = \"/paid/**\"\nprice = \"{price}\"\n");
+    std::fs::write(
+        path,
+        binary_config(port, admin, upstream, facilitator, &server, &routes),
+    )
+    .unwrap();
+}
+
+impl Running {
+    fn start(upstream: &str, facilitator: &str, watch: bool) -> Running {
+        let config = scratch_file("gateway.toml");
+        let log = config.with_file_name("gateway.log");
+        let (port, admin) = (free_port(), free_port());
+        write_config(&config, port, admin, upstream, facilitator, watch, "$0.001");
+        let process = spawn_gateway(&config, &[], &log);
+        Running {
+            port,
+            admin,
+            upstream: upstream.to_owned(),
+            facilitator: facilitator.to_owned(),
+            watch,
+            config,
+            log,
+            process,
+        }
+    }
+
+    /// Rewrites the file: listening on `port`, this upstream and price.
+    fn write(&self, port: u16, upstream: &str, price: &str) {
+        write_config(
+            &self.config,
+            port,
+            self.admin,
+            upstream,
+            &self.facilitator,
+            self.watch,
+            price,
+        );
+    }
+
+    fn url(&self, p: &str) -> String {
+        format!("http://127.0.0.1:{}{p}", self.port)
+    }
+
+    fn hup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.process.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn reloads(&self, result: &str) -> usize {
+        let m = http()
+            .get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let series = format!("x402_config_reloads_total{{result=\"{result}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 10 s) until `result` was counted `n` times.
+    async fn wait_reloads(&self, result: &str, n: usize) {
+        for _ in 0..500 {
+            if self.reloads(result).await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {result} reload #{n}; log:\n{}", self.log());
+    }
+
+    /// The amount the route asks for now.
+    async fn asked(&self) -> String {
+        let r = get_when_up(&self.url("/paid/x")).await;
+        assert_eq!(r.status(), 402);
+        decode_required(&r).accepts[0].amount.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_change_under_load_fails_no_request_and_a_bad_file_changes_nothing() {
+    let upstream = mock_upstream().await;
+    let facilitator = MockFacilitator::start().await;
+    let gw = Running::start(&upstream.url(), &facilitator.server.url(), false);
+    assert_eq!(gw.asked().await, "1000");
+
+    let clients = PayingClients::start(4, &gw.url(""), false, true);
+    clients.until_served(40).await;
+    gw.write(gw.port, &gw.upstream, "$0.002");
+    gw.hup();
+    gw.wait_reloads("applied", 1).await;
+    clients.until_served(clients.served() + 40).await;
+    let got = clients.stop().await;
+    assert!(got.errors.is_empty(), "failed requests: {:?}", got.errors);
+    assert_eq!(gw.asked().await, "2000");
+    assert_eq!(
+        facilitator.settle_calls(),
+        got.served,
+        "one settlement per served request"
+    );
+    let text = gw.log();
+    assert!(
+        text.contains("configuration reloaded: route")
+            && text.contains("~ * /paid/**: $0.001 on eip155:84532")
+            && text.contains("-> * /paid/**: $0.002 on eip155:84532"),
+        "{text}"
+    );
+    eprintln!(
+        "reload under load: {} paid requests served, {} paid again after the price change, 0 failed",
+        got.served, got.repaid
+    );
+
+    // A file that does not validate: every problem logged, the running table kept.
+    gw.write(gw.port, "ftp://x", "$-1");
+    gw.hup();
+    gw.wait_reloads("rejected", 1).await;
+    assert_eq!(gw.asked().await, "2000");
+    let text = gw.log();
+    assert!(
+        text.contains("configuration reload rejected")
+            && text.contains("upstream.url")
+            && text.contains("route[0].price"),
+        "{text}"
+    );
+    // Listen addresses apply at the next start: reported, kept.
+    gw.write(free_port(), &gw.upstream, "$0.002");
+    gw.hup();
+    gw.wait_reloads("applied", 2).await;
+    assert!(gw.log().contains("section=\"[server]\""), "{}", gw.log());
+    assert_eq!(gw.asked().await, "2000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_reloads_an_edited_file_by_itself() {
+    let upstream = mock_upstream().await;
+    let facilitator = MockFacilitator::start().await;
+    let gw = Running::start(&upstream.url(), &facilitator.server.url(), true);
+    assert_eq!(gw.asked().await, "1000");
+    gw.write(gw.port, &gw.upstream, "$0.0125");
+    gw.wait_reloads("applied", 1).await;
+    assert_eq!(gw.asked().await, "12500");
+}
