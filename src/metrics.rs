@@ -14,8 +14,8 @@ use std::time::Duration;
 use alloy::primitives::{Address, U256};
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::protocol::ErrorReason;
@@ -40,7 +40,7 @@ pub struct Metrics {
     cache_hits: IntCounter,
     cache_misses: IntCounter,
     pending: IntGauge,
-    signer_balance: IntGaugeVec,
+    signer_balance: GaugeVec,
     reloads: IntCounterVec,
 }
 
@@ -161,10 +161,10 @@ impl Metrics {
             &["version"],
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let signer_balance = IntGaugeVec::new(
+        let signer_balance = GaugeVec::new(
             Opts::new(
                 "x402_signer_gas_balance_wei",
-                "Native balance of each embedded-facilitator signer (saturates at i64::MAX).",
+                "Native balance of each embedded-facilitator signer, in wei.",
             ),
             &["network", "signer"],
         )?;
@@ -254,7 +254,7 @@ impl Metrics {
     pub fn signer_balance(&self, network: &str, signer: Address, wei: U256) {
         self.signer_balance
             .with_label_values(&[network, &signer.to_checksum(None)])
-            .set(i64::try_from(wei).unwrap_or(i64::MAX));
+            .set(wei.to_string().parse().unwrap_or(f64::MAX));
     }
 
     /// The Prometheus text exposition of every metric, with the replay guard's size now.
@@ -329,7 +329,11 @@ mod tests {
         m.upstream("/a", Duration::from_millis(2));
         m.verdict_cache(true);
         m.verdict_cache(false);
-        m.signer_balance("eip155:84532", Address::ZERO, U256::from(5u64));
+        m.signer_balance(
+            "eip155:84532",
+            Address::ZERO,
+            U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18u64)),
+        );
         let text = m.render(0);
         for family in [
             "x402_requests_total",
@@ -353,5 +357,12 @@ mod tests {
         assert!(text.contains(
             r#"x402_facilitator_request_duration_seconds_bucket{endpoint="settle",outcome="ok",le="0.005"} 1"#
         ));
+        // 10,000 ETH, not saturated at i64::MAX.
+        assert!(
+            text.contains(
+                r#"signer="0x0000000000000000000000000000000000000000"} 10000000000000000000000"#
+            ),
+            "{text}"
+        );
     }
 }
