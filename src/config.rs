@@ -417,6 +417,13 @@ impl RouteRule {
     pub fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
     }
+
+    /// Its methods for people: `GET,POST`, or `*` for all.
+    pub fn methods_label(&self) -> String {
+        self.methods.as_ref().map_or("*".to_owned(), |m| {
+            m.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+        })
+    }
 }
 
 /// One way to pay for a route: the `exact` scheme on an EVM network.

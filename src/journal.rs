@@ -768,19 +768,16 @@ fn collect(
 /// # Errors
 /// [`JournalError::Sqlite`].
 pub fn state_of(conn: &Connection, id: i64) -> Result<Option<JournalState>, JournalError> {
+    use rusqlite::OptionalExtension;
     let state: Option<String> = conn
         .query_row(
             "SELECT state FROM payments WHERE id = ?1",
             params![id],
             |r| r.get(0),
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })
+        .optional()
         .map_err(|source| JournalError::Sqlite {
-            path: String::new(),
+            path: "(journal)".into(),
             source,
         })?;
     Ok(state.as_deref().and_then(JournalState::parse))

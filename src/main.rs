@@ -175,15 +175,21 @@ fn check(path: &std::path::Path) -> ExitCode {
         )
     );
     println!(
+        "  reload       on SIGHUP{}",
+        if s.watch_config {
+            " and when the file changes (watch_config)"
+        } else {
+            ""
+        }
+    );
+    println!(
         "  runtime      pid {}; upgrade socket {}",
         s.pid_file.display(),
         s.upgrade_sock.display()
     );
     println!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
-        let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
-            m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
-        });
+        let methods = r.methods_label();
         if r.is_free() {
             println!("  [{}] {methods:<8} {:<24} free", r.index, r.path);
             continue;

@@ -788,18 +788,19 @@ impl Payments {
         self.recover_scoped(Scope::GuardOnly).await
     }
 
-    /// Whether the process handed over from has exited (or had its time).
-    fn handover_done(&self, now_ms: u64) -> bool {
-        let Ok(h) = self.handover.lock() else {
-            return true;
+    /// Whether the process handed over from has exited (or had its time); forgotten then, so
+    /// this says yes once.
+    fn handover_finished(&self, now_ms: u64) -> bool {
+        let Ok(mut h) = self.handover.lock() else {
+            return false;
         };
-        match *h {
-            None => false,
-            Some((old, deadline)) => {
-                now_ms >= deadline
-                    || old.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            }
+        let finished = h.is_some_and(|(old, deadline)| {
+            now_ms >= deadline || old.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        });
+        if finished {
+            *h = None;
         }
+        finished
     }
 
     async fn recover_scoped(&self, scope: Scope) -> Result<Recovery, journal::JournalError> {
@@ -913,10 +914,7 @@ impl Payments {
                 Err(e) => tracing::warn!(error = %e, "journal not recoverable yet"),
             }
         }
-        if self.handover_done(now_ms) {
-            if let Ok(mut h) = self.handover.lock() {
-                *h = None;
-            }
+        if self.handover_finished(now_ms) {
             match self.recover_scoped(Scope::NotOwn).await {
                 Ok(r) => tracing::info!(?r, "journal recovered after the hand-over"),
                 Err(e) => tracing::warn!(error = %e, "journal not recoverable after the hand-over"),

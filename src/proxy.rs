@@ -509,32 +509,31 @@ impl ProxyHttp for Gateway {
                     s => s.name(),
                 };
                 metrics.payment(label, &p.verified.network, outcome, p.failure_reason());
+                tracing::info!(
+                    target: "x402_gateway::payment",
+                    route = label,
+                    outcome = p.state().name(),
+                    reason = p.failure_reason().map_or("", ErrorReason::as_str),
+                    payer = %p.verified.payer,
+                    amount = %p.verified.amount,
+                    network = p.verified.network.as_str(),
+                    transaction = p.transaction().unwrap_or(""),
+                    status,
+                    "paid request"
+                );
             }
-            (None, Some(r)) => metrics.payment(label, "", "rejected", Some(r)),
-            (None, None) => return,
-        }
-        let path = label;
-        match &ctx.payment {
-            Some(p) => tracing::info!(
-                target: "x402_gateway::payment",
-                route = path,
-                outcome = p.state().name(),
-                reason = p.failure_reason().map_or("", ErrorReason::as_str),
-                payer = %p.verified.payer,
-                amount = %p.verified.amount,
-                network = p.verified.network.as_str(),
-                transaction = p.transaction().unwrap_or(""),
-                status,
-                "paid request"
-            ),
-            None => tracing::info!(
-                target: "x402_gateway::payment",
-                route = path,
-                outcome = "rejected",
-                reason = ctx.rejection.as_ref().map_or("", ErrorReason::as_str),
-                status,
-                "paid request"
-            ),
+            (None, Some(r)) => {
+                metrics.payment(label, "", "rejected", Some(r));
+                tracing::info!(
+                    target: "x402_gateway::payment",
+                    route = label,
+                    outcome = "rejected",
+                    reason = r.as_str(),
+                    status,
+                    "paid request"
+                );
+            }
+            (None, None) => {}
         }
     }
 }

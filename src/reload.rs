@@ -48,12 +48,6 @@ pub struct ReloadReport {
 
 /// One line per route: what a client is asked to pay, and how.
 fn route_summary(r: &RouteRule) -> String {
-    let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
-        m.iter()
-            .map(http::Method::as_str)
-            .collect::<Vec<_>>()
-            .join(",")
-    });
     let price = if r.is_free() {
         "free".to_owned()
     } else {
@@ -70,7 +64,7 @@ fn route_summary(r: &RouteRule) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    let mut s = format!("{methods} {}: {price}", r.path);
+    let mut s = format!("{} {}: {price}", r.methods_label(), r.path);
     if !r.is_free() {
         s.push_str(&format!(", settle {}", r.settlement.as_str()));
     }
@@ -82,44 +76,43 @@ fn route_summary(r: &RouteRule) -> String {
 
 /// The route changes from `old` to `new`, keyed by path and methods, in file order.
 pub fn diff_routes(old: &[RouteRule], new: &[RouteRule]) -> Vec<String> {
-    let key = |r: &RouteRule| {
-        let methods = r.methods.as_ref().map_or("*".to_owned(), |m| {
-            m.iter()
-                .map(http::Method::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-        format!("{methods} {}", r.path)
+    // (key, summary) of each route, in file order.
+    let read = |routes: &[RouteRule]| -> Vec<(String, String)> {
+        routes
+            .iter()
+            .map(|r| {
+                (
+                    format!("{} {}", r.methods_label(), r.path),
+                    route_summary(r),
+                )
+            })
+            .collect()
     };
-    let before: BTreeMap<String, String> = old.iter().map(|r| (key(r), route_summary(r))).collect();
-    let after: BTreeMap<String, String> = new.iter().map(|r| (key(r), route_summary(r))).collect();
+    let (old, new) = (read(old), read(new));
+    let before: BTreeMap<&str, &str> = old.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let after: BTreeMap<&str, &str> = new.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut out = Vec::new();
-    for r in new {
-        let k = key(r);
-        match before.get(&k) {
-            None => out.push(format!("+ {}", route_summary(r))),
-            Some(b) if *b != route_summary(r) => {
-                out.push(format!("~ {b} -> {}", route_summary(r)));
-            }
+    for (k, summary) in &new {
+        match before.get(k.as_str()) {
+            None => out.push(format!("+ {summary}")),
+            Some(b) if b != summary => out.push(format!("~ {b} -> {summary}")),
             Some(_) => {}
         }
     }
-    for r in old {
-        if !after.contains_key(&key(r)) {
-            out.push(format!("- {}", route_summary(r)));
+    for (k, summary) in &old {
+        if !after.contains_key(k.as_str()) {
+            out.push(format!("- {summary}"));
         }
     }
-    let old_order: Vec<String> = old.iter().map(key).collect();
-    let new_order: Vec<String> = new
-        .iter()
-        .map(key)
-        .filter(|k| before.contains_key(k))
-        .collect();
-    let kept_old: Vec<String> = old_order
-        .into_iter()
-        .filter(|k| after.contains_key(k))
-        .collect();
-    if kept_old != new_order {
+    // The routes in both files, in each file's order.
+    let kept = |routes: &[(String, String)], other: &BTreeMap<&str, &str>| -> Vec<String> {
+        routes
+            .iter()
+            .filter(|(k, _)| other.contains_key(k.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    if kept(&old, &after) != kept(&new, &before) {
         out.push("order of routes changed (first match wins)".to_owned());
     }
     out

@@ -106,4 +106,5 @@ fn default_threads_follow_the_cpus_this_process_may_use() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("(threads: 1)"), "{stdout}");
     assert!(stdout.contains("admin        127.0.0.1:9402"), "{stdout}");
+    assert!(stdout.contains("reload       on SIGHUP\n"), "{stdout}");
 }
