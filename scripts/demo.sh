@@ -6,7 +6,9 @@
 # with the embedded facilitator; then an agent (`x402-gateway pay`) pays for one request.
 # Prints the 402, the payment, the 200 with its receipt, the on-chain transaction and the
 # balances before and after, then keeps the stack up for you to curl until Ctrl-C.
-# Set DEMO_EXIT=1 to stop right after the payment. Logs: .local/demo/*.log
+# Then the same API behind a real nginx and a real Caddy, with the gateway as their auth service
+# (forward-auth mode), paid through each. Set DEMO_EXIT=1 to stop at the end.
+# Logs: .local/demo/*.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -15,6 +17,9 @@ CHAIN_PORT="${CHAIN_PORT:-18545}"
 API_PORT="${API_PORT:-13000}"
 GATEWAY_PORT="${GATEWAY_PORT:-18402}"
 ADMIN_PORT="${ADMIN_PORT:-19402}"
+AUTH_PORT="${AUTH_PORT:-18404}"
+NGINX_PORT="${NGINX_PORT:-18080}"
+CADDY_PORT="${CADDY_PORT:-18081}"
 DIR=.local/demo
 RPC="http://127.0.0.1:$CHAIN_PORT"
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
@@ -34,9 +39,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for port in "$API_PORT" "$GATEWAY_PORT" "$ADMIN_PORT"; do
+for port in "$API_PORT" "$GATEWAY_PORT" "$ADMIN_PORT" "$AUTH_PORT" "$NGINX_PORT" "$CADDY_PORT"; do
   if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use; set API_PORT / GATEWAY_PORT / ADMIN_PORT / CHAIN_PORT" >&2; exit 1
+    echo "port $port is in use; set API_PORT / GATEWAY_PORT / ADMIN_PORT / AUTH_PORT / NGINX_PORT / CADDY_PORT / CHAIN_PORT" >&2; exit 1
   fi
 done
 
@@ -44,6 +49,7 @@ started=$(date +%s.%N)
 bold "building (first run on a fresh machine: a few minutes)"
 ensure_build_tools
 ensure_node_tools
+ensure_proxy_tools
 cargo build --release --locked --quiet
 BIN="$CARGO_TARGET_DIR/release/x402-gateway"
 mkdir -p "$DIR"
@@ -61,6 +67,9 @@ threads = 1
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
+
+[auth]
+listen = "127.0.0.1:$AUTH_PORT"
 
 [upstream]
 url = "http://127.0.0.1:$API_PORT"
@@ -122,6 +131,26 @@ curl -s "http://127.0.0.1:$ADMIN_PORT/readyz"
 echo "\$ curl -s http://127.0.0.1:$ADMIN_PORT/metrics | grep -E '^x402_(payments|revenue|challenges|signer)'"
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^x402_(payments|revenue|challenges|signer)'
 
+bold "5. the same API behind nginx and Caddy, the gateway as their auth service ([auth] listen)"
+scripts/proxy.sh nginx "$NGINX_PORT" "127.0.0.1:$AUTH_PORT" "127.0.0.1:$API_PORT" "$DIR/nginx" > "$DIR/nginx.log" 2>&1 &
+pids+=($!)
+scripts/proxy.sh caddy "$CADDY_PORT" "127.0.0.1:$AUTH_PORT" "127.0.0.1:$API_PORT" "$DIR/caddy" > "$DIR/caddy.log" 2>&1 &
+pids+=($!)
+for base in "http://127.0.0.1:$NGINX_PORT" "http://127.0.0.1:$CADDY_PORT"; do
+  for _ in $(seq 100); do curl -s -o /dev/null "$base/health" && break; sleep 0.1; done
+done
+for proxy in "nginx (auth_request):$NGINX_PORT" "Caddy (forward_auth):$CADDY_PORT"; do
+  name="${proxy%:*}" base="http://127.0.0.1:${proxy##*:}"
+  echo "-- $name, deploy/ example config"
+  echo "\$ curl -i $base/weather/tokyo"
+  curl -s -i "$base/weather/tokyo" | sed -n '1p' | tr -d '\r'
+  echo "\$ x402-gateway pay $base/weather/tokyo"
+  X402_PAYER_KEY=$PAYER_KEY "$BIN" pay "$base/weather/tokyo" 2> "$DIR/pay-proxy.txt" > "$DIR/body.txt"
+  grep -E '^(HTTP|PAYMENT-RESPONSE|transaction)' "$DIR/pay-proxy.txt"; echo "body: $(cat "$DIR/body.txt")"
+done
+echo "\$ grep x402_gateway::access $DIR/gateway.log | tail -1   # one access line per request"
+grep x402_gateway::access "$DIR/gateway.log" | tail -1
+
 if [ "${DEMO_EXIT:-0}" = 1 ] || [ ! -t 0 ]; then
   bold "done"
   exit 0
@@ -133,6 +162,8 @@ cat <<TXT
     $BIN pay $GATEWAY/weather/london                                 # pay and get the data
   curl $GATEWAY/health                                              # free route
   curl http://127.0.0.1:$ADMIN_PORT/metrics                              # Prometheus metrics
+  curl -i http://127.0.0.1:$NGINX_PORT/weather/london                       # the same paywall, through nginx
+  curl -i http://127.0.0.1:$CADDY_PORT/weather/london                       # and through Caddy
   logs: $DIR/gateway.log
 TXT
 while true; do sleep 3600; done

@@ -16,16 +16,9 @@ ensure_build_tools() {
   fi
 }
 
-# Debian packages the load benchmark drives: wrk (load generator), nginx (upstream, fixed-answer
-# facilitator, and the proxy_pass peer), taskset. The nginx package's own service is not
-# started (policy-rc.d says no while installing).
-ensure_bench_tools() {
-  local missing=()
-  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "installing ${missing[*]} for the load benchmark..." >&2
+# Installs Debian packages without starting their services (policy-rc.d says no meanwhile).
+apt_install() {
+  echo "installing $* ..." >&2
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   local policy=/usr/sbin/policy-rc.d created=""
@@ -33,9 +26,28 @@ ensure_bench_tools() {
     printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && created=1
   fi
   $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   [ -n "$created" ] && $sudo rm -f "$policy"
   return 0
+}
+
+# Debian packages the load benchmark drives: wrk (load generator), nginx (upstream, fixed-answer
+# facilitator, and the proxy_pass peer), taskset.
+ensure_bench_tools() {
+  local missing=()
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
+# The proxies the forward-auth tests put in front of an API: Debian's nginx (with its
+# auth_request module) and Caddy (forward_auth).
+ensure_proxy_tools() {
+  local missing=()
+  [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  [ -x /usr/bin/caddy ] || missing+=(caddy)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
 # Pinned JavaScript tools (anvil, cast, Circle's USDC artifacts, the official x402 packages) in

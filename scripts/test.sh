@@ -11,6 +11,7 @@ ensure_build_tools
 ensure_node_tools
 ensure_python_tools
 ensure_rust_client
+ensure_proxy_tools
 cargo build --release --locked
 "$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
 cargo test --locked --all-targets

@@ -147,6 +147,8 @@ pub struct Config {
     pub chain: ChainConfig,
     /// `[admin]`: the metrics and health listener.
     pub admin: AdminConfig,
+    /// `[auth]`: the forward-auth listener for an existing proxy.
+    pub auth: AuthConfig,
     /// `[[route]]`, in file order (first match wins).
     pub routes: Vec<RouteRule>,
 }
@@ -156,6 +158,34 @@ pub struct Config {
 pub struct AdminConfig {
     /// Its address (`listen`); none: no admin listener.
     pub listen: Option<String>,
+}
+
+/// `[auth]`: x402 as the auth service of an existing proxy (nginx `auth_request`, Traefik
+/// `forwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`).
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// Its address (`listen`); none: no forward-auth listener.
+    pub listen: Option<String>,
+    /// The header carrying the original request target in nginx's sub-request
+    /// (`original_uri_header`, default `X-Original-URI`).
+    pub original_uri_header: http::HeaderName,
+    /// The header carrying the original method in nginx's sub-request
+    /// (`original_method_header`, default `X-Original-Method`).
+    pub original_method_header: http::HeaderName,
+    /// The path prefix Envoy's `ext_authz` HTTP service puts before the original path
+    /// (`ext_authz_prefix`, default `/ext_authz`).
+    pub ext_authz_prefix: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            listen: None,
+            original_uri_header: http::HeaderName::from_static("x-original-uri"),
+            original_method_header: http::HeaderName::from_static("x-original-method"),
+            ext_authz_prefix: "/ext_authz".to_owned(),
+        }
+    }
 }
 
 /// `[journal]`: the durable payment journal.
@@ -360,6 +390,8 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// Default filter when `RUST_LOG` is unset.
     pub level: String,
+    /// One line per request (`access_log`, default true), target `x402_gateway::access`.
+    pub access_log: bool,
 }
 
 /// A route pattern, compiled from `path`: literal segments, `*` for one segment, and an

@@ -196,6 +196,16 @@ impl Answer {
         }
     }
 
+    /// A short `text/plain` answer.
+    pub fn text(status: u16, body: &'static str) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
     /// An answer with no body (a preflight's `204`).
     pub fn empty(status: u16) -> Answer {
         Answer {

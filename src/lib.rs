@@ -18,16 +18,20 @@
 //! - [`journal`]: the durable payment journal (SQLite) and reading outcomes from the chain.
 //! - [`payments`]: every payment decision, with no Pingora types.
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
+//! - [`auth`]: forward-auth mode, the same decisions as the auth service of nginx, Traefik,
+//!   Caddy or Envoy.
 //! - [`error`]: the one mapping from errors to HTTP answers ([`error::rescue`]).
 //! - [`facilitator`]: the embedded facilitator (settles on chain over JSON-RPC) and the
 //!   standalone facilitator server.
 //! - [`client`]: signing payments (tests and command-line payers).
-//! - [`telemetry`]: logging setup.
+//! - [`sample_api`]: the demo's upstream, an API that knows nothing of payments.
+//! - [`telemetry`]: logging setup, request ids, trace context, the access log.
 //!
 //! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
 //! ← `proxy`; this file and `main.rs` compose them.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -42,6 +46,7 @@ pub mod pricing;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
+pub mod sample_api;
 pub mod settle;
 pub mod telemetry;
 pub mod verify;
@@ -459,6 +464,12 @@ pub fn build_server(
         );
         admin.add_tcp(listen);
         server.add_service(admin);
+    }
+    if let Some(listen) = &config.auth.listen {
+        let app = auth::AuthApp::new(config, payments.clone(), in_flight.clone(), closing.clone());
+        let mut auth = pingora::services::listening::Service::new("forward-auth".to_owned(), app);
+        auth.add_tcp(listen);
+        server.add_service(auth);
     }
     let reloader = reload::Reloader::new(
         source,

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            server::add_sample_api_service(&mut server, &listen);
+            x402_gateway::sample_api::add_sample_api_service(&mut server, &listen);
             server.run_forever()
         }
     }
@@ -173,6 +173,24 @@ fn check(path: &std::path::Path) -> ExitCode {
             || "off".to_owned(),
             |l| format!("{l}: /metrics, /livez, /readyz")
         )
+    );
+    println!(
+        "  forward-auth {}",
+        c.auth.listen.as_deref().map_or_else(
+            || "off".to_owned(),
+            |l| format!(
+                "{l}: /nginx (original request in {} and {}), /forward (X-Forwarded-*), {}/… (ext_authz)",
+                c.auth.original_method_header, c.auth.original_uri_header, c.auth.ext_authz_prefix
+            )
+        )
+    );
+    println!(
+        "  access log   {}",
+        if c.logging.access_log {
+            "one line per request (target x402_gateway::access)"
+        } else {
+            "off"
+        }
     );
     println!(
         "  reload       on SIGHUP{}",

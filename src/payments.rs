@@ -67,6 +67,11 @@ pub struct Incoming<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address (the peer, or from `X-Forwarded-For` of a trusted proxy).
     pub client_ip: Option<IpAddr>,
+    /// The scheme the client used (`http` or `https`), for resource URLs without `public_url`.
+    pub scheme: &'a str,
+    /// The host the client asked for, when not the `Host` header (forward-auth: the proxy's
+    /// `X-Forwarded-Host`).
+    pub host: Option<&'a str>,
 }
 
 /// The route a request fell under, with the table snapshot it came from: a reload never changes
@@ -725,20 +730,76 @@ impl Payments {
             .with_header(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600))
     }
 
-    /// The public URL of a request: the configured origin (or `http://` + `Host`) followed by
+    /// The public URL of a request: the configured origin (or the scheme + `Host`) followed by
     /// the request target as received.
     fn resource_url(&self, req: Incoming<'_>) -> String {
         match &self.public_url {
             Some(origin) => format!("{origin}{}", req.target),
             None => {
                 let host = req
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
+                    .host
+                    .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
                     .unwrap_or("localhost");
-                format!("http://{host}{}", req.target)
+                format!("{}://{host}{}", req.scheme, req.target)
             }
         }
+    }
+}
+
+/// How a finished request went, as metrics and the access log see it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Finished<'a> {
+    /// The route's label (its path pattern), or [`crate::metrics::UNMATCHED`].
+    pub route: &'a str,
+    /// The payment outcome: a settlement state, `redeemed`, `rejected`, or empty.
+    pub outcome: &'a str,
+    /// Why the payment failed or was refused, or empty.
+    pub reason: &'a str,
+}
+
+impl Payments {
+    /// Records a finished request in the metrics (request, challenge, payment outcome) and says
+    /// how it went, for the access log.
+    pub fn finished<'a>(
+        &self,
+        route: Option<&'a Routed>,
+        method: &Method,
+        status: u16,
+        payment: Option<&'a Payment>,
+        rejection: Option<&'a ErrorReason>,
+    ) -> Finished<'a> {
+        let route = route.map(Routed::route);
+        let label = route.map_or(crate::metrics::UNMATCHED, |r| r.rule.path.as_str());
+        self.metrics.request(label, method, status);
+        let mut done = Finished {
+            route: label,
+            ..Finished::default()
+        };
+        if !route.is_some_and(PricedRoute::is_priced) {
+            return done;
+        }
+        if status == 402 {
+            self.metrics.challenge(label);
+        }
+        match (payment, rejection) {
+            (Some(p), _) => {
+                done.outcome = match p.state() {
+                    PaymentState::Settled { .. } if p.redeemed => "redeemed",
+                    s => s.name(),
+                };
+                let reason = p.failure_reason();
+                self.metrics
+                    .payment(label, &p.verified.network, done.outcome, reason);
+                done.reason = reason.map_or("", ErrorReason::as_str);
+            }
+            (None, Some(r)) => {
+                self.metrics.payment(label, "", "rejected", Some(r));
+                done.outcome = "rejected";
+                done.reason = r.as_str();
+            }
+            (None, None) => {}
+        }
+        done
     }
 }
 
@@ -1056,6 +1117,8 @@ mod tests {
             target,
             headers: h,
             client_ip: None,
+            scheme: "http",
+            host: None,
         }
     }
 

@@ -12,7 +12,10 @@
 //! | `response_filter`         | 1xx: pass; attach receipt             | 1xx: pass; final status < 400: settle, then receipt or our answer; ≥ 400: release unsettled |
 //! | `response_body_filter`    | pass                                  | after a failed settlement: swallow the upstream body, emit ours |
 //! | `fail_to_proxy`           | our pending answer, or 502 with any receipt | release, 502                              |
-//! | `logging`                 | one line per paid request; the payment's hold is dropped here at the latest ||
+//! | `logging`                 | metrics and the access line; the payment's hold is dropped here at the latest ||
+//!
+//! Every request gets an id (the client's sane `X-Request-Id`, else a generated one), sent
+//! upstream and back to the client; the client's `traceparent` goes upstream unchanged.
 //!
 //! The pending payment is an `Option` in the context and carries its replay-guard hold, which
 //! gives the authorization back when dropped unless settlement consumed it, so no path has to
@@ -35,10 +38,10 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::config::{Cidr, Config, SettlementMode};
 use crate::error::{rescue, Answer, Asking, GatewayError};
-use crate::metrics::UNMATCHED;
 use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
 use crate::protocol::{ErrorReason, SETTLEMENT_OVERRIDES};
-use crate::settle::{Payment, PaymentState};
+use crate::settle::Payment;
+use crate::telemetry::{self, RequestIds, TRACEPARENT, X_REQUEST_ID};
 use upstream::{Forwarding, UpstreamTarget};
 
 /// The gateway service: shared state of all requests.
@@ -54,13 +57,15 @@ pub struct Gateway {
     client_timeout: Duration,
     max_header_bytes: usize,
     max_request_body: u64,
+    ids: RequestIds,
+    access_log: bool,
 }
 
 /// Counts a request in flight while it lives (the graceful stop waits for none).
 pub struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         InFlight(counter.clone())
     }
@@ -75,6 +80,8 @@ impl Drop for InFlight {
 /// Per-request state.
 pub struct RequestCtx {
     _in_flight: InFlight,
+    started: Instant,
+    request_id: http::HeaderValue,
     route: Option<Routed>,
     payment: Option<Payment>,
     priced_path: bool,
@@ -100,6 +107,14 @@ pub struct RequestCtx {
     /// When the request was first sent upstream, and how long its response header took.
     upstream_sent: Option<Instant>,
     upstream_took: Option<Duration>,
+    /// Time spent verifying and settling the payment.
+    facilitator_took: Option<Duration>,
+}
+
+impl RequestCtx {
+    fn add_facilitator_time(&mut self, since: Instant) {
+        *self.facilitator_took.get_or_insert(Duration::ZERO) += since.elapsed();
+    }
 }
 
 // === impl Gateway ===
@@ -116,6 +131,8 @@ impl Gateway {
             client_timeout: config.server.client_timeout,
             max_header_bytes: config.limits.max_header_bytes,
             max_request_body: config.limits.max_request_body,
+            ids: RequestIds::default(),
+            access_log: config.logging.access_log,
         }
     }
 
@@ -145,9 +162,10 @@ impl Gateway {
         }
     }
 
-    async fn answer(&self, session: &mut Session, answer: &Answer) -> Result<()> {
+    async fn answer(&self, session: &mut Session, answer: &Answer, id: &RequestCtx) -> Result<()> {
         self.close_if_closing(session);
-        respond::write(session, answer, self.payments.cors_origin()).await
+        let cors = self.payments.cors_origin();
+        respond::write(session, answer, cors, Some(&id.request_id)).await
     }
 }
 
@@ -181,6 +199,8 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             _in_flight: InFlight::new(&self.in_flight),
+            started: Instant::now(),
+            request_id: http::HeaderValue::from_static(""),
             route: None,
             payment: None,
             priced_path: false,
@@ -197,6 +217,7 @@ impl ProxyHttp for Gateway {
             response_done: false,
             upstream_sent: None,
             upstream_took: None,
+            facilitator_took: None,
         }
     }
 
@@ -218,9 +239,10 @@ impl ProxyHttp for Gateway {
             .peer
             .is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p)));
         let req = session.req_header();
+        ctx.request_id = self.ids.for_request(req.headers.get(X_REQUEST_ID));
         if header_bytes(req) > self.max_header_bytes {
             let answer = plain(&GatewayError::HeadersTooLarge);
-            self.answer(session, &answer).await?;
+            self.answer(session, &answer, ctx).await?;
             return Ok(true);
         }
         let client_ip = if ctx.trusted_peer {
@@ -237,13 +259,19 @@ impl ProxyHttp for Gateway {
             target: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             headers: &req.headers,
             client_ip,
+            scheme: "http",
+            host: None,
         };
+        let admitting = Instant::now();
         match self.payments.admit(incoming).await {
             Admission::Forward(f) => {
+                if f.payment.is_some() {
+                    ctx.add_facilitator_time(admitting);
+                }
                 if f.payment.is_some() && !self.upstream.is_addressable() {
                     // Nothing to forward to: answer before anything is charged.
                     let answer = plain(&GatewayError::Upstream);
-                    self.answer(session, &answer).await?;
+                    self.answer(session, &answer, ctx).await?;
                     return Ok(true);
                 }
                 ctx.route = f.route;
@@ -260,7 +288,10 @@ impl ProxyHttp for Gateway {
                 ctx.route = e.route;
                 ctx.payment = e.payment;
                 ctx.rejection = e.rejection;
-                self.answer(session, &e.answer).await?;
+                if ctx.payment.is_some() || ctx.rejection.is_some() {
+                    ctx.add_facilitator_time(admitting);
+                }
+                self.answer(session, &e.answer, ctx).await?;
                 Ok(true)
             }
         }
@@ -324,11 +355,13 @@ impl ProxyHttp for Gateway {
             if p.mode == SettlementMode::BeforeUpstream {
                 // The upstream connection is up and nothing was sent yet: settle now, so that a
                 // payment is never taken for an upstream that cannot be reached.
-                if let Some(answer) = self
+                let settling = Instant::now();
+                let refused = self
                     .payments
                     .before_upstream(p, ctx.route.as_ref(), &ctx.resource_url)
-                    .await
-                {
+                    .await;
+                ctx.add_facilitator_time(settling);
+                if let Some(answer) = refused {
                     ctx.pending = Some(answer);
                     let mut e = Error::explain(
                         ErrorType::InternalError,
@@ -339,6 +372,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         upstream::prepare_request(
             upstream_request,
             Forwarding {
@@ -377,7 +411,15 @@ impl ProxyHttp for Gateway {
                 response.remove_header(h);
             }
         }
+        if !response.headers.contains_key(X_REQUEST_ID) {
+            response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        }
         let status = response.status.as_u16();
+        let settling = ctx
+            .payment
+            .as_ref()
+            .is_some_and(Payment::is_unsettled)
+            .then(Instant::now);
         let action = self
             .payments
             .on_response(
@@ -387,6 +429,9 @@ impl ProxyHttp for Gateway {
                 &ctx.resource_url,
             )
             .await;
+        if let Some(t) = settling {
+            ctx.add_facilitator_time(t);
+        }
         match action {
             HeadAction::Interim => return Ok(()),
             HeadAction::Pass { receipt, private } => {
@@ -463,7 +508,7 @@ impl ProxyHttp for Gateway {
             }
         };
         let code = if session.response_written().is_none() {
-            match self.answer(session, &answer).await {
+            match self.answer(session, &answer, ctx).await {
                 Ok(()) => answer.status,
                 Err(_) => 0,
             }
@@ -486,54 +531,30 @@ impl ProxyHttp for Gateway {
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.as_ref().map(Routed::route);
-        let metrics = self.payments.metrics();
-        let label = route.map_or(UNMATCHED, |r| r.rule.path.as_str());
-        metrics.request(label, &session.req_header().method, status);
+        let req = session.req_header();
+        let finished = self.payments.finished(
+            ctx.route.as_ref(),
+            &req.method,
+            status,
+            ctx.payment.as_ref(),
+            ctx.rejection.as_ref(),
+        );
         if let Some(took) = ctx.upstream_took {
-            metrics.upstream(label, took);
+            self.payments.metrics().upstream(finished.route, took);
         }
-        let Some(route) = route else {
-            return;
-        };
-        if !route.is_priced() {
-            return;
-        }
-        if status == 402 {
-            metrics.challenge(label);
-        }
-        match (&ctx.payment, &ctx.rejection) {
-            (Some(p), _) => {
-                let outcome = match p.state() {
-                    PaymentState::Settled { .. } if p.redeemed => "redeemed",
-                    s => s.name(),
-                };
-                metrics.payment(label, &p.verified.network, outcome, p.failure_reason());
-                tracing::info!(
-                    target: "x402_gateway::payment",
-                    route = label,
-                    outcome = p.state().name(),
-                    reason = p.failure_reason().map_or("", ErrorReason::as_str),
-                    payer = %p.verified.payer,
-                    amount = %p.verified.amount,
-                    network = p.verified.network.as_str(),
-                    transaction = p.transaction().unwrap_or(""),
-                    status,
-                    "paid request"
-                );
-            }
-            (None, Some(r)) => {
-                metrics.payment(label, "", "rejected", Some(r));
-                tracing::info!(
-                    target: "x402_gateway::payment",
-                    route = label,
-                    outcome = "rejected",
-                    reason = r.as_str(),
-                    status,
-                    "paid request"
-                );
-            }
-            (None, None) => {}
+        if self.access_log {
+            telemetry::access(&telemetry::Access {
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+                trace_id: telemetry::trace_id(req.headers.get(TRACEPARENT)).unwrap_or(""),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                duration: ctx.started.elapsed(),
+                upstream: ctx.upstream_took,
+                facilitator: ctx.facilitator_took,
+                finished,
+                payment: ctx.payment.as_ref(),
+            });
         }
     }
 }

@@ -123,7 +123,7 @@ type Section = dyn Fn(&Config) -> String;
 
 /// The sections that changed but apply only at start.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let sections: [(&'static str, &Section); 9] = [
+    let sections: [(&'static str, &Section); 10] = [
         ("[server]", &|c| format!("{:?}", c.server)),
         ("[upstream]", &|c| format!("{:?}", c.upstream)),
         ("[facilitator]", &|c| format!("{:?}", c.facilitator)),
@@ -133,6 +133,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[journal]", &|c| format!("{:?}", c.journal)),
         ("[chain]", &|c| format!("{:?}", c.chain)),
         ("[admin]", &|c| format!("{:?}", c.admin)),
+        ("[auth]", &|c| format!("{:?}", c.auth)),
     ];
     sections
         .into_iter()

@@ -1,12 +1,149 @@
 //! Logging setup: `tracing-subscriber` with `RUST_LOG` (or `[logging] level`), text or JSON
 //! lines; Pingora's `log` records are bridged in.
 //!
-//! Each paid request logs one line with target `x402_gateway::payment` and the fields `route`,
-//! `outcome`, `reason`, `payer`, `amount`, `network`, `transaction`, `status`.
+//! Also owns the per-request identity: request ids ([`RequestIds`]: the client's
+//! `X-Request-Id` when it is sane, else a generated one), the W3C `traceparent` reading
+//! ([`trace_id`]), and the access log ([`access`]): one line per request with target
+//! `x402_gateway::access` and the fields `request_id`, `trace_id`, `route`, `method`, `path`,
+//! `status`, `duration_ms`, `upstream_ms`, `facilitator_ms`, `outcome`, `reason`, and for a
+//! payment `payer`, `amount`, `network`, `transaction`.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
+use crate::payments::Finished;
+use crate::settle::Payment;
+
+/// The request id header, sent upstream and back to the client.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The W3C trace context header.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The longest client-sent request id that is kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Request ids: a random per-process prefix and a counter (32 hex digits, unique across
+/// restarts and instances without coordination).
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut seed = [0u8; 8];
+        // A failed read leaves a time-based prefix: ids stay unique within the process.
+        if getrandom::fill(&mut seed).is_err() {
+            seed = crate::limiter::now_ms().to_le_bytes();
+        }
+        RequestIds {
+            prefix: u64::from_le_bytes(seed),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The client's `X-Request-Id` when it is 1 to 128 visible ASCII characters, else a new id.
+    pub fn for_request(&self, sent: Option<&HeaderValue>) -> HeaderValue {
+        match sent {
+            Some(v) if is_sane_id(v.as_bytes()) => v.clone(),
+            _ => self.generate(),
+        }
+    }
+
+    /// A new id.
+    pub fn generate(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = String::with_capacity(32);
+        let _ = write!(id, "{:016x}{n:016x}", self.prefix);
+        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+fn is_sane_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(|b| (0x21..0x7f).contains(b))
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros).
+pub fn trace_id(traceparent: Option<&HeaderValue>) -> Option<&str> {
+    let v = traceparent?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
+}
+
+/// One request, as the access log sees it.
+#[derive(Debug, Default)]
+pub struct Access<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The trace id of the client's `traceparent`.
+    pub trace_id: &'a str,
+    /// Method and path (without the query).
+    pub method: &'a str,
+    /// The request path.
+    pub path: &'a str,
+    /// The status answered (0: none written).
+    pub status: u16,
+    /// From the request's arrival to the end of the answer.
+    pub duration: Duration,
+    /// Until the upstream's response header.
+    pub upstream: Option<Duration>,
+    /// Verifying and settling the payment (facilitator calls or local checks).
+    pub facilitator: Option<Duration>,
+    /// Route, payment outcome and reason.
+    pub finished: Finished<'a>,
+    /// The payment, if one was verified.
+    pub payment: Option<&'a Payment>,
+}
+
+fn millis(d: Option<Duration>) -> f64 {
+    d.map_or(0.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+/// Writes the access line of a request.
+pub fn access(a: &Access<'_>) {
+    let p = a.payment;
+    tracing::info!(
+        target: "x402_gateway::access",
+        request_id = a.request_id,
+        trace_id = a.trace_id,
+        route = a.finished.route,
+        method = a.method,
+        path = a.path,
+        status = a.status,
+        duration_ms = millis(Some(a.duration)),
+        upstream_ms = millis(a.upstream),
+        facilitator_ms = millis(a.facilitator),
+        outcome = a.finished.outcome,
+        reason = a.finished.reason,
+        payer = p.map_or(String::new(), |p| p.verified.payer.to_string()),
+        amount = p.map_or(String::new(), |p| p.verified.amount.to_string()),
+        network = p.map_or("", |p| p.verified.network.as_str()),
+        transaction = p.and_then(Payment::transaction).unwrap_or(""),
+        "request"
+    );
+}
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(c: &LoggingConfig) {
@@ -21,4 +158,54 @@ pub fn init(c: &LoggingConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_keep_sane_client_ids_and_replace_others() {
+        let ids = RequestIds::default();
+        let sent = HeaderValue::from_static("abc-123");
+        assert_eq!(ids.for_request(Some(&sent)), sent);
+        let long = HeaderValue::from_str(&"a".repeat(129)).unwrap();
+        for bad in [
+            HeaderValue::from_static(""),
+            HeaderValue::from_static("a b"),
+            long,
+        ] {
+            let id = ids.for_request(Some(&bad));
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32);
+        }
+        let (a, b) = (ids.generate(), ids.generate());
+        assert_ne!(a, b);
+        assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+    }
+
+    #[test]
+    fn trace_ids_only_from_valid_traceparents() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(Some(&HeaderValue::from_static(ok))),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(
+                trace_id(Some(&HeaderValue::from_static(bad))),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(trace_id(None), None);
+    }
 }

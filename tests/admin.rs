@@ -11,16 +11,9 @@ use common::*;
 
 /// Starts the binary with an admin listener; returns (gateway port, admin port, process).
 fn start(upstream: &str, facilitator: &str) -> (u16, u16, KillOnDrop) {
-    let (port, admin) = (free_port(), free_port());
-    let config = scratch_file("gateway.toml");
     let routes = "[[route]]\npath = \"/health\"\nprice = \"free\"\n[[route]]\npath = \"/paid/**\"\nprice = \"$0.001\"\n";
-    std::fs::write(
-        &config,
-        binary_config(port, admin, upstream, facilitator, "threads = 1", routes),
-    )
-    .unwrap();
-    let log = config.with_file_name("gateway.log");
-    (port, admin, spawn_gateway(&config, &[], &log))
+    let (port, admin, _log, process) = start_binary(upstream, facilitator, routes);
+    (port, admin, process)
 }
 
 /// The value of the sample whose line starts with `series` (name and labels).

@@ -108,3 +108,64 @@ fn default_threads_follow_the_cpus_this_process_may_use() {
     assert!(stdout.contains("admin        127.0.0.1:9402"), "{stdout}");
     assert!(stdout.contains("reload       on SIGHUP\n"), "{stdout}");
 }
+
+fn check_text(name: &str, text: &str) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("x402-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    gateway()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8402"
+[upstream]
+url = "http://127.0.0.1:3000"
+[facilitator]
+url = "https://x402.org/facilitator"
+[payment]
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+network = "base-sepolia"
+[[route]]
+path = "/a"
+price = "$0.01"
+"#;
+
+#[test]
+fn forward_auth_and_access_log_settings_are_checked_and_shown() {
+    let out = check_text(
+        "auth.toml",
+        &format!("{MINIMAL}\n[auth]\nlisten = \"127.0.0.1:8404\"\noriginal_uri_header = \"X-Real-URI\"\n[logging]\naccess_log = false\n"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("forward-auth 127.0.0.1:8404: /nginx (original request in x-original-method and x-real-uri)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("access log   off"), "{stdout}");
+
+    let out = check_text(
+        "auth-broken.toml",
+        &format!("{MINIMAL}\n[auth]\nlisten = \"127.0.0.1:8402\"\noriginal_method_header = \"not a header\"\next_authz_prefix = \"authz/\"\ntypo = 1\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "auth.listen",
+        "auth.original_method_header",
+        "auth.ext_authz_prefix",
+        "auth.typo",
+    ] {
+        assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
+    }
+}

@@ -5,7 +5,12 @@
 //! price and the receipt's transaction must be on chain. Also on the real chain: a replayed
 //! authorization, a payer without balance, and funds moved between verify and settle.
 //!
-//! Needs the pinned tools that `scripts/test.sh` installs (tools/node/node_modules, .local/venv).
+//! Forward-auth mode on the same chain: the official clients pay through a real nginx
+//! (`auth_request`) and a real Caddy (`forward_auth`) configured from the shipped examples in
+//! `deploy/`, with the gateway as their auth service.
+//!
+//! Needs the pinned tools that `scripts/test.sh` installs (tools/node/node_modules, .local/venv,
+//! Debian's nginx and caddy).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +55,8 @@ fn rust_client() -> PathBuf {
 fn require_tools() {
     for tool in [
         Path::new(ROOT).join("tools/node/node_modules/.bin/anvil"),
+        PathBuf::from("/usr/sbin/nginx"),
+        PathBuf::from("/usr/bin/caddy"),
         Path::new(ROOT).join(".local/venv/bin/python"),
         rust_client(),
     ] {
@@ -168,12 +175,25 @@ impl Env {
         facilitator: &str,
         settle_timeout: &str,
     ) -> (String, KillOnDrop) {
+        self.gateway_sections(name, facilitator, settle_timeout, "")
+            .await
+    }
+
+    /// As [`Env::gateway_with`], with whole extra tables.
+    async fn gateway_sections(
+        &self,
+        name: &str,
+        facilitator: &str,
+        settle_timeout: &str,
+        sections: &str,
+    ) -> (String, KillOnDrop) {
         let port = free_port();
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
                 r#"
+{sections}
 [server]
 listen = "127.0.0.1:{port}"
 threads = 1
@@ -197,19 +217,12 @@ mime_type = "application/json"
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
-            .args(["run", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_x402-gateway"));
+        cmd.args(["run", "--config"])
             .arg(&config)
             .env("FACILITATOR_KEY", FACILITATOR_KEY)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir, &format!("{name}.log")))
-            .spawn()
-            .unwrap();
-        let proc = KillOnDrop(child);
-        let base = format!("http://127.0.0.1:{port}");
-        wait_http(&base).await;
-        (base, proc)
+            .env("RUST_LOG", "info");
+        serve(cmd, log_file(&self.dir, &format!("{name}.log")), port).await
     }
 
     async fn ts_facilitator(&self) -> (String, KillOnDrop) {
@@ -843,4 +856,95 @@ async fn paid_get(base: &str, path: &str, payment: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A proxy in front of the API from its shipped example in `deploy/` (`scripts/proxy.sh`), with
+/// the gateway's forward-auth listener on `auth_port`; returns its base URL.
+async fn example_proxy(env: &Env, kind: &str, auth_port: u16) -> (String, KillOnDrop) {
+    let port = free_port();
+    let mut cmd = Command::new("bash");
+    cmd.arg(format!("{ROOT}/scripts/proxy.sh"))
+        .args([kind, &port.to_string(), &format!("127.0.0.1:{auth_port}")])
+        .arg(env.upstream.url().replace("http://", ""))
+        .arg(env.dir.join(kind));
+    serve(cmd, log_file(&env.dir, &format!("{kind}.log")), port).await
+}
+
+/// Runs `cmd` (its stderr to `log`) until dropped; returns the base URL of `port` once it
+/// answers.
+async fn serve(mut cmd: Command, log: std::fs::File, port: u16) -> (String, KillOnDrop) {
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let proc = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&base).await;
+    (base, proc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
+    let env = Env::start().await;
+    let auth_port = free_port();
+    let facilitator = format!(
+        "embedded = true\nrpc = {{ \"eip155:84532\" = \"{}\" }}\nsigner_keys = [\"${{FACILITATOR_KEY}}\"]",
+        env.rpc
+    );
+    let auth = format!("[auth]\nlisten = \"127.0.0.1:{auth_port}\"\n");
+    let (_, _gw) = env
+        .gateway_sections("forward-auth", &facilitator, "20s", &auth)
+        .await;
+    for kind in ["nginx", "caddy"] {
+        let (base, _proxy) = example_proxy(&env, kind, auth_port).await;
+        let label = format!("{kind} forward-auth");
+
+        // Unpaid: the gateway's challenge, as the proxy returns it; the API is not reached.
+        let path = format!("/paid/{kind}-unpaid");
+        let r = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 402, "{label}: unpaid");
+        assert_eq!(
+            decode_required(&r).resource.url,
+            format!("{base}{path}"),
+            "{label}: the resource is the URL the client asked the proxy for"
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["accepts"][0]["maxAmountRequired"], PRICE.to_string());
+        assert_eq!(
+            env.upstream.count_path(&path),
+            0,
+            "{label}: unpaid reached the API"
+        );
+
+        // Free (unmatched) paths pass without a receipt.
+        let r = http()
+            .get(format!("{base}/free/{kind}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{label}: free path");
+        assert!(
+            !r.headers().contains_key("payment-response"),
+            "{label}: receipt on a free path"
+        );
+
+        all_clients_pay(&env, &base, &label).await;
+
+        // A replay through the proxy: served once, refused after, paid once.
+        let path = format!("/paid/{kind}-replay");
+        let required = decode_required(&http().get(format!("{base}{path}")).send().await.unwrap());
+        let payment = sign_fresh(&payer(), &required);
+        let before = (env.balance(PAYER).await, env.balance(PAYEE).await);
+        let first = paid_get(&base, &path, &payment).await;
+        assert_eq!(first.status(), 200, "{label}: paid");
+        assert_eq!(
+            decode_receipt(&first, "payment-response").success,
+            Some(true)
+        );
+        let again = paid_get(&base, &path, &payment).await;
+        assert_eq!(again.status(), 402, "{label}: replay");
+        assert_eq!(
+            env.upstream.count_path(&path),
+            1,
+            "{label}: the replay reached the API"
+        );
+        env.paid_once(before).await;
+    }
 }

@@ -14,7 +14,7 @@ use super::file::{Issues, Section};
 use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, AdminConfig, Asset, ChainConfig, Config, ConfigIssue, EmbeddedConfig,
+    assets, AdminConfig, Asset, AuthConfig, ChainConfig, Config, ConfigIssue, EmbeddedConfig,
     FacilitatorConfig, FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat,
     LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
     SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
@@ -43,6 +43,7 @@ pub(super) fn validate(
     let journal = journal(&r.table("journal"), dir);
     let chain = chain(&r.table("chain"), env);
     let admin = admin(&r.table("admin"));
+    let auth = auth(&r.table("auth"));
     let defaults = Defaults::read(&r.table("payment"));
     let route_sections = r.tables("route");
     if route_sections.is_empty() && !r.has("route") {
@@ -82,6 +83,22 @@ pub(super) fn validate(
             );
         }
     }
+    if let Some(a) = &auth.listen {
+        let taken = [
+            ("[server] listen", server.as_ref().map(|s| &s.listen)),
+            ("[admin] listen", admin.listen.as_ref()),
+        ];
+        for (name, other) in taken {
+            if other == Some(a) {
+                issues.push(
+                    "auth.listen",
+                    format!(
+                        "`{a}` is also {name}: the forward-auth listener needs its own address"
+                    ),
+                );
+            }
+        }
+    }
     if let (Some(s), Some(f)) = (&server, &facilitator) {
         for (name, t) in [
             ("facilitator.settle_timeout", f.settle_timeout),
@@ -110,6 +127,7 @@ pub(super) fn validate(
             journal,
             chain,
             admin,
+            auth,
             routes,
         }),
         _ => {
@@ -562,6 +580,46 @@ fn admin(s: &Section<'_>) -> AdminConfig {
     AdminConfig { listen }
 }
 
+fn auth(s: &Section<'_>) -> AuthConfig {
+    let mut c = AuthConfig {
+        listen: s.str("listen").map(str::to_owned),
+        ..AuthConfig::default()
+    };
+    if let Some(l) = &c.listen {
+        if l.parse::<SocketAddr>().is_err() {
+            s.issue(
+                "listen",
+                format!("`{l}` is not an address like \"127.0.0.1:8404\""),
+            );
+        }
+    }
+    for (key, slot) in [
+        ("original_uri_header", &mut c.original_uri_header),
+        ("original_method_header", &mut c.original_method_header),
+    ] {
+        if let Some(name) = s.str(key) {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => *slot = h,
+                Err(_) => s.issue(key, format!("`{name}` is not a header name")),
+            }
+        }
+    }
+    if let Some(p) = s.str("ext_authz_prefix") {
+        if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') || p.contains(['?', '#']) {
+            s.issue(
+                "ext_authz_prefix",
+                format!(
+                    "`{p}` is not a path prefix like \"/ext_authz\" (leading /, no trailing /)"
+                ),
+            );
+        } else {
+            p.clone_into(&mut c.ext_authz_prefix);
+        }
+    }
+    s.finish();
+    c
+}
+
 fn journal(s: &Section<'_>, dir: &Path) -> JournalConfig {
     let enabled = s.bool("enabled").unwrap_or(true);
     let path = dir.join(s.str("path").unwrap_or("x402-journal.db"));
@@ -749,8 +807,13 @@ fn logging(s: &Section<'_>) -> LoggingConfig {
             format!("`{level}` is not a log filter like \"info\""),
         );
     }
+    let access_log = s.bool("access_log").unwrap_or(true);
     s.finish();
-    LoggingConfig { format, level }
+    LoggingConfig {
+        format,
+        level,
+        access_log,
+    }
 }
 
 // === [payment] and routes ===

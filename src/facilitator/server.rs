@@ -1,8 +1,7 @@
-//! Small HTTP servers on Pingora's `ServeHttp`: the standalone facilitator
-//! (`x402-gateway facilitator`), which serves any [`Facilitator`] in the x402 facilitator API,
-//! and the built-in sample API the demo puts behind the gateway.
+//! The standalone facilitator (`x402-gateway facilitator`) on Pingora's `ServeHttp`: serves any
+//! [`Facilitator`] in the x402 facilitator API.
 //!
-//! Owns: request routing, authentication and limits of those two servers. The facilitator
+//! Owns: request routing, authentication and limits of that server. The facilitator
 //! answers `GET /supported`, `POST /verify` and `POST /settle` with the v1 and v2 request
 //! shapes (the version is inside the body); verdicts are HTTP 200, outages 502 with a fixed
 //! text. Because its signer keys pay gas for every settlement it submits, it is not an open
@@ -28,9 +27,9 @@ use serde::Deserialize;
 use crate::config::{assets, money, FacilitatorServerConfig};
 use crate::limiter::{now_ms, RateLimiter};
 use crate::protocol::{json_string, parse_address, parse_uint, ErrorReason, Network};
-use crate::verify::{unix_now, Facilitator};
+use crate::verify::Facilitator;
 
-fn json(status: StatusCode, body: String) -> Response<Vec<u8>> {
+pub(crate) fn json(status: StatusCode, body: String) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -52,7 +51,7 @@ fn error(status: StatusCode, reason: &ErrorReason) -> Response<Vec<u8>> {
 }
 
 /// Reads a request body of at most `max` bytes; `None` when larger, unreadable or not UTF-8.
-async fn read_body(s: &mut ServerSession, max: usize) -> Option<String> {
+pub(crate) async fn read_body(s: &mut ServerSession, max: usize) -> Option<String> {
     let mut body = Vec::new();
     loop {
         match s.read_request_body().await {
@@ -330,46 +329,6 @@ pub fn add_facilitator_service(
         "x402 facilitator".to_owned(),
         FacilitatorApp::new(inner, policy),
     );
-    service.add_tcp(listen);
-    server.add_service(service);
-}
-
-/// The demo's upstream: an ordinary JSON API that knows nothing about payments.
-/// `GET /weather/{city}`, `GET /health`; anything else 404.
-pub struct SampleApi;
-
-#[async_trait]
-impl ServeHttp for SampleApi {
-    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = s.req_header().uri.path().to_owned();
-        let _ = read_body(s, 1 << 20).await;
-        if path == "/health" {
-            return json(StatusCode::OK, r#"{"status":"ok"}"#.into());
-        }
-        if let Some(city) = path
-            .strip_prefix("/weather/")
-            .filter(|c| !c.is_empty() && !c.contains('/'))
-        {
-            // Deterministic "weather" from the city name and the hour.
-            let seed = city.bytes().fold(unix_now() / 3600, |h, b| {
-                h.wrapping_mul(31).wrapping_add(u64::from(b))
-            });
-            let conditions = ["sunny", "cloudy", "rain", "windy", "snow"][(seed / 35 % 5) as usize];
-            let body = serde_json::json!({
-                "city": city,
-                "temperature_c": (seed % 35) as i64 - 5,
-                "conditions": conditions,
-                "served_at": unix_now(),
-            });
-            return json(StatusCode::OK, body.to_string());
-        }
-        json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into())
-    }
-}
-
-/// Adds the sample API on `listen` to a server.
-pub fn add_sample_api_service(server: &mut Server, listen: &str) {
-    let mut service = Service::new("sample API".to_owned(), SampleApi);
     service.add_tcp(listen);
     server.add_service(service);
 }

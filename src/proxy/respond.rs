@@ -47,7 +47,7 @@ pub fn header(answer: &Answer, cors_origin: Option<&HeaderValue>) -> Result<Resp
     Ok(h)
 }
 
-/// Writes `answer` as the whole response, after draining a small request body so the
+/// Writes `answer` as the whole response (with the request id, if any), after draining a small request body so the
 /// connection can be reused.
 ///
 /// # Errors
@@ -56,9 +56,13 @@ pub async fn write(
     session: &mut Session,
     answer: &Answer,
     cors_origin: Option<&HeaderValue>,
+    request_id: Option<&HeaderValue>,
 ) -> Result<()> {
     prepare_early_answer(session).await;
-    let header = header(answer, cors_origin)?;
+    let mut header = header(answer, cors_origin)?;
+    if let Some(id) = request_id {
+        header.insert_header(crate::telemetry::X_REQUEST_ID, id.clone())?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD || answer.body.is_empty();
     session
         .write_response_header(Box::new(header), head_only)

@@ -539,6 +539,7 @@ network = "base-sepolia"
             x402_gateway::telemetry::init(&x402_gateway::config::LoggingConfig {
                 format: x402_gateway::config::LogFormat::Text,
                 level,
+                access_log: true,
             });
         }
         let client: Arc<dyn Facilitator> = Arc::new(
@@ -842,6 +843,22 @@ pub fn spawn_gateway(
             .spawn()
             .unwrap(),
     )
+}
+
+/// Starts the binary against `upstream` and `facilitator`, with an admin listener, `threads = 1`
+/// and `routes`; returns (gateway port, admin port, its log file, the process).
+pub fn start_binary(
+    upstream: &str,
+    facilitator: &str,
+    routes: &str,
+) -> (u16, u16, std::path::PathBuf, KillOnDrop) {
+    let (port, admin) = (free_port(), free_port());
+    let config = scratch_file("gateway.toml");
+    let text = binary_config(port, admin, upstream, facilitator, "threads = 1", routes);
+    std::fs::write(&config, text).unwrap();
+    let log = config.with_file_name("gateway.log");
+    let process = spawn_gateway(&config, &[], &log);
+    (port, admin, log, process)
 }
 
 /// GETs `url` once something listens there (up to 5 s).

@@ -1,0 +1,242 @@
+//! Forward-auth mode (`[auth] listen`) in process, with a scripted facilitator: each proxy's
+//! way of describing the original request (nginx, Traefik/Caddy, Envoy `ext_authz`), settling
+//! before allowing, nginx's stored denials, replays, and sub-requests that cannot be read.
+//! The end-to-end proof with a real nginx, a real Caddy and the official clients on a real
+//! chain is in `tests/interop.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use common::*;
+use x402_gateway::auth::AuthApp;
+
+struct Auth {
+    gw: TestGateway,
+    addr: SocketAddr,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Auth {
+    async fn start() -> Auth {
+        let gw = TestGateway::start().await;
+        let app = AuthApp::new(
+            &gw.config,
+            gw.payments.clone(),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (addr, stop) = serve_app(Arc::new(app)).await;
+        Auth {
+            gw,
+            addr,
+            _stop: stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Asks as Caddy and Traefik do.
+    async fn forward(&self, method: &str, uri: &str, payment: Option<&str>) -> reqwest::Response {
+        let mut r = http()
+            .get(self.url("/forward"))
+            .header("x-forwarded-method", method)
+            .header("x-forwarded-uri", uri)
+            .header("x-forwarded-host", "api.example.com")
+            .header("x-forwarded-proto", "https");
+        if let Some(p) = payment {
+            r = r.header("payment-signature", p);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// Asks as nginx's `auth_request` does.
+    async fn nginx(&self, method: &str, uri: &str, payment: Option<&str>) -> reqwest::Response {
+        let mut r = http()
+            .get(self.url("/nginx"))
+            .header("x-original-method", method)
+            .header("x-original-uri", uri);
+        if let Some(p) = payment {
+            r = r.header("payment-signature", p);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// A payment for `path`, signed against the proxy-mode challenge of the same table.
+    async fn payment(&self, path: &str) -> String {
+        pay_v2(&self.gw, path).await
+    }
+}
+
+#[tokio::test]
+async fn caddy_and_traefik_get_the_challenge_then_allow_after_settlement() {
+    let a = Auth::start().await;
+    let r = a.forward("GET", "/weather/paris?units=c", None).await;
+    assert_eq!(r.status(), 402);
+    let required = decode_required(&r);
+    assert_eq!(
+        required.resource.url, "https://api.example.com/weather/paris?units=c",
+        "the resource is the client's URL, as the proxy said it"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["x402Version"], 1, "v1 clients read the body");
+
+    let payment = a.payment("/weather/paris").await;
+    let r = a.forward("GET", "/weather/paris", Some(&payment)).await;
+    assert_eq!(r.status(), 200);
+    let receipt = decode_receipt(&r, "payment-response");
+    assert_eq!(receipt.success, Some(true));
+    assert_eq!(receipt.transaction.as_deref(), Some(TX_HASH));
+    assert!(r.headers().contains_key("x-request-id"));
+    let (verify, settle, upstream) = a.gw.counts();
+    assert_eq!(settle, 1, "settled before allowing");
+    assert!(verify >= 1);
+    assert_eq!(upstream, 0, "the auth service never forwards");
+
+    // The same payment again: a replay, refused.
+    let r = a.forward("GET", "/weather/paris", Some(&payment)).await;
+    assert_eq!(r.status(), 402);
+    assert_eq!(a.gw.counts().1, 1, "never settled twice");
+
+    // Free and unmatched paths are allowed without payment; a method the route does not list
+    // is refused as the proxy mode refuses it.
+    assert_eq!(a.forward("GET", "/health", None).await.status(), 200);
+    assert_eq!(a.forward("GET", "/not/priced", None).await.status(), 200);
+    let r = a.forward("POST", "/weather/paris", None).await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    let metrics = a.gw.payments.metrics().render(0);
+    assert!(
+        metrics.contains(r#"x402_payments_total{network="eip155:84532",outcome="settled",reason="",route="/weather/*"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_settlement_is_never_allowed() {
+    let a = Auth::start().await;
+    a.gw.facilitator
+        .set_settle(SettleScript::Fail("insufficient_funds"));
+    let payment = a.payment("/weather/oslo").await;
+    let r = a.forward("GET", "/weather/oslo", Some(&payment)).await;
+    assert_eq!(r.status(), 402);
+    assert!(challenge_error(&r).starts_with("insufficient_funds"));
+    let r = a.nginx("GET", "/weather/oslo", Some(&payment)).await;
+    assert_eq!(r.status(), 401, "nginx is told no");
+}
+
+#[tokio::test]
+async fn nginx_denials_are_fetched_by_id_and_never_settle_on_the_second_call() {
+    let a = Auth::start().await;
+    let r = a.nginx("GET", "/weather/rome", None).await;
+    assert_eq!(r.status(), 401, "nginx understands only 2xx, 401 and 403");
+    let id = r.headers()["x-x402-answer"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+
+    let fetch = |id: String, payment: Option<String>| {
+        let mut r = http()
+            .get(a.url("/nginx/answer"))
+            .header("x-x402-answer", id)
+            .header("x-original-method", "GET")
+            .header("x-original-uri", "/weather/rome");
+        if let Some(p) = payment {
+            r = r.header("payment-signature", p);
+        }
+        r.send()
+    };
+    let r = fetch(id.clone(), None).await.unwrap();
+    assert_eq!(r.status(), 402);
+    assert!(r.headers().contains_key("payment-required"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepts"][0]["maxAmountRequired"], "1000");
+
+    // Fetched once; again (or unknown, or expired): the plain challenge, computed without the
+    // payment: a valid payment on this path is never verified or settled.
+    let payment = a.payment("/weather/rome").await;
+    let before = a.gw.counts();
+    for id in [id, "0".repeat(32), "not-an-id".into()] {
+        let r = fetch(id, Some(payment.clone())).await.unwrap();
+        assert_eq!(r.status(), 402);
+        assert_eq!(
+            challenge_error(&r),
+            "Payment required",
+            "no verdict on the payment"
+        );
+    }
+    assert_eq!(a.gw.counts(), before, "no verify, no settle");
+
+    // Allowed: 200 with the receipt for nginx to copy.
+    let r = a.nginx("GET", "/weather/rome", Some(&payment)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(decode_receipt(&r, "payment-response").success, Some(true));
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_sends_the_original_path_after_its_prefix() {
+    let a = Auth::start().await;
+    let r = http()
+        .get(a.url("/ext_authz/weather/lima"))
+        .header("host", "edge.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(
+        decode_required(&r).resource.url,
+        "http://edge.example.com/weather/lima"
+    );
+    let payment = a.payment("/weather/lima").await;
+    let r = http()
+        .get(a.url("/ext_authz/weather/lima"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(decode_receipt(&r, "payment-response").success, Some(true));
+    // The method is the sub-request's own.
+    let r = http()
+        .delete(a.url("/ext_authz/weather/lima"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn sub_requests_without_the_original_request_are_refused() {
+    let a = Auth::start().await;
+    let payment = a.payment("/weather/kyiv").await;
+    // A proxy that forgot its headers: refused (400), never allowed, nothing verified.
+    let r = http()
+        .get(a.url("/forward"))
+        .header("payment-signature", &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .get(a.url("/nginx"))
+        .header("x-original-uri", "/weather/kyiv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "nginx must say the method too");
+    let r = http()
+        .get(a.url("/forward"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "//weather/kyiv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // An unknown endpoint is not an auth decision.
+    assert_eq!(http().get(a.url("/")).send().await.unwrap().status(), 404);
+    assert_eq!(a.gw.counts(), (0, 0, 0));
+}
