@@ -211,7 +211,7 @@ pub(crate) async fn run(a: JournalArgs, config: &Config) -> Result<bool, String>
             for e in found {
                 let mut v = json(e, config);
                 v["request"] = serde_json::from_str(&e.request).unwrap_or(serde_json::Value::Null);
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
             Ok(true)
         }
@@ -232,10 +232,10 @@ fn print_rows(rows: &[Entry], format: Format, config: &Config) {
     match format {
         Format::Json => {
             let all: Vec<_> = rows.iter().map(|e| json(e, config)).collect();
-            println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         }
         Format::Csv => {
-            println!("created_at,state,route,payer,nonce,amount,amount_usd,network,transaction,reason,resource");
+            outln!("created_at,state,route,payer,nonce,amount,amount_usd,network,transaction,reason,resource");
             for e in rows {
                 let fields = [
                     time(e.created_at),
@@ -251,13 +251,19 @@ fn print_rows(rows: &[Entry], format: Format, config: &Config) {
                     e.resource.clone(),
                 ];
                 let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                println!("{}", line.join(","));
+                outln!("{}", line.join(","));
             }
         }
         Format::Table => {
-            println!(
+            outln!(
                 "{:<20} {:<9} {:<16} {:<42} {:>10} {:<18} {:<14} REASON",
-                "CREATED (UTC)", "STATE", "ROUTE", "PAYER", "AMOUNT", "NONCE", "TRANSACTION"
+                "CREATED (UTC)",
+                "STATE",
+                "ROUTE",
+                "PAYER",
+                "AMOUNT",
+                "NONCE",
+                "TRANSACTION"
             );
             for e in rows {
                 let short = |s: &str| {
@@ -267,7 +273,7 @@ fn print_rows(rows: &[Entry], format: Format, config: &Config) {
                         s.to_owned()
                     }
                 };
-                println!(
+                outln!(
                     "{:<20} {:<9} {:<16} {:<42} {:>10} {:<18} {:<14} {}",
                     time(e.created_at),
                     e.state.as_str(),
@@ -279,7 +285,7 @@ fn print_rows(rows: &[Entry], format: Format, config: &Config) {
                     e.reason.as_deref().unwrap_or(""),
                 );
             }
-            println!("{} payment(s)", rows.len());
+            outln!("{} payment(s)", rows.len());
         }
     }
 }
@@ -314,7 +320,7 @@ fn report(rows: &[Entry], by: By, config: &Config) {
             }
         }
     }
-    println!(
+    outln!(
         "{:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}  REVENUE (ATOMIC, PER CHAIN/ASSET)",
         match by {
             By::Route => "ROUTE",
@@ -340,7 +346,7 @@ fn report(rows: &[Entry], by: By, config: &Config) {
             .iter()
             .map(|((chain, asset), v)| format!("{v} on {chain}/{asset}"))
             .collect();
-        println!(
+        outln!(
             "{:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             k,
             usd,
@@ -364,7 +370,7 @@ async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<boo
     )
     .map_err(|e| e.to_string())?;
     if open.is_empty() {
-        println!("nothing to reconcile: no settling or unknown payment");
+        outln!("nothing to reconcile: no settling or unknown payment");
         return Ok(true);
     }
     let facilitator = x402_gateway::connect_facilitator(config)
@@ -381,24 +387,24 @@ async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<boo
             Outcome::Settled { transaction } => {
                 settled += 1;
                 journal.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);
-                println!(
+                outln!(
                     "settled   {who} in {transaction} (redeemable with the same payment header)"
                 );
             }
             Outcome::Failed { reason } => {
                 failed += 1;
                 journal.transition(e.id, JournalState::Failed, None, Some(reason.clone()));
-                println!("failed    {who}: {reason}");
+                outln!("failed    {who}: {reason}");
             }
             Outcome::Open => {
                 still += 1;
                 journal.transition(e.id, JournalState::Unknown, None, None);
-                println!("unknown   {who}: not readable yet");
+                outln!("unknown   {who}: not readable yet");
             }
         }
     }
     journal.flush().await.map_err(|e| e.to_string())?;
-    println!("{settled} settled, {failed} failed, {still} still unknown");
+    outln!("{settled} settled, {failed} failed, {still} still unknown");
     Ok(still == 0)
 }
 

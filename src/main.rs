@@ -5,6 +5,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that ignores a closed stdout (`x402-gateway check | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod journal_cmd;
 mod pay_cmd;
@@ -98,10 +106,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!("{}: OK", path.display());
+    outln!("{}: OK", path.display());
     let s = &c.server;
-    println!("  listen       {} (threads: {})", s.listen, s.threads);
-    println!(
+    outln!("  listen       {} (threads: {})", s.listen, s.threads);
+    outln!(
         "  upstream     {}{}{}",
         c.upstream.url,
         if c.upstream.tls_ca.is_some() {
@@ -116,8 +124,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     );
     match (&c.facilitator.url, &c.facilitator.embedded) {
-        (Some(url), _) => println!("  facilitator  {url}"),
-        (None, Some(e)) => println!(
+        (Some(url), _) => outln!("  facilitator  {url}"),
+        (None, Some(e)) => outln!(
             "  facilitator  embedded: {} signer key(s); {}; rpc timeout {:?}",
             e.signer_keys.len(),
             e.rpc
@@ -131,7 +139,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     if c.facilitator.embedded.is_some() {
         let f = &c.facilitator.server;
-        println!(
+        outln!(
             "  facilitator server (x402-gateway facilitator): {} on {}; pays to {}; min value {:?}; rate {}",
             if f.token.is_some() { "bearer token" } else { "no token (loopback only)" },
             c.facilitator.listen,
@@ -140,13 +148,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             f.rate.map_or("off".to_owned(), |r| r.to_string())
         );
     }
-    println!("  verification {}", c.verification.mode.as_str());
-    println!(
+    outln!("  verification {}", c.verification.mode.as_str());
+    outln!(
         "  methods      unlisted methods on priced paths: {}",
         s.unlisted_methods.as_str()
     );
     let l = &c.limits;
-    println!(
+    outln!(
         "  limits       body {} B on priced routes; headers {} B; {} pending payments; challenges {}/client; failed payments {}/client; {} facilitator calls in flight",
         l.max_request_body,
         l.max_header_bytes,
@@ -155,7 +163,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         l.failed_payment_rate.map_or("off".to_owned(), |r| r.to_string()),
         l.max_concurrent_facilitator_calls
     );
-    println!(
+    outln!(
         "  proxies      {}",
         if s.trusted_proxies.is_empty() {
             "none trusted: X-Forwarded-For is replaced".to_owned()
@@ -167,14 +175,14 @@ fn check(path: &std::path::Path) -> ExitCode {
                 .join(", ")
         }
     );
-    println!(
+    outln!(
         "  admin        {}",
         c.admin.listen.as_deref().map_or_else(
             || "off".to_owned(),
             |l| format!("{l}: /metrics, /livez, /readyz")
         )
     );
-    println!(
+    outln!(
         "  forward-auth {}",
         c.auth.listen.as_deref().map_or_else(
             || "off".to_owned(),
@@ -184,7 +192,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             )
         )
     );
-    println!(
+    outln!(
         "  access log   {}",
         if c.logging.access_log {
             "one line per request (target x402_gateway::access)"
@@ -192,7 +200,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             "off"
         }
     );
-    println!(
+    outln!(
         "  reload       on SIGHUP{}",
         if s.watch_config {
             " and when the file changes (watch_config)"
@@ -200,26 +208,26 @@ fn check(path: &std::path::Path) -> ExitCode {
             ""
         }
     );
-    println!(
+    outln!(
         "  runtime      pid {}; upgrade socket {}",
         s.pid_file.display(),
         s.upgrade_sock.display()
     );
-    println!("  routes (first match wins; unmatched paths pass through free):");
+    outln!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods_label();
         if r.is_free() {
-            println!("  [{}] {methods:<8} {:<24} free", r.index, r.path);
+            outln!("  [{}] {methods:<8} {:<24} free", r.index, r.path);
             continue;
         }
-        println!(
+        outln!(
             "  [{}] {methods:<8} {:<24} settle {}",
             r.index,
             r.path,
             r.settlement.as_str()
         );
         for o in &r.options {
-            println!(
+            outln!(
                 "        {} = {} atomic {} ({}) on {}{} -> {}",
                 o.display_price(),
                 o.amount,

@@ -224,6 +224,6 @@ pub(crate) async fn run(a: PayArgs) -> Result<bool, String> {
 async fn finish(resp: reqwest::Response) -> Result<bool, String> {
     let ok = resp.status().is_success();
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
-    println!("{}", String::from_utf8_lossy(&body));
+    outln!("{}", String::from_utf8_lossy(&body));
     Ok(ok)
 }

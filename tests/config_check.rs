@@ -169,3 +169,23 @@ fn forward_auth_and_access_log_settings_are_checked_and_shown() {
         assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
     }
 }
+
+/// `check | head`: a reader that goes away is not a crash.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut child = gateway()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
