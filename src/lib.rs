@@ -646,6 +646,7 @@ impl BackgroundService for Drain {
             }
             tracing::info!(after = ?start.elapsed(), "drained; exiting");
             remove_own_pid_file(&self.pid_file);
+            telemetry::flush();
             std::process::exit(0);
         }
     }

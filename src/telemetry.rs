@@ -9,6 +9,7 @@
 //! payment `payer`, `amount`, `network`, `transaction`.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -145,6 +146,125 @@ pub fn access(a: &Access<'_>) {
     );
 }
 
+/// Lines the access-log queue holds before a request writes its line itself.
+const ACCESS_QUEUE: usize = 16 * 1024;
+
+/// What the access-log writer thread is sent.
+enum Queued {
+    Line(Vec<u8>),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The queue of access lines, and its writer thread (started with the first line).
+fn access_queue() -> &'static std::sync::mpsc::SyncSender<Queued> {
+    static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<Queued>> =
+        std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(ACCESS_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                // Lines that arrive together go out in one write.
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    while let Some(q) = next {
+                        match q {
+                            Queued::Line(l) => {
+                                let _ = out.write_all(&l);
+                            }
+                            Queued::Flush(done) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
+                            }
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    let _ = out.flush();
+                }
+            });
+        if spawned.is_err() {
+            // No writer thread: a queue nobody reads is full at once, and every line is
+            // written by its request (see `AccessLine`).
+            let (tx, _) = std::sync::mpsc::sync_channel(0);
+            return tx;
+        }
+        tx
+    })
+}
+
+/// Writes out the access lines queued so far (before the process exits), waiting up to 1 s.
+pub fn flush() {
+    let (done, wait) = std::sync::mpsc::sync_channel(1);
+    if access_queue().try_send(Queued::Flush(done)).is_ok() {
+        let _ = wait.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+/// The log writer: stderr, except access lines, which go through a queue to a writer thread,
+/// so a request never waits on stderr (a full queue, e.g. a stalled log reader, makes requests
+/// write their lines themselves: nothing is dropped).
+#[derive(Clone, Copy, Debug)]
+struct Stderr;
+
+/// Where one log line goes.
+enum LineWriter {
+    Direct(std::io::Stderr),
+    Access(Vec<u8>),
+}
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LineWriter::Direct(e) => e.write(buf),
+            LineWriter::Access(line) => {
+                line.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LineWriter::Direct(e) => e.flush(),
+            LineWriter::Access(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if let LineWriter::Access(line) = self {
+            let line = std::mem::take(line);
+            use std::sync::mpsc::TrySendError::{Disconnected, Full};
+            if let Err(Full(Queued::Line(l)) | Disconnected(Queued::Line(l))) =
+                access_queue().try_send(Queued::Line(line))
+            {
+                let _ = std::io::stderr().write_all(&l);
+            }
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter::Direct(std::io::stderr())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
+        if meta.target() == ACCESS_TARGET {
+            LineWriter::Access(Vec::with_capacity(512))
+        } else {
+            LineWriter::Direct(std::io::stderr())
+        }
+    }
+}
+
+/// The target of access lines.
+const ACCESS_TARGET: &str = "x402_gateway::access";
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(c: &LoggingConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.level));
@@ -153,7 +273,7 @@ pub fn init(c: &LoggingConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(Stderr);
     let _ = match c.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
