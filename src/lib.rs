@@ -23,6 +23,7 @@
 //!   standalone facilitator server.
 //! - [`client`]: signing payments (tests and command-line payers).
 //! - [`telemetry`]: logging setup.
+//! - [`notify`]: readiness notifications to systemd (`Type=notify`).
 //!
 //! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
 //! ← `proxy`; this file and `main.rs` compose them.
@@ -37,6 +38,7 @@ pub mod fuzzing;
 pub mod journal;
 pub mod limiter;
 pub mod metrics;
+pub mod notify;
 pub mod payments;
 pub mod pricing;
 pub mod protocol;
@@ -504,6 +506,14 @@ pub fn build_server(
         },
     ));
     server.add_service(background_service(
+        "readiness notification",
+        notify::Ready {
+            listen: std::iter::once(s.listen.clone())
+                .chain(config.admin.listen.clone())
+                .collect(),
+        },
+    ));
+    server.add_service(background_service(
         "drain",
         Drain {
             in_flight,
@@ -603,6 +613,7 @@ impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
         self.health.drain();
+        notify::notify("STOPPING=1\nSTATUS=draining");
         let start = tokio::time::Instant::now();
         let in_flight = || self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
         // Idle means no request for DRAIN_QUIET: a request whose head was read just as the

@@ -288,7 +288,9 @@ impl BackgroundService for ConfigWatcher {
                 continue;
             }
             seen = now;
+            crate::notify::notify("RELOADING=1");
             let _ = self.reloader.reload().await;
+            crate::notify::notify("READY=1");
         }
     }
 }
