@@ -12,7 +12,8 @@
 #      read-only under etc/ and $STATE_DIRECTORY from the Dockerfile, next to the sample API and a
 #      local chain: /readyz answers on a non-loopback address (as the kubelet's probes come),
 #      a priced route answers 402, a payment settles; and without $STATE_DIRECTORY (the journal
-#      next to the read-only config, the reported defect) priced routes answer 503.
+#      next to the read-only config, the reported defect) priced routes answer 503; and the
+#      repository's gateway.toml, unedited, serves a 402 on the same stack.
 # The image itself is never built here (no Docker daemon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +96,25 @@ smoke_inside() {
   done
   [ "$code" = 503 ] || die "without STATE_DIRECTORY a priced route answered '$code', expected 503"
   echo "   without \$STATE_DIRECTORY (journal next to the read-only config): 503, as reported"
+  kill -TERM "$gw"
+  wait "$gw" || true
+  # The repository's gateway.toml, as it is, on the same stack (its admin stays on loopback).
+  mkdir -p "$root/local-state"
+  STATE_DIRECTORY="$root/local-state" FACILITATOR_KEY="$FACILITATOR_KEY" TMPDIR="$root/tmp" \
+    "$BIN" run --config gateway.toml > "$root/local.log" 2>&1 &
+  gw=$!
+  pids+=("$gw")
+  ready=""
+  for _ in $(seq 300); do
+    ready=$(curl -s -m 1 -o /dev/null -w '%{http_code}' http://127.0.0.1:9402/readyz || true)
+    [ "$ready" = 200 ] && break
+    kill -0 "$gw" 2>/dev/null || break
+    sleep 0.1
+  done
+  code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8402/weather/paris)
+  [ "$ready" = 200 ] && [ "$code" = 402 ] \
+    || { cat "$root/local.log" >&2; die "gateway.toml as shipped: /readyz '$ready', /weather/paris '$code'"; }
+  echo "   gateway.toml as shipped on the same stack: /readyz 200, /weather/paris 402"
 }
 
 if [ "${1:-}" = --smoke-inside ]; then
