@@ -36,6 +36,33 @@ fn shipped_config_checks_and_prints_the_route_table() {
         "{stdout}"
     );
     assert!(stdout.contains("free"));
+    assert!(
+        stdout.contains(concat!(
+            "journal      ",
+            env!("CARGO_MANIFEST_DIR"),
+            "/x402-journal.db (sync full)"
+        )),
+        "{stdout}"
+    );
+    // Under systemd (StateDirectory=) or in the image, the journal goes to $STATE_DIRECTORY.
+    let out = gateway()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
+        .env(
+            "FACILITATOR_KEY",
+            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
+        .env("STATE_DIRECTORY", "/var/lib/x402-gateway")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("journal      /var/lib/x402-gateway/x402-journal.db (sync full)"),
+        "{stdout}"
+    );
 }
 
 #[test]
