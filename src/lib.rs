@@ -468,12 +468,14 @@ pub fn build_server(
         facilitator.clone(),
         payments.metrics().clone(),
     );
+    let reload_armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     server.add_service(background_service(
         "config reload",
         reload::ConfigWatcher {
             reloader: Arc::new(reloader),
             watch: s.watch_config,
             every: Duration::from_secs(1),
+            armed: reload_armed.clone(),
         },
     ));
     if config.facilitator.embedded.is_some() {
@@ -511,6 +513,7 @@ pub fn build_server(
             listen: std::iter::once(s.listen.clone())
                 .chain(config.admin.listen.clone())
                 .collect(),
+            reload_armed,
         },
     ));
     server.add_service(background_service(

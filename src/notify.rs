@@ -7,6 +7,8 @@
 //! ([`crate::reload`]) and the drain ([`crate::Drain`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,10 +56,13 @@ pub fn probe_address(listen: &str) -> Option<SocketAddr> {
 }
 
 /// Says `READY=1` once each of `listen` accepts a TCP connection (Pingora binds its listeners
-/// inside `run_forever`, with no hook after): the gateway then serves.
+/// inside `run_forever`, with no hook after) and SIGHUP reloads: the gateway then serves, and
+/// `systemctl reload` is safe.
 pub struct Ready {
     /// The listeners' addresses (`[server] listen`, `[admin] listen`).
     pub listen: Vec<String>,
+    /// Set by the reloader once it handles SIGHUP.
+    pub reload_armed: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -81,6 +86,9 @@ impl BackgroundService for Ready {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+        while !self.reload_armed.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         notify(&format!(
             "READY=1\nSTATUS=serving on {}",

@@ -262,6 +262,9 @@ pub struct ConfigWatcher {
     pub watch: bool,
     /// How often the file is looked at.
     pub every: Duration,
+    /// Set once SIGHUP is handled (before that a SIGHUP would end the process): the readiness
+    /// notification waits for it.
+    pub armed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -275,6 +278,7 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let path = self.reloader.path.clone();
         let mut seen = stamp(&path);
         loop {
