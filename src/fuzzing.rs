@@ -40,7 +40,7 @@ url = "http://127.0.0.1:3000"
 [facilitator]
 url = "http://127.0.0.1:9000"
 [payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+pay_to = "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24"
 network = "base-sepolia"
 {routes}"#
     );

@@ -26,6 +26,7 @@
 //! - [`client`]: signing payments (tests and command-line payers).
 //! - [`sample_api`]: the demo's upstream, an API that knows nothing of payments.
 //! - [`telemetry`]: logging setup, request ids, trace context, the access log.
+//! - [`notify`]: readiness notifications to systemd (`Type=notify`).
 //!
 //! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
 //! ← `proxy`; this file and `main.rs` compose them.
@@ -41,6 +42,7 @@ pub mod fuzzing;
 pub mod journal;
 pub mod limiter;
 pub mod metrics;
+pub mod notify;
 pub mod payments;
 pub mod pricing;
 pub mod protocol;
@@ -477,12 +479,14 @@ pub fn build_server(
         facilitator.clone(),
         payments.metrics().clone(),
     );
+    let reload_armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     server.add_service(background_service(
         "config reload",
         reload::ConfigWatcher {
             reloader: Arc::new(reloader),
             watch: s.watch_config,
             every: Duration::from_secs(1),
+            armed: reload_armed.clone(),
         },
     ));
     if config.facilitator.embedded.is_some() {
@@ -512,6 +516,15 @@ pub fn build_server(
         HandOver {
             closing,
             health: health.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "readiness notification",
+        notify::Ready {
+            listen: std::iter::once(s.listen.clone())
+                .chain(config.admin.listen.clone())
+                .collect(),
+            reload_armed,
         },
     ));
     server.add_service(background_service(
@@ -614,6 +627,7 @@ impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = shutdown.changed().await;
         self.health.drain();
+        notify::notify("STOPPING=1\nSTATUS=draining");
         let start = tokio::time::Instant::now();
         let in_flight = || self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
         // Idle means no request for DRAIN_QUIET: a request whose head was read just as the

@@ -213,6 +213,16 @@ fn check(path: &std::path::Path) -> ExitCode {
         s.pid_file.display(),
         s.upgrade_sock.display()
     );
+    let j = &c.journal;
+    if j.enabled {
+        outln!(
+            "  journal      {} (sync {})",
+            j.path.display(),
+            j.sync.as_str()
+        );
+    } else {
+        outln!("  journal      off (unknown outcomes kept in memory only)");
+    }
     outln!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods_label();

@@ -263,6 +263,9 @@ pub struct ConfigWatcher {
     pub watch: bool,
     /// How often the file is looked at.
     pub every: Duration,
+    /// Set once SIGHUP is handled (before that a SIGHUP would end the process): the readiness
+    /// notification waits for it.
+    pub armed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -276,6 +279,7 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let path = self.reloader.path.clone();
         let mut seen = stamp(&path);
         loop {
@@ -289,7 +293,9 @@ impl BackgroundService for ConfigWatcher {
                 continue;
             }
             seen = now;
+            crate::notify::notify("RELOADING=1");
             let _ = self.reloader.reload().await;
+            crate::notify::notify("READY=1");
         }
     }
 }

@@ -16,6 +16,11 @@ fn shipped_config_checks_and_prints_the_route_table() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
         ])
+        // The demo stack's settlement signer: anvil dev key #2 (public).
+        .env(
+            "FACILITATOR_KEY",
+            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -26,8 +31,104 @@ fn shipped_config_checks_and_prints_the_route_table() {
     );
     assert!(stdout.contains("/weather/*"));
     assert!(stdout.contains("$0.001 = 1000 atomic USDC"), "{stdout}");
-    assert!(stdout.contains("eip155:8453"));
+    assert!(
+        stdout.contains("embedded: 1 signer key(s); eip155:84532"),
+        "{stdout}"
+    );
     assert!(stdout.contains("free"));
+    assert!(
+        stdout.contains(concat!(
+            "journal      ",
+            env!("CARGO_MANIFEST_DIR"),
+            "/x402-journal.db (sync full)"
+        )),
+        "{stdout}"
+    );
+    // Under systemd (StateDirectory=) or in the image, the journal goes to $STATE_DIRECTORY.
+    let out = gateway()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
+        .env(
+            "FACILITATOR_KEY",
+            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
+        .env("STATE_DIRECTORY", "/var/lib/x402-gateway")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("journal      /var/lib/x402-gateway/x402-journal.db (sync full)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_shipped_config_names_its_missing_signer_key() {
+    let out = gateway()
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+        ])
+        .env_remove("FACILITATOR_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("facilitator.signer_keys[0]") && stderr.contains("FACILITATOR_KEY"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn placeholder_and_public_dev_recipients_are_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("x402-check-pay-to-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |pay_to: &str, network: &str| {
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[facilitator]\nurl = \"https://x402.org/facilitator\"\n[payment]\npay_to = \"{pay_to}\"\nnetwork = \"{network}\"\n[[route]]\npath = \"/a\"\nprice = \"$0.01\"\n"
+            ),
+        )
+        .unwrap();
+        let out = gateway()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("0x000000000000000000000000000000000000dEaD", "base-sepolia");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("payment.pay_to")
+            && stderr.contains("0x000000000000000000000000000000000000dEaD")
+            && stderr.contains("use your own address"),
+        "{stderr}"
+    );
+    let (code, stderr) = check("0x1234567890123456789012345678901234567890", "base");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("placeholder"), "{stderr}");
+    // Anvil's account #0: fine on the test network, refused on Base mainnet.
+    let dev = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+    assert_eq!(check(dev, "base-sepolia").0, Some(0));
+    let (code, stderr) = check(dev, "eip155:8453");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("route[0].pay_to")
+            && stderr.contains("development account #0")
+            && stderr.contains("private key is public"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -100,6 +201,10 @@ fn default_threads_follow_the_cpus_this_process_may_use() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
         ])
+        .env(
+            "FACILITATOR_KEY",
+            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
         .output()
         .expect("taskset (util-linux) runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -129,7 +234,7 @@ url = "http://127.0.0.1:3000"
 [facilitator]
 url = "https://x402.org/facilitator"
 [payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+pay_to = "0x7D5c4A0E4B1a5E3F9a1e2B6C8d0F3A5B7C9e1d24"
 network = "base-sepolia"
 [[route]]
 path = "/a"

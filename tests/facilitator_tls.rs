@@ -191,7 +191,7 @@ async fn over_https(dir: &Path) {
 
     let url = format!("https://localhost:{port}/facilitator");
     let text = format!(
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[facilitator]\nurl = \"{url}\"\n[payment]\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\nnetwork = \"base-sepolia\"\n[[route]]\npath = \"/x\"\nprice = \"$0.001\"\n"
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[facilitator]\nurl = \"{url}\"\n[payment]\npay_to = \"0x7D5c4A0E4B1a5E3F9a1e2B6C8d0F3A5B7C9e1d24\"\nnetwork = \"base-sepolia\"\n[[route]]\npath = \"/x\"\nprice = \"$0.001\"\n"
     );
     let config = Config::from_toml(&text, "test", &|_| None).unwrap();
     let client = FacilitatorClient::new(&url, &config.facilitator).unwrap();

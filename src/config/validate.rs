@@ -40,7 +40,7 @@ pub(super) fn validate(
     let verification = verification(&r.table("verification"));
     let logging = logging(&r.table("logging"));
     let limits = limits(&r.table("limits"));
-    let journal = journal(&r.table("journal"), dir);
+    let journal = journal(&r.table("journal"), dir, env);
     let chain = chain(&r.table("chain"), env);
     let admin = admin(&r.table("admin"));
     let auth = auth(&r.table("auth"));
@@ -620,9 +620,22 @@ fn auth(s: &Section<'_>) -> AuthConfig {
     c
 }
 
-fn journal(s: &Section<'_>, dir: &Path) -> JournalConfig {
+/// The journal's default directory: systemd's `$STATE_DIRECTORY` (`StateDirectory=`; the first
+/// of several), which the container image sets too; else the config file's directory.
+fn state_dir(dir: &Path, env: Env<'_>) -> PathBuf {
+    env("STATE_DIRECTORY")
+        .and_then(|d| d.split(':').next().map(PathBuf::from))
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| dir.to_owned())
+}
+
+fn journal(s: &Section<'_>, dir: &Path, env: Env<'_>) -> JournalConfig {
     let enabled = s.bool("enabled").unwrap_or(true);
-    let path = dir.join(s.str("path").unwrap_or("x402-journal.db"));
+    // An explicit relative path is taken from the config file's directory.
+    let path = match s.str("path") {
+        Some(p) => dir.join(p),
+        None => state_dir(dir, env).join("x402-journal.db"),
+    };
     let sync = match s.str("sync") {
         None | Some("full") => JournalSync::Full,
         Some("normal") => JournalSync::Normal,
@@ -856,9 +869,9 @@ impl Level {
                     "pay_to",
                     format!("`{a}` is not an address (0x + 40 hex digits)"),
                 );
-            } else if addr == Some(Address::ZERO) {
-                s.issue("pay_to", "the zero address would burn every payment");
-                return None;
+            } else if let Some(why) = addr.as_ref().and_then(placeholder::placeholder) {
+                // Kept, so that the routes relying on it report nothing more.
+                s.issue("pay_to", format!("`{a}`: {why}"));
             }
             addr
         });
@@ -1113,6 +1126,13 @@ fn option(s: &Section<'_>, level: &Level) -> Option<PaymentOption> {
         .clone()
         .unwrap_or(AssetSpec::Symbol("USDC".into()));
     let network = network?;
+    if let Some(i) = pay_to.and_then(|a| placeholder::public_dev_account(&a, &network)) {
+        s.issue(
+            "pay_to",
+            format!("{} is anvil/hardhat development account #{i}, whose private key is public: on {network} anyone could take the payments; use your own address", pay_to.map(|a| a.to_checksum(None)).unwrap_or_default()),
+        );
+        return None;
+    }
     let chain = network.chain_id();
     let asset = match spec {
         AssetSpec::Symbol(sym) => assets::by_symbol(chain, &sym).or_else(|| {
@@ -1253,5 +1273,6 @@ fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
     })
 }
 
+mod placeholder;
 #[cfg(test)]
 mod tests;

@@ -425,7 +425,7 @@ impl MockFacilitator {
 
 // === The gateway ===
 
-pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+pub const PAY_TO: &str = "0x7D5c4A0E4B1a5E3F9a1e2B6C8d0F3A5B7C9e1d24";
 
 /// Routes used by most tests.
 pub const ROUTES: &str = r#"

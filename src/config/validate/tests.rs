@@ -6,6 +6,26 @@ fn env(name: &str) -> Option<String> {
     (name == "FACILITATOR_TOKEN").then(|| "s3cret".to_owned())
 }
 
+/// The environment of the shipped gateway.toml's demo stack and its commented alternatives.
+fn shipped_env(name: &str) -> Option<String> {
+    match name {
+        // Anvil dev key #2, as scripts/demo.sh uses it.
+        "FACILITATOR_KEY" => {
+            Some("0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".to_owned())
+        }
+        "CDP_API_TOKEN" => Some("token".to_owned()),
+        _ => None,
+    }
+}
+
+fn load_shipped(text: &str) -> Result<Config, Vec<ConfigIssue>> {
+    match Config::from_toml(text, "gateway.toml", &shipped_env) {
+        Ok(c) => Ok(c),
+        Err(ConfigError::Invalid { issues, .. }) => Err(issues),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}
+
 fn load(text: &str) -> Result<Config, Vec<ConfigIssue>> {
     match Config::from_toml(text, "test.toml", &env) {
         Ok(c) => Ok(c),
@@ -20,7 +40,7 @@ url = "http://127.0.0.1:3000"
 [facilitator]
 url = "http://127.0.0.1:9000/"
 [payment]
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+pay_to = "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24"
 network = "base-sepolia"
 [[route]]
 path = "/weather/*"
@@ -30,14 +50,67 @@ price = "$0.001"
 #[test]
 fn shipped_gateway_toml_is_valid() {
     let text = include_str!("../../../gateway.toml");
-    let c = load(text).unwrap_or_else(|e| panic!("{e:?}"));
+    let c = load_shipped(text).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(c.routes.len(), 4);
     assert_eq!(c.routes[0].options[0].amount, U256::from(1000));
     assert_eq!(c.routes[1].settlement, SettlementMode::BeforeUpstream);
-    assert_eq!(c.routes[2].options.len(), 2);
-    assert_eq!(c.routes[2].options[1].network.caip2(), "eip155:8453");
-    assert_eq!(c.routes[2].options[1].asset.name, "USD Coin");
+    assert_eq!(c.routes[2].options.len(), 1);
     assert!(c.routes[3].is_free());
+    // As shipped it runs the local demo stack: embedded facilitator on the anvil chain.
+    let e = c.facilitator.embedded.as_ref().unwrap();
+    assert_eq!(e.rpc[0].0.caip2(), "eip155:84532");
+    assert_eq!(c.upstream.address, "127.0.0.1:3000");
+    assert_eq!(c.admin.listen.as_deref(), Some("127.0.0.1:9402"));
+    // Every commented alternative is valid too once uncommented: the x402.org facilitator for
+    // Base Sepolia, and Base mainnet through a hosted facilitator with its auth header.
+    let uncomment = |from: &str, to: &str| -> String {
+        let start = text.find(from).unwrap();
+        let end = start + text[start..].find(to).unwrap();
+        text[start..end]
+            .lines()
+            .filter(|l| {
+                l.starts_with("# ")
+                    && !l.starts_with("#  ")
+                    && !l[2..].starts_with(|c: char| c.is_ascii_digit())
+            })
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let without_facilitator = |t: &str| {
+        let start = text.find("[facilitator]\nembedded").unwrap();
+        let end = text.find("[payment]").unwrap();
+        format!("{}{t}\n{}", &text[..start], &text[end..])
+    };
+    let testnet = uncomment("# 2. Base Sepolia", "# 3. Base mainnet");
+    assert!(testnet.contains("x402.org/facilitator"), "{testnet}");
+    let c = load_shipped(&without_facilitator(&testnet)).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        c.facilitator.url.as_deref(),
+        Some("https://x402.org/facilitator")
+    );
+    let mainnet = uncomment("# 3. Base mainnet", "#    ... or the embedded");
+    let text =
+        without_facilitator(&mainnet).replace("network = \"base-sepolia\"", "network = \"base\"");
+    // The shipped pay_to is a public dev account: refused on mainnet, with the key named.
+    let issues = load_shipped(&text).unwrap_err();
+    assert!(
+        issues
+            .iter()
+            .all(|i| i.key.ends_with("pay_to") && i.message.contains("development account #3")),
+        "{issues:?}"
+    );
+    let text = text.replace(
+        "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+        "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24",
+    );
+    let c = load_shipped(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.routes[0].options[0].network.caip2(), "eip155:8453");
+    assert!(c
+        .facilitator
+        .headers
+        .iter()
+        .any(|(k, _)| k.as_str() == "authorization"));
 }
 
 #[test]
@@ -87,7 +160,7 @@ methods = ["GET", ""]
 path = "/ok"
 price = "1 DAI"
 network = "base"
-pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+pay_to = "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24"
 "#;
     let issues = load(text).unwrap_err();
     let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
@@ -314,4 +387,77 @@ fn admin_listener_is_off_by_default_and_needs_its_own_address() {
     let issues = load(&text).unwrap_err();
     let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, ["admin.listen", "admin.port"], "{issues:?}");
+}
+
+#[test]
+fn the_journal_defaults_to_the_state_directory_when_systemd_or_the_image_sets_one() {
+    let from = |env: &dyn Fn(&str) -> Option<String>, text: &str| {
+        Config::from_toml_in(text, "gateway.toml", Path::new("/etc/x402-gateway"), env)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .journal
+            .path
+    };
+    let none = |_: &str| None;
+    assert_eq!(
+        from(&none, MINIMAL),
+        Path::new("/etc/x402-gateway/x402-journal.db")
+    );
+    // systemd passes every StateDirectory= joined by ':'; the first one is the gateway's.
+    let state = |k: &str| {
+        (k == "STATE_DIRECTORY").then(|| "/var/lib/x402-gateway:/var/lib/other".to_owned())
+    };
+    assert_eq!(
+        from(&state, MINIMAL),
+        Path::new("/var/lib/x402-gateway/x402-journal.db")
+    );
+    // A relative STATE_DIRECTORY is not systemd's: ignored.
+    let relative = |k: &str| (k == "STATE_DIRECTORY").then(|| "state".to_owned());
+    assert_eq!(
+        from(&relative, MINIMAL),
+        Path::new("/etc/x402-gateway/x402-journal.db")
+    );
+    // An explicit path wins, relative to the config file's directory.
+    let explicit = format!("{MINIMAL}\n[journal]\npath = \"j.db\"\n");
+    assert_eq!(from(&state, &explicit), Path::new("/etc/x402-gateway/j.db"));
+}
+
+#[test]
+fn placeholder_recipients_are_refused_with_the_key_named() {
+    let with_pay_to =
+        |addr: &str| MINIMAL.replace("0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24", addr);
+    for (addr, words) in [
+        ("0x0000000000000000000000000000000000000000", "zero address"),
+        ("0x000000000000000000000000000000000000dEaD", "burn"),
+        ("0x1234567890abcdef1234567890abcdef12345678", "placeholder"),
+        (
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "x402 documentation",
+        ),
+    ] {
+        let issues = load(&with_pay_to(addr)).unwrap_err();
+        assert!(
+            issues.iter().any(|i| i.key == "payment.pay_to"
+                && i.message.contains(addr)
+                && i.message.contains(words)),
+            "{addr}: {issues:?}"
+        );
+    }
+    // A public dev account: fine on Base Sepolia (the local demo chain), refused on Base.
+    let dev = with_pay_to("0x90F79bf6EB2c4f870365E785982E1f101E93b906");
+    assert!(load(&dev).is_ok());
+    let issues =
+        load(&dev.replace("network = \"base-sepolia\"", "network = \"base\"")).unwrap_err();
+    assert!(
+        issues.iter().any(|i| i.key == "route[0].pay_to"
+            && i.message.contains("development account #3")
+            && i.message.contains("eip155:8453")),
+        "{issues:?}"
+    );
+    // Also when only one accepted option of a route is on a mainnet.
+    let mixed = format!("{dev}\n[[route]]\npath = \"/p\"\n  [[route.accept]]\n  price = \"$0.01\"\n  [[route.accept]]\n  network = \"eip155:1\"\n  price = \"$0.01\"\n");
+    let issues = load(&mixed).unwrap_err();
+    assert!(
+        issues.iter().any(|i| i.key == "route[1].accept[1].pay_to"),
+        "{issues:?}"
+    );
 }
