@@ -284,6 +284,10 @@ fn a_closed_stdout_is_not_a_panic() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
         ])
+        .env(
+            "FACILITATOR_KEY",
+            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
