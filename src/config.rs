@@ -259,6 +259,19 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Reload the configuration when its file changes (`watch_config`).
     pub watch_config: bool,
+    /// TLS on the listener (`tls_cert`, `tls_key`); `None`: plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// Prior-knowledge HTTP/2 over cleartext on a plain listener (`h2c`), for sidecars.
+    pub h2c: bool,
+}
+
+/// The certificate and key the listener serves (PEM files, read again on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The certificate chain, leaf first (`tls_cert`).
+    pub cert: PathBuf,
+    /// The private key (`tls_key`).
+    pub key: PathBuf,
 }
 
 /// `[upstream]`: where paid and free requests go.
@@ -289,6 +302,9 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Longest wait for the next write to the upstream.
     pub write_timeout: Duration,
+    /// Speak HTTP/2 with prior knowledge to a cleartext upstream (`h2c`). An `https://`
+    /// upstream is offered HTTP/2 by ALPN and gets it when it accepts.
+    pub h2c: bool,
 }
 
 /// `[facilitator]`: who verifies and settles payments.

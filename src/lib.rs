@@ -18,6 +18,7 @@
 //! - [`journal`]: the durable payment journal (SQLite) and reading outcomes from the chain.
 //! - [`payments`]: every payment decision, with no Pingora types.
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
+//! - [`edge`]: the TLS listener's certificate, swapped live on reload.
 //! - [`error`]: the one mapping from errors to HTTP answers ([`error::rescue`]).
 //! - [`facilitator`]: the embedded facilitator (settles on chain over JSON-RPC) and the
 //!   standalone facilitator server.
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod facilitator;
 #[doc(hidden)]
@@ -112,6 +114,9 @@ pub enum StartupError {
     /// A chain RPC for reading outcomes is unusable.
     #[error("[chain] rpc: {0}")]
     Chain(String),
+    /// The listener's certificate or key cannot be served.
+    #[error("[server] TLS")]
+    Tls(#[source] edge::TlsError),
 }
 
 fn kind(version: u8, network: &str) -> SupportedKind {
@@ -441,12 +446,33 @@ pub fn build_server(
     let payments = gateway.payments().clone();
     let in_flight = gateway.in_flight().clone();
     let closing = gateway.closing().clone();
+    let certs = match &s.tls {
+        Some(t) => Some(Arc::new(
+            edge::CertStore::load(t).map_err(StartupError::Tls)?,
+        )),
+        None => None,
+    };
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
         "x402-gateway",
     );
-    service.add_tcp(&s.listen);
+    match &certs {
+        Some(store) => {
+            // Certificates come from the resolver (swapped on reload), not from the paths.
+            let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                .map_err(|e| StartupError::Server(format!("TLS listener: {e}")))?;
+            tls.set_cert_resolver(store.clone());
+            tls.enable_h2();
+            service.add_tls_with_settings(&s.listen, None, tls);
+        }
+        None => service.add_tcp(&s.listen),
+    }
+    if let Some(proxy) = service.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = s.h2c;
+        proxy.server_options = Some(options);
+    }
     server.add_service(service);
     // The gateway starts only after `/supported` was read.
     let f = &config.facilitator;
@@ -465,7 +491,8 @@ pub fn build_server(
         payments.table().clone(),
         facilitator.clone(),
         payments.metrics().clone(),
-    );
+    )
+    .with_certs(certs);
     server.add_service(background_service(
         "config reload",
         reload::ConfigWatcher {

@@ -100,9 +100,21 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     println!("{}: OK", path.display());
     let s = &c.server;
-    println!("  listen       {} (threads: {})", s.listen, s.threads);
     println!(
-        "  upstream     {}{}{}",
+        "  listen       {} (threads: {}){}",
+        s.listen,
+        s.threads,
+        match (&s.tls, s.h2c) {
+            (Some(t), _) => format!(
+                "; TLS {} (HTTP/2 by ALPN; certificate read again on reload)",
+                t.cert.display()
+            ),
+            (None, true) => "; plain HTTP/1.1 and h2c".to_owned(),
+            (None, false) => "; plain HTTP/1.1".to_owned(),
+        }
+    );
+    println!(
+        "  upstream     {}{}{}{}",
         c.upstream.url,
         if c.upstream.tls_ca.is_some() {
             " (private CA)"
@@ -113,6 +125,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             format!(" (TLS name {})", c.upstream.sni)
         } else {
             String::new()
+        },
+        if c.upstream.tls {
+            " (HTTP/2 when offered)"
+        } else if c.upstream.h2c {
+            " (h2c)"
+        } else {
+            ""
         }
     );
     match (&c.facilitator.url, &c.facilitator.embedded) {

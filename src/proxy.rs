@@ -100,6 +100,8 @@ pub struct RequestCtx {
     /// When the request was first sent upstream, and how long its response header took.
     upstream_sent: Option<Instant>,
     upstream_took: Option<Duration>,
+    /// The scheme the client used (the listener's, or a trusted proxy's).
+    proto: &'static str,
 }
 
 // === impl Gateway ===
@@ -197,6 +199,7 @@ impl ProxyHttp for Gateway {
             response_done: false,
             upstream_sent: None,
             upstream_took: None,
+            proto: "http",
         }
     }
 
@@ -232,11 +235,16 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.peer
         };
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let (scheme, host) = upstream::origin(req, tls, ctx.trusted_peer);
+        ctx.proto = scheme;
         let incoming = Incoming {
             method: &req.method,
             target: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             headers: &req.headers,
             client_ip,
+            scheme,
+            host,
         };
         match self.payments.admit(incoming).await {
             Admission::Forward(f) => {
@@ -295,7 +303,12 @@ impl ProxyHttp for Gateway {
             self.payments.forwarded(p);
         }
         ctx.upstream_sent.get_or_insert_with(Instant::now);
-        self.upstream.peer_for_request()
+        let mut peer = self.upstream.peer_for_request()?;
+        if ctx.upgrade_held {
+            // A websocket handshake is an HTTP/1.1 upgrade: never offered HTTP/2.
+            peer.options.set_http_version(1, 1);
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -344,7 +357,7 @@ impl ProxyHttp for Gateway {
             Forwarding {
                 peer: ctx.peer,
                 trusted_peer: ctx.trusted_peer,
-                proto: "http",
+                proto: ctx.proto,
                 priced_path: ctx.priced_path,
                 websocket: ctx.websocket,
                 upgrade_held: ctx.upgrade_held,

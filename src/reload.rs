@@ -7,8 +7,11 @@
 //! running table stays.
 //!
 //! What a reload applies: the `[[route]]` tables and the `[payment]` defaults they inherit (the
-//! price table). Every other section is read at start only; a change there is reported as
-//! needing a restart and the running value is kept.
+//! price table), and the TLS listener's certificate: `[server] tls_cert` and `tls_key` are read
+//! again on every reload (new paths, or new files at the same paths, as a certificate renewal
+//! leaves them) and served from the next handshake on. Every other section is read at start
+//! only; a change there is reported as needing a restart and the running value is kept
+//! (turning TLS on or off is such a change).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, RouteRule};
+use crate::edge::{CertStore, TlsError};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::protocol::SupportedResponse;
@@ -35,6 +39,9 @@ pub enum ReloadError {
     /// Routes offer payments the facilitator does not handle.
     #[error("the facilitator does not support these route options: {}", .0.join("; "))]
     Unsupported(Vec<String>),
+    /// The new certificate or key cannot be served.
+    #[error("[server] TLS: {0}")]
+    Tls(#[source] TlsError),
 }
 
 /// What a reload did.
@@ -44,6 +51,8 @@ pub struct ReloadReport {
     pub routes: Vec<String>,
     /// Sections that changed in the file but apply only at the next start.
     pub restart_needed: Vec<&'static str>,
+    /// Whether the listener serves a new certificate from now on.
+    pub certificate_changed: bool,
 }
 
 /// One line per route: what a client is asked to pay, and how.
@@ -124,7 +133,15 @@ type Section = dyn Fn(&Config) -> String;
 /// The sections that changed but apply only at start.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     let sections: [(&'static str, &Section); 9] = [
-        ("[server]", &|c| format!("{:?}", c.server)),
+        // The certificate's paths apply live (only TLS on or off needs a restart).
+        ("[server]", &|c| {
+            let mut s = c.server.clone();
+            s.tls = s.tls.map(|_| crate::config::ListenerTls {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            });
+            format!("{s:?}")
+        }),
         ("[upstream]", &|c| format!("{:?}", c.upstream)),
         ("[facilitator]", &|c| format!("{:?}", c.facilitator)),
         ("[verification]", &|c| format!("{:?}", c.verification)),
@@ -165,6 +182,8 @@ pub struct Reloader {
     /// The last `/supported` read, used when the facilitator does not answer during a reload.
     supported: std::sync::Mutex<SupportedResponse>,
     metrics: Arc<Metrics>,
+    /// The TLS listener's certificate, when it has one.
+    certs: Option<Arc<CertStore>>,
 }
 
 impl Reloader {
@@ -182,7 +201,14 @@ impl Reloader {
             facilitator,
             supported: std::sync::Mutex::new(source.supported),
             metrics,
+            certs: None,
         }
+    }
+
+    /// Also reloads the TLS listener's certificate into `certs`.
+    pub fn with_certs(mut self, certs: Option<Arc<CertStore>>) -> Self {
+        self.certs = certs;
+        self
     }
 
     /// Reads, validates and applies the file once; logs and counts the result.
@@ -199,6 +225,9 @@ impl Reloader {
                 }
                 for change in &report.routes {
                     tracing::info!(config = %self.path.display(), change, "configuration reloaded: route");
+                }
+                if report.certificate_changed {
+                    tracing::info!(config = %self.path.display(), "configuration reloaded: the listener serves the new certificate from the next handshake on");
                 }
                 for section in &report.restart_needed {
                     tracing::warn!(config = %self.path.display(), section, "changed in the file, applies at the next start (the running value is kept)");
@@ -237,9 +266,15 @@ impl Reloader {
             return Err(ReloadError::Unsupported(missing));
         }
         let mut current = self.current.lock().await;
+        // Read before anything is applied: a certificate that cannot be served changes nothing.
+        let certificate_changed = match (&self.certs, &new.server.tls) {
+            (Some(store), Some(tls)) => store.reload(tls).map_err(ReloadError::Tls)?,
+            _ => false,
+        };
         let report = ReloadReport {
             routes: diff_routes(&current.routes, &new.routes),
             restart_needed: restart_needed(&current, &new),
+            certificate_changed,
         };
         self.table
             .store(Arc::new(crate::price_table(new.routes.clone(), &kinds)));

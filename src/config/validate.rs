@@ -15,9 +15,10 @@ use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
     assets, AdminConfig, Asset, ChainConfig, Config, ConfigIssue, EmbeddedConfig,
-    FacilitatorConfig, FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat,
-    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
-    SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
+    FacilitatorConfig, FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync,
+    ListenerTls, LogFormat, LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment,
+    ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
+    VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -211,8 +212,18 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         .duration("drain_timeout")
         .unwrap_or(Duration::from_secs(35));
     let watch_config = s.bool("watch_config").unwrap_or(false);
+    let tls = listener_tls(s, dir);
+    let h2c = s.bool("h2c").unwrap_or(false);
+    if h2c && s.has("tls_cert") {
+        s.issue(
+            "h2c",
+            "only for a plain listener: with tls_cert, HTTP/2 is negotiated by ALPN",
+        );
+    }
     s.finish();
     Some(ServerConfig {
+        tls,
+        h2c,
         watch_config,
         listen,
         public_url,
@@ -225,6 +236,61 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         upgrade_sock,
         drain_timeout,
     })
+}
+
+/// `tls_cert` and `tls_key`: both or neither, each a readable PEM file of its kind.
+fn listener_tls(s: &Section<'_>, dir: &Path) -> Option<ListenerTls> {
+    use rustls_pki_types::pem::PemObject;
+    let (cert, key) = match (s.str("tls_cert"), s.str("tls_key")) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (dir.join(c), dir.join(k)),
+        (Some(_), None) => {
+            s.issue("tls_key", "missing: the private key of tls_cert (PEM)");
+            return None;
+        }
+        (None, Some(_)) => {
+            s.issue(
+                "tls_cert",
+                "missing: the certificate chain of tls_key (PEM)",
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+    match std::fs::read(&cert) {
+        Ok(text) => {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&text)
+                .collect::<Result<Vec<_>, _>>();
+            if !certs.is_ok_and(|c| !c.is_empty()) {
+                s.issue(
+                    "tls_cert",
+                    format!("{} holds no PEM certificate", cert.display()),
+                );
+                ok = false;
+            }
+        }
+        Err(e) => {
+            s.issue("tls_cert", format!("cannot read {}: {e}", cert.display()));
+            ok = false;
+        }
+    }
+    match std::fs::read(&key) {
+        Ok(text) => {
+            if rustls_pki_types::PrivateKeyDer::from_pem_slice(&text).is_err() {
+                // The key's bytes are never echoed.
+                s.issue(
+                    "tls_key",
+                    format!("{} holds no PEM private key", key.display()),
+                );
+                ok = false;
+            }
+        }
+        Err(e) => {
+            s.issue("tls_key", format!("cannot read {}: {e}", key.display()));
+            ok = false;
+        }
+    }
+    ok.then_some(ListenerTls { cert, key })
 }
 
 /// The private directory for the pid file and the upgrade socket: `$XDG_RUNTIME_DIR/x402-gateway`
@@ -281,6 +347,7 @@ fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
             HostHeader::Upstream
         }
     };
+    let h2c = s.bool("h2c").unwrap_or(false);
     let url = s.str("url");
     s.finish();
     let Some(url) = url else {
@@ -311,6 +378,11 @@ fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
                 s.issue(key, "only used with an https:// url");
             }
         }
+    } else if h2c {
+        s.issue(
+            "h2c",
+            "only for an http:// url: an https:// upstream is offered HTTP/2 by ALPN",
+        );
     }
     let port = p.port.unwrap_or(if tls { 443 } else { 80 });
     let address = if p.has_port {
@@ -331,6 +403,7 @@ fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
         connect_timeout,
         read_timeout,
         write_timeout,
+        h2c,
     })
 }
 

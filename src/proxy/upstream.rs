@@ -39,8 +39,12 @@ const CLIENT_IDENTITY_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-cluster-client-ip"),
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Requests one HTTP/2 connection to the upstream carries at once.
+const H2_STREAMS: usize = 100;
 
 /// The upstream: its peers (one per resolved address), rebuilt when the name resolves to new
 /// addresses.
@@ -107,6 +111,14 @@ impl UpstreamTarget {
         peer.options.write_timeout = Some(c.write_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         peer.options.ca.clone_from(&self.ca);
+        if c.tls {
+            // HTTP/2 when the upstream offers it (ALPN), HTTP/1.1 otherwise.
+            peer.options.set_http_version(2, 1);
+            peer.options.max_h2_streams = H2_STREAMS;
+        } else if c.h2c {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
         peer
     }
 
@@ -251,6 +263,40 @@ pub fn client_ip(
         }
     }
     Some(last)
+}
+
+/// The scheme and host the client asked for: `https` behind the TLS listener (`tls`), else
+/// `http`, and the `Host` header (`:authority` over HTTP/2). From a trusted proxy
+/// (`trusted_peer`), its `X-Forwarded-Proto` (`http` or `https`) and `X-Forwarded-Host` (the
+/// first of each, when well formed) are believed instead; from anyone else they are ignored.
+pub fn origin(req: &RequestHeader, tls: bool, trusted_peer: bool) -> (&'static str, Option<&str>) {
+    let first = |name: &HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let mut scheme = if tls { "https" } else { "http" };
+    let mut host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(http::uri::Authority::as_str));
+    if trusted_peer {
+        match first(&X_FORWARDED_PROTO) {
+            Some(p) if p.eq_ignore_ascii_case("https") => scheme = "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => scheme = "http",
+            _ => {}
+        }
+        if let Some(h) = first(&X_FORWARDED_HOST).filter(|h| {
+            !h.contains(['/', '@', '?', '#']) && h.parse::<http::uri::Authority>().is_ok()
+        }) {
+            host = Some(h);
+        }
+    }
+    (scheme, host)
 }
 
 /// What [`prepare_request`] needs to know of the request.
@@ -478,5 +524,35 @@ mod tests {
         req.insert_header("upgrade", "h2c").unwrap();
         prepare_request(&mut req, f).unwrap();
         assert!(!req.headers.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn the_origin_is_the_listeners_unless_a_trusted_proxy_says_otherwise() {
+        let mut req = RequestHeader::build("GET", b"/paid/x", None).unwrap();
+        req.insert_header("host", "api.example:8402").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        req.insert_header("x-forwarded-host", "public.example")
+            .unwrap();
+        assert_eq!(
+            origin(&req, false, false),
+            ("http", Some("api.example:8402"))
+        );
+        assert_eq!(
+            origin(&req, true, false),
+            ("https", Some("api.example:8402"))
+        );
+        assert_eq!(origin(&req, false, true), ("https", Some("public.example")));
+        // A proxy's `http` is believed too (TLS ended before it); junk is not.
+        req.insert_header("x-forwarded-proto", "http, https")
+            .unwrap();
+        req.insert_header("x-forwarded-host", "evil.example/path")
+            .unwrap();
+        assert_eq!(origin(&req, true, true), ("http", Some("api.example:8402")));
+        req.insert_header("x-forwarded-proto", "gopher").unwrap();
+        assert_eq!(origin(&req, true, true).0, "https");
+        // HTTP/2 carries the host as `:authority` (in the URI), not `Host`.
+        let mut req = RequestHeader::build("GET", b"/paid/x", None).unwrap();
+        req.set_uri(http::Uri::from_static("https://h2.example/paid/x"));
+        assert_eq!(origin(&req, true, false), ("https", Some("h2.example")));
     }
 }
