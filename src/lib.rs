@@ -63,7 +63,7 @@ use config::{Config, PaymentOption};
 use payments::Payments;
 use pricing::PriceTable;
 use protocol::{SupportedKind, SupportedResponse};
-use proxy::upstream::{Resolver, UpstreamTarget};
+use proxy::pool::Upstreams;
 use proxy::Gateway;
 use verify::{Facilitator, FacilitatorError, Verifier};
 
@@ -230,8 +230,8 @@ pub fn build_gateway(
     let payments = Arc::new(Payments::new(
         config, table, verifier, journal, reconciler, metrics,
     ));
-    let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
-    Ok(Gateway::new(config, payments, upstream))
+    let upstreams = Arc::new(Upstreams::new(&config.upstream, &config.upstreams));
+    Ok(Gateway::new(config, payments, upstreams))
 }
 
 /// The reader of settlement outcomes: `[chain] rpc`, or the embedded facilitator's `rpc`;
@@ -442,7 +442,7 @@ pub fn build_server(
     // Pingora writes it only when daemonized; an upgrade procedure needs it in the foreground
     // too (`kill -QUIT $(cat pid_file)`). Written once the sockets are ours.
     write_pid_file(&s.pid_file)?;
-    let upstream = gateway.upstream().clone();
+    let upstreams = gateway.upstreams().clone();
     let payments = gateway.payments().clone();
     let in_flight = gateway.in_flight().clone();
     let closing = gateway.closing().clone();
@@ -481,7 +481,7 @@ pub fn build_server(
     if let Some(listen) = &config.admin.listen {
         let mut admin = pingora::services::listening::Service::new(
             "admin".to_owned(),
-            admin::AdminApp::new(payments.clone(), upstream.clone(), health.clone()),
+            admin::AdminApp::new(payments.clone(), upstreams.clone(), health.clone()),
         );
         admin.add_tcp(listen);
         server.add_service(admin);
@@ -518,7 +518,12 @@ pub fn build_server(
             health: health.clone(),
         },
     ));
-    server.add_service(background_service("upstream resolver", Resolver(upstream)));
+    for (name, u) in upstreams.all() {
+        server.add_service(background_service(
+            &format!("upstream {name}"),
+            UpstreamService(u.service()),
+        ));
+    }
     server.add_service(background_service(
         "payments maintenance",
         Maintenance(payments.clone()),
@@ -557,6 +562,16 @@ fn remove_own_pid_file(path: &Path) {
         std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string());
     if ours {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Keeps an upstream's addresses current (and runs a pool's health checks).
+pub struct UpstreamService(pub Box<dyn BackgroundService + Send + Sync>);
+
+#[async_trait]
+impl BackgroundService for UpstreamService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await;
     }
 }
 

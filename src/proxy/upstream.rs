@@ -43,9 +43,6 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Requests one HTTP/2 connection to the upstream carries at once.
-const H2_STREAMS: usize = 100;
-
 /// The upstream: its peers (one per resolved address), rebuilt when the name resolves to new
 /// addresses.
 pub struct UpstreamTarget {
@@ -61,30 +58,11 @@ impl UpstreamTarget {
     /// runs at start) and again by [`Resolver`]. A name that does not resolve is logged and
     /// retried; until it resolves, requests get `502`.
     pub fn new(c: &UpstreamConfig) -> Self {
-        let ca = c.tls_ca.as_ref().map(|certs| {
-            certs
-                .iter()
-                .map(|der| WrappedX509::new(der.clone(), pingora::utils::tls::parse_x509))
-                .collect::<Vec<_>>()
-                .into()
-        });
+        let ca = super::pool::prepared_ca(c);
         let host = match &c.host_header {
             HostHeader::Client => None,
             HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
-            HostHeader::Upstream => {
-                let default_port = if c.tls { 443 } else { 80 };
-                let authority = if c.host.contains(':') {
-                    format!("[{}]", c.host)
-                } else {
-                    c.host.clone()
-                };
-                let v = if c.port == default_port {
-                    authority
-                } else {
-                    format!("{authority}:{}", c.port)
-                };
-                HeaderValue::from_str(&v).ok()
-            }
+            HostHeader::Upstream => super::pool::upstream_host(&c.host, c.port, c.tls),
         };
         let t = UpstreamTarget {
             config: c.clone(),
@@ -104,22 +82,7 @@ impl UpstreamTarget {
 
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let c = &self.config;
-        let mut peer = HttpPeer::new(addr, c.tls, c.sni.clone());
-        peer.options.connection_timeout = Some(c.connect_timeout);
-        peer.options.total_connection_timeout = Some(c.connect_timeout);
-        peer.options.read_timeout = Some(c.read_timeout);
-        peer.options.write_timeout = Some(c.write_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        peer.options.ca.clone_from(&self.ca);
-        if c.tls {
-            // HTTP/2 when the upstream offers it (ALPN), HTTP/1.1 otherwise.
-            peer.options.set_http_version(2, 1);
-            peer.options.max_h2_streams = H2_STREAMS;
-        } else if c.h2c {
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = H2_STREAMS;
-        }
-        peer
+        super::pool::prepared_peer(c, addr, c.tls, c.sni.clone(), self.ca.as_ref())
     }
 
     /// Replaces the peers when the addresses changed.
