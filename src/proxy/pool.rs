@@ -115,7 +115,12 @@ impl PoolHealthCheck {
         peer.options.write_timeout = Some(self.config.timeout);
         let (mut session, _) = self.connector.get_http_session(&*peer).await?;
         let mut req = RequestHeader::build("GET", self.config.path.as_bytes(), None)?;
-        if let Some(host) = self.peers.host(i) {
+        // The upstream's `Host`; with `host_header = "client"`, the backend's own.
+        if let Some(host) =
+            self.peers
+                .host(i)
+                .or(self.peers.probe_hosts.get(i).and_then(Option::as_ref))
+        {
             req.insert_header(header::HOST, host.clone())?;
         }
         for (name, value) in &self.peers.headers {
@@ -170,6 +175,9 @@ impl HealthCheck for PoolHealthCheck {
 struct Peers {
     templates: Vec<HttpPeer>,
     hosts: Vec<Option<HeaderValue>>,
+    /// Each backend's own `host[:port]` (health checks send it when requests keep the
+    /// client's `Host`).
+    probe_hosts: Vec<Option<HeaderValue>>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -293,9 +301,15 @@ impl Pool {
                 HostHeader::Upstream => upstream_host(&b.host, b.port, b.tls),
             })
             .collect();
+        let probe_hosts = c
+            .backends
+            .iter()
+            .map(|b| upstream_host(&b.host, b.port, b.tls))
+            .collect();
         let peers = Arc::new(Peers {
             templates,
             hosts,
+            probe_hosts,
             headers: injected(c),
         });
         let discovery = Box::new(PoolDiscovery {
