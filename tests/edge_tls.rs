@@ -475,3 +475,28 @@ fn tls_and_h2c_keys_are_checked_at_load() {
             .h2c
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_and_host_make_the_resource_url_only_from_trusted_proxies() {
+    let ask = |gw: &TestGateway| {
+        http()
+            .get(gw.url("/paid/x"))
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "api.example.com")
+            .send()
+    };
+    let trusted = TestGateway::start_full(
+        ROUTES,
+        "",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let r = ask(&trusted).await.unwrap();
+    assert_eq!(
+        decode_required(&r).resource.url,
+        "https://api.example.com/paid/x"
+    );
+    let untrusted = TestGateway::start_full(ROUTES, "", "").await;
+    let r = ask(&untrusted).await.unwrap();
+    assert_eq!(decode_required(&r).resource.url, untrusted.url("/paid/x"));
+}
