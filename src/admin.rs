@@ -20,7 +20,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::limiter::now_ms;
 use crate::payments::Payments;
-use crate::proxy::upstream::UpstreamTarget;
+use crate::proxy::pool::Upstreams;
 
 /// How long `/readyz` waits for the upstream to accept a connection.
 const UPSTREAM_PROBE: Duration = Duration::from_secs(1);
@@ -73,17 +73,13 @@ pub type Check = (String, Option<String>);
 /// `/metrics`, `/livez` and `/readyz` of a gateway.
 pub struct AdminApp {
     payments: Arc<Payments>,
-    upstream: Arc<UpstreamTarget>,
+    upstream: Arc<Upstreams>,
     health: Arc<Health>,
 }
 
 impl AdminApp {
     /// The endpoints of the gateway made of `payments` and `upstream`.
-    pub fn new(
-        payments: Arc<Payments>,
-        upstream: Arc<UpstreamTarget>,
-        health: Arc<Health>,
-    ) -> Self {
+    pub fn new(payments: Arc<Payments>, upstream: Arc<Upstreams>, health: Arc<Health>) -> Self {
         AdminApp {
             payments,
             upstream,
@@ -94,7 +90,9 @@ impl AdminApp {
     async fn upstream_accepts(&self) -> Option<String> {
         let addrs: Vec<SocketAddr> = self.upstream.addresses();
         if addrs.is_empty() {
-            return Some("no address (the name does not resolve)".into());
+            return Some(
+                "no address (the name does not resolve, or no pool backend is healthy)".into(),
+            );
         }
         let mut last = String::new();
         for a in addrs {

@@ -263,7 +263,10 @@ impl AuthApp {
             headers,
             client_ip,
             scheme: original.scheme,
-            host: original.host.as_deref(),
+            host: original
+                .host
+                .as_deref()
+                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok())),
         };
         let started = Instant::now();
         let verdict = match self.payments.admit(incoming).await {

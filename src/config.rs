@@ -131,8 +131,10 @@ pub enum LogFormat {
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
-    /// `[upstream]`.
+    /// `[upstream]`: the default upstream.
     pub upstream: UpstreamConfig,
+    /// `[upstreams.NAME]`: upstreams that routes name (`upstream = "NAME"`), in name order.
+    pub upstreams: Vec<(String, UpstreamConfig)>,
     /// `[facilitator]`.
     pub facilitator: FacilitatorConfig,
     /// `[verification]`.
@@ -290,6 +292,19 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Reload the configuration when its file changes (`watch_config`).
     pub watch_config: bool,
+    /// TLS on the listener (`tls_cert`, `tls_key`); `None`: plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// Prior-knowledge HTTP/2 over cleartext on a plain listener (`h2c`), for sidecars.
+    pub h2c: bool,
+}
+
+/// The certificate and key the listener serves (PEM files, read again on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// The certificate chain, leaf first (`tls_cert`).
+    pub cert: PathBuf,
+    /// The private key (`tls_key`).
+    pub key: PathBuf,
 }
 
 /// `[upstream]`: where paid and free requests go.
@@ -307,6 +322,8 @@ pub struct UpstreamConfig {
     pub tls: bool,
     /// TLS server name: `tls_server_name`, or the host.
     pub sni: String,
+    /// `tls_server_name` as written (a pool's backends default to their own hosts).
+    pub tls_server_name: Option<String>,
     /// Private CA certificates (DER) that the upstream's certificate must chain to, instead of
     /// the system roots (`tls_ca`).
     pub tls_ca: Option<Vec<Vec<u8>>>,
@@ -320,6 +337,70 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Longest wait for the next write to the upstream.
     pub write_timeout: Duration,
+    /// Speak HTTP/2 with prior knowledge to a cleartext upstream (`h2c`). An `https://`
+    /// upstream is offered HTTP/2 by ALPN and gets it when it accepts.
+    pub h2c: bool,
+    /// `[[upstream.backend]]`: a pool instead of the single `url` (whose fields above then
+    /// describe the first backend, for logs). Empty: the single `url`.
+    pub backends: Vec<BackendConfig>,
+    /// How a pool picks a backend (`selection`, `hash_key`).
+    pub selection: Selection,
+    /// `[upstream.health_check]` of a pool; `None`: every backend counts as healthy.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Headers set on every request to this upstream (`headers`, `${VAR}` expanded at load),
+    /// replacing any the client sent.
+    pub headers: Vec<(HeaderName, Secret)>,
+}
+
+/// One `[[upstream.backend]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The URL as written (an origin).
+    pub url: String,
+    /// Its host: a name (resolved again every `resolve_interval`) or an IP.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Whether it is `https://`.
+    pub tls: bool,
+    /// Its share of the traffic relative to the others (`weight`, default 1).
+    pub weight: usize,
+}
+
+/// How a pool picks a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Default: in turn, by weight.
+    RoundRobin,
+    /// Consistent hashing (Ketama) of the key: the same key goes to the same backend while
+    /// it is healthy.
+    Consistent(HashKey),
+}
+
+/// What a consistent-hashing pool hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address (default).
+    ClientIp,
+    /// The request path.
+    Path,
+    /// A request header's value (`header:NAME`; absent: the empty key).
+    Header(HeaderName),
+}
+
+/// `[upstream.health_check]`: an active check of every backend address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// The path asked for (`GET`); a status below 400 is healthy.
+    pub path: String,
+    /// How often each address is checked.
+    pub interval: Duration,
+    /// Longest wait for an answer.
+    pub timeout: Duration,
+    /// Checks passed in a row that make an unhealthy backend healthy.
+    pub healthy_after: usize,
+    /// Checks failed in a row that make a healthy backend unhealthy.
+    pub unhealthy_after: usize,
 }
 
 /// `[facilitator]`: who verifies and settles payments.
@@ -438,6 +519,8 @@ pub struct RouteRule {
     pub options: Vec<PaymentOption>,
     /// Whether `Upgrade: websocket` (and so `101 Switching Protocols`) is allowed.
     pub websocket: bool,
+    /// The `[upstreams.NAME]` its requests go to (`upstream`); `None`: the default upstream.
+    pub upstream: Option<String>,
 }
 
 impl RouteRule {

@@ -20,6 +20,7 @@
 //! - [`proxy`]: the thin Pingora `ProxyHttp` adapter (its docs hold the phase table).
 //! - [`auth`]: forward-auth mode, the same decisions as the auth service of nginx, Traefik,
 //!   Caddy or Envoy.
+//! - [`edge`]: the TLS listener's certificate, swapped live on reload.
 //! - [`error`]: the one mapping from errors to HTTP answers ([`error::rescue`]).
 //! - [`facilitator`]: the embedded facilitator (settles on chain over JSON-RPC) and the
 //!   standalone facilitator server.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod facilitator;
 #[doc(hidden)]
@@ -68,7 +70,7 @@ use config::{Config, PaymentOption};
 use payments::Payments;
 use pricing::PriceTable;
 use protocol::{SupportedKind, SupportedResponse};
-use proxy::upstream::{Resolver, UpstreamTarget};
+use proxy::pool::Upstreams;
 use proxy::Gateway;
 use verify::{Facilitator, FacilitatorError, Verifier};
 
@@ -119,6 +121,9 @@ pub enum StartupError {
     /// A chain RPC for reading outcomes is unusable.
     #[error("[chain] rpc: {0}")]
     Chain(String),
+    /// The listener's certificate or key cannot be served.
+    #[error("[server] TLS")]
+    Tls(#[source] edge::TlsError),
 }
 
 fn kind(version: u8, network: &str) -> SupportedKind {
@@ -232,8 +237,8 @@ pub fn build_gateway(
     let payments = Arc::new(Payments::new(
         config, table, verifier, journal, reconciler, metrics,
     ));
-    let upstream = Arc::new(UpstreamTarget::new(&config.upstream));
-    Ok(Gateway::new(config, payments, upstream))
+    let upstreams = Arc::new(Upstreams::new(&config.upstream, &config.upstreams));
+    Ok(Gateway::new(config, payments, upstreams))
 }
 
 /// The reader of settlement outcomes: `[chain] rpc`, or the embedded facilitator's `rpc`;
@@ -444,16 +449,37 @@ pub fn build_server(
     // Pingora writes it only when daemonized; an upgrade procedure needs it in the foreground
     // too (`kill -QUIT $(cat pid_file)`). Written once the sockets are ours.
     write_pid_file(&s.pid_file)?;
-    let upstream = gateway.upstream().clone();
+    let upstreams = gateway.upstreams().clone();
     let payments = gateway.payments().clone();
     let in_flight = gateway.in_flight().clone();
     let closing = gateway.closing().clone();
+    let certs = match &s.tls {
+        Some(t) => Some(Arc::new(
+            edge::CertStore::load(t).map_err(StartupError::Tls)?,
+        )),
+        None => None,
+    };
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
         "x402-gateway",
     );
-    service.add_tcp(&s.listen);
+    match &certs {
+        Some(store) => {
+            // Certificates come from the resolver (swapped on reload), not from the paths.
+            let mut tls = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                .map_err(|e| StartupError::Server(format!("TLS listener: {e}")))?;
+            tls.set_cert_resolver(store.clone());
+            tls.enable_h2();
+            service.add_tls_with_settings(&s.listen, None, tls);
+        }
+        None => service.add_tcp(&s.listen),
+    }
+    if let Some(proxy) = service.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = s.h2c;
+        proxy.server_options = Some(options);
+    }
     server.add_service(service);
     // The gateway starts only after `/supported` was read.
     let f = &config.facilitator;
@@ -462,7 +488,7 @@ pub fn build_server(
     if let Some(listen) = &config.admin.listen {
         let mut admin = pingora::services::listening::Service::new(
             "admin".to_owned(),
-            admin::AdminApp::new(payments.clone(), upstream.clone(), health.clone()),
+            admin::AdminApp::new(payments.clone(), upstreams.clone(), health.clone()),
         );
         admin.add_tcp(listen);
         server.add_service(admin);
@@ -478,7 +504,8 @@ pub fn build_server(
         payments.table().clone(),
         facilitator.clone(),
         payments.metrics().clone(),
-    );
+    )
+    .with_certs(certs);
     let reload_armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     server.add_service(background_service(
         "config reload",
@@ -506,7 +533,12 @@ pub fn build_server(
             health: health.clone(),
         },
     ));
-    server.add_service(background_service("upstream resolver", Resolver(upstream)));
+    for (name, u) in upstreams.all() {
+        server.add_service(background_service(
+            &format!("upstream {name}"),
+            UpstreamService(u.service()),
+        ));
+    }
     server.add_service(background_service(
         "payments maintenance",
         Maintenance(payments.clone()),
@@ -554,6 +586,16 @@ fn remove_own_pid_file(path: &Path) {
         std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string());
     if ours {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Keeps an upstream's addresses current (and runs a pool's health checks).
+pub struct UpstreamService(pub Box<dyn BackgroundService + Send + Sync>);
+
+#[async_trait]
+impl BackgroundService for UpstreamService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await;
     }
 }
 

@@ -101,6 +101,56 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// One line about an upstream for `check`: where it goes, TLS, HTTP/2, pool and health
+/// check, and the names of injected headers (their values are secrets: never printed).
+fn describe_upstream(u: &x402_gateway::config::UpstreamConfig) -> String {
+    use x402_gateway::config::{HashKey, Selection};
+    let mut out = if u.backends.is_empty() {
+        u.url.clone()
+    } else {
+        let list: Vec<String> = u
+            .backends
+            .iter()
+            .map(|b| {
+                if b.weight == 1 {
+                    b.url.clone()
+                } else {
+                    format!("{} (weight {})", b.url, b.weight)
+                }
+            })
+            .collect();
+        let selection = match &u.selection {
+            Selection::RoundRobin => "round robin".to_owned(),
+            Selection::Consistent(HashKey::ClientIp) => "consistent hash of the client IP".into(),
+            Selection::Consistent(HashKey::Path) => "consistent hash of the path".into(),
+            Selection::Consistent(HashKey::Header(h)) => format!("consistent hash of {h}"),
+        };
+        format!("pool of {}, {selection}: {}", list.len(), list.join(", "))
+    };
+    if let Some(h) = &u.health_check {
+        out.push_str(&format!(
+            "; health check GET {} every {:?} (timeout {:?}; unhealthy after {}, healthy after {})",
+            h.path, h.interval, h.timeout, h.unhealthy_after, h.healthy_after
+        ));
+    }
+    if u.tls_ca.is_some() {
+        out.push_str(" (private CA)");
+    }
+    if let Some(n) = &u.tls_server_name {
+        out.push_str(&format!(" (TLS name {n})"));
+    }
+    if u.tls {
+        out.push_str(" (HTTP/2 when offered)");
+    } else if u.h2c {
+        out.push_str(" (h2c)");
+    }
+    if !u.headers.is_empty() {
+        let names: Vec<String> = u.headers.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+        out.push_str(&format!("; adds {}", names.join(", ")));
+    }
+    out
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     let c = match load(path) {
         Ok(c) => c,
@@ -108,21 +158,23 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     outln!("{}: OK", path.display());
     let s = &c.server;
-    outln!("  listen       {} (threads: {})", s.listen, s.threads);
     outln!(
-        "  upstream     {}{}{}",
-        c.upstream.url,
-        if c.upstream.tls_ca.is_some() {
-            " (private CA)"
-        } else {
-            ""
-        },
-        if c.upstream.sni != c.upstream.host {
-            format!(" (TLS name {})", c.upstream.sni)
-        } else {
-            String::new()
+        "  listen       {} (threads: {}){}",
+        s.listen,
+        s.threads,
+        match (&s.tls, s.h2c) {
+            (Some(t), _) => format!(
+                "; TLS {} (HTTP/2 by ALPN; certificate read again on reload)",
+                t.cert.display()
+            ),
+            (None, true) => "; plain HTTP/1.1 and h2c".to_owned(),
+            (None, false) => "; plain HTTP/1.1".to_owned(),
         }
     );
+    outln!("  upstream     {}", describe_upstream(&c.upstream));
+    for (name, u) in &c.upstreams {
+        outln!("  upstream {name}: {}", describe_upstream(u));
+    }
     match (&c.facilitator.url, &c.facilitator.embedded) {
         (Some(url), _) => outln!("  facilitator  {url}"),
         (None, Some(e)) => outln!(
@@ -226,12 +278,17 @@ fn check(path: &std::path::Path) -> ExitCode {
     outln!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods_label();
+        let to = r
+            .upstream
+            .as_ref()
+            .map(|u| format!(" -> upstream {u}"))
+            .unwrap_or_default();
         if r.is_free() {
-            outln!("  [{}] {methods:<8} {:<24} free", r.index, r.path);
+            outln!("  [{}] {methods:<8} {:<24} free{to}", r.index, r.path);
             continue;
         }
         outln!(
-            "  [{}] {methods:<8} {:<24} settle {}",
+            "  [{}] {methods:<8} {:<24} settle {}{to}",
             r.index,
             r.path,
             r.settlement.as_str()

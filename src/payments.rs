@@ -67,10 +67,11 @@ pub struct Incoming<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address (the peer, or from `X-Forwarded-For` of a trusted proxy).
     pub client_ip: Option<IpAddr>,
-    /// The scheme the client used (`http` or `https`), for resource URLs without `public_url`.
-    pub scheme: &'a str,
-    /// The host the client asked for, when not the `Host` header (forward-auth: the proxy's
-    /// `X-Forwarded-Host`).
+    /// The scheme the client used: `https` behind the TLS listener, `http` otherwise, or a
+    /// trusted proxy's `X-Forwarded-Proto` (see `proxy::upstream::origin`).
+    pub scheme: &'static str,
+    /// The host the client asked for: `Host` (`:authority` over HTTP/2), or a trusted proxy's
+    /// `X-Forwarded-Host`.
     pub host: Option<&'a str>,
 }
 
@@ -730,18 +731,17 @@ impl Payments {
             .with_header(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600))
     }
 
-    /// The public URL of a request: the configured origin (or the scheme + `Host`) followed by
-    /// the request target as received.
+    /// The public URL of a request: the configured origin (or the client's scheme and host)
+    /// followed by the request target as received.
     fn resource_url(&self, req: Incoming<'_>) -> String {
         match &self.public_url {
             Some(origin) => format!("{origin}{}", req.target),
-            None => {
-                let host = req
-                    .host
-                    .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-                    .unwrap_or("localhost");
-                format!("{}://{host}{}", req.scheme, req.target)
-            }
+            None => format!(
+                "{}://{}{}",
+                req.scheme,
+                req.host.unwrap_or("localhost"),
+                req.target
+            ),
         }
     }
 }

@@ -7,8 +7,8 @@
 //! |---------------------------|---------------------------------------|-------------------------------------------------|
 //! | `request_filter`          | header size; admit: price → 402 / 405 / 429 / preflight 204, or verify | same                |
 //! | `request_body_filter`     | count body bytes on priced routes (413 above the limit)                 ||
-//! | `upstream_peer`           | a resolved upstream address           | same                                            |
-//! | `upstream_request_filter` | settle (the upstream connection is up; nothing sent yet), then strip credentials, overrides, upgrades, forwarding headers | strip, no settlement |
+//! | `upstream_peer`           | the route's upstream: an address in turn, or a healthy pool backend (skipping refused ones) | same |
+//! | `upstream_request_filter` | settle (the upstream connection is up; nothing sent yet), then strip credentials, overrides, upgrades, forwarding headers; set injected headers | strip and inject, no settlement |
 //! | `response_filter`         | 1xx: pass; attach receipt             | 1xx: pass; final status < 400: settle, then receipt or our answer; ≥ 400: release unsettled |
 //! | `response_body_filter`    | pass                                  | after a failed settlement: swallow the upstream body, emit ours |
 //! | `fail_to_proxy`           | our pending answer, or 502 with any receipt | release, 502                              |
@@ -21,10 +21,11 @@
 //! gives the authorization back when dropped unless settlement consumed it, so no path has to
 //! remember to release it. Nothing here decides whether a payment is valid.
 
+pub mod pool;
 pub mod respond;
 pub mod upstream;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +43,9 @@ use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
 use crate::protocol::{ErrorReason, SETTLEMENT_OVERRIDES};
 use crate::settle::Payment;
 use crate::telemetry::{self, RequestIds, TRACEPARENT, X_REQUEST_ID};
-use upstream::{Forwarding, UpstreamTarget};
+use http::HeaderValue;
+use pool::{HashInput, Upstream, Upstreams};
+use upstream::Forwarding;
 
 /// The gateway service: shared state of all requests.
 pub struct Gateway {
@@ -52,7 +55,7 @@ pub struct Gateway {
     /// connection, so clients move to the new process between requests, not in the middle of
     /// one.
     closing: Arc<AtomicBool>,
-    upstream: Arc<UpstreamTarget>,
+    upstreams: Arc<Upstreams>,
     trusted_proxies: Vec<Cidr>,
     client_timeout: Duration,
     max_header_bytes: usize,
@@ -107,6 +110,14 @@ pub struct RequestCtx {
     /// When the request was first sent upstream, and how long its response header took.
     upstream_sent: Option<Instant>,
     upstream_took: Option<Duration>,
+    /// The scheme the client used (the listener's, or a trusted proxy's).
+    proto: &'static str,
+    /// The client's address (a trusted proxy's `X-Forwarded-For` believed).
+    client_ip: Option<IpAddr>,
+    /// Backend addresses that refused a connection for this request (skipped on retry).
+    failed: Vec<SocketAddr>,
+    /// The `Host` for the chosen upstream peer (`None`: the client's).
+    upstream_host: Option<HeaderValue>,
     /// Time spent verifying and settling the payment.
     facilitator_took: Option<Duration>,
 }
@@ -120,13 +131,13 @@ impl RequestCtx {
 // === impl Gateway ===
 
 impl Gateway {
-    /// A gateway over `payments`, forwarding to `upstream`.
-    pub fn new(config: &Config, payments: Arc<Payments>, upstream: Arc<UpstreamTarget>) -> Self {
+    /// A gateway over `payments`, forwarding to `upstreams`.
+    pub fn new(config: &Config, payments: Arc<Payments>, upstreams: Arc<Upstreams>) -> Self {
         Gateway {
             payments,
             in_flight: Arc::new(AtomicUsize::new(0)),
             closing: Arc::new(AtomicBool::new(false)),
-            upstream,
+            upstreams,
             trusted_proxies: config.server.trusted_proxies.clone(),
             client_timeout: config.server.client_timeout,
             max_header_bytes: config.limits.max_header_bytes,
@@ -141,9 +152,15 @@ impl Gateway {
         &self.payments
     }
 
-    /// The upstream.
-    pub fn upstream(&self) -> &Arc<UpstreamTarget> {
-        &self.upstream
+    /// The upstreams.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// The upstream a route sends to (the default one for unrouted requests).
+    fn upstream_of(&self, route: Option<&Routed>) -> &Upstream {
+        self.upstreams
+            .get(route.and_then(|r| r.route().rule.upstream.as_deref()))
     }
 
     /// Requests in flight now.
@@ -217,6 +234,10 @@ impl ProxyHttp for Gateway {
             response_done: false,
             upstream_sent: None,
             upstream_took: None,
+            proto: "http",
+            client_ip: None,
+            failed: Vec::new(),
+            upstream_host: None,
             facilitator_took: None,
         }
     }
@@ -254,13 +275,17 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.peer
         };
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let (scheme, host) = upstream::origin(req, tls, ctx.trusted_peer);
+        ctx.proto = scheme;
+        ctx.client_ip = client_ip;
         let incoming = Incoming {
             method: &req.method,
             target: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             headers: &req.headers,
             client_ip,
-            scheme: "http",
-            host: None,
+            scheme,
+            host,
         };
         let admitting = Instant::now();
         match self.payments.admit(incoming).await {
@@ -268,7 +293,7 @@ impl ProxyHttp for Gateway {
                 if f.payment.is_some() {
                     ctx.add_facilitator_time(admitting);
                 }
-                if f.payment.is_some() && !self.upstream.is_addressable() {
+                if f.payment.is_some() && !self.upstream_of(f.route.as_ref()).is_addressable() {
                     // Nothing to forward to: answer before anything is charged.
                     let answer = plain(&GatewayError::Upstream);
                     self.answer(session, &answer, ctx).await?;
@@ -319,27 +344,43 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         if let Some(p) = ctx.payment.as_mut() {
             self.payments.forwarded(p);
         }
         ctx.upstream_sent.get_or_insert_with(Instant::now);
-        self.upstream.peer_for_request()
+        let input = HashInput {
+            client_ip: ctx.client_ip,
+            req: session.req_header(),
+        };
+        let chosen = self
+            .upstream_of(ctx.route.as_ref())
+            .choose(input, &ctx.failed)?;
+        ctx.upstream_host = chosen.host;
+        let mut peer = chosen.peer;
+        if ctx.upgrade_held {
+            // A websocket handshake is an HTTP/1.1 upgrade: never offered HTTP/2.
+            peer.options.set_http_version(1, 1);
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent (and nothing settled: `before_upstream` settles once connected), so
-        // the next address of the upstream may be tried, once each.
+        // the next address (or backend) of the upstream may be tried, once each.
         ctx.connect_failures += 1;
-        if ctx.connect_failures < self.upstream.address_count() {
+        if let Some(a) = peer._address.as_inet() {
+            ctx.failed.push(*a);
+        }
+        if ctx.connect_failures < self.upstream_of(ctx.route.as_ref()).attempts() {
             e.set_retry(true);
         }
         e
@@ -378,13 +419,18 @@ impl ProxyHttp for Gateway {
             Forwarding {
                 peer: ctx.peer,
                 trusted_peer: ctx.trusted_peer,
-                proto: "http",
+                proto: ctx.proto,
                 priced_path: ctx.priced_path,
                 websocket: ctx.websocket,
                 upgrade_held: ctx.upgrade_held,
-                host: self.upstream.host_header(),
+                host: ctx.upstream_host.as_ref(),
             },
-        )
+        )?;
+        // Injected headers replace whatever the client sent under those names.
+        for (name, value) in self.upstream_of(ctx.route.as_ref()).headers() {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
     }
 
     async fn response_filter(

@@ -7,8 +7,13 @@
 //! running table stays.
 //!
 //! What a reload applies: the `[[route]]` tables and the `[payment]` defaults they inherit (the
-//! price table). Every other section is read at start only; a change there is reported as
-//! needing a restart and the running value is kept.
+//! price table), and the TLS listener's certificate: `[server] tls_cert` and `tls_key` are read
+//! again on every reload (new paths, or new files at the same paths, as a certificate renewal
+//! leaves them) and served from the next handshake on. Every other section is read at start
+//! only; a change there is reported as needing a restart and the running value is kept
+//! (turning TLS on or off is such a change). A route's `upstream` applies too, among the
+//! upstreams that run: a route naming an `[upstreams.NAME]` added since the start is refused
+//! (the upstream sections, pools and injected headers apply at the next start).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, RouteRule};
+use crate::edge::{CertStore, TlsError};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::protocol::SupportedResponse;
@@ -35,6 +41,9 @@ pub enum ReloadError {
     /// Routes offer payments the facilitator does not handle.
     #[error("the facilitator does not support these route options: {}", .0.join("; "))]
     Unsupported(Vec<String>),
+    /// The new certificate or key cannot be served.
+    #[error("[server] TLS: {0}")]
+    Tls(#[source] TlsError),
 }
 
 /// What a reload did.
@@ -44,6 +53,8 @@ pub struct ReloadReport {
     pub routes: Vec<String>,
     /// Sections that changed in the file but apply only at the next start.
     pub restart_needed: Vec<&'static str>,
+    /// Whether the listener serves a new certificate from now on.
+    pub certificate_changed: bool,
 }
 
 /// One line per route: what a client is asked to pay, and how.
@@ -70,6 +81,9 @@ fn route_summary(r: &RouteRule) -> String {
     }
     if r.websocket {
         s.push_str(", websocket");
+    }
+    if let Some(u) = &r.upstream {
+        s.push_str(&format!(", upstream {u}"));
     }
     s
 }
@@ -123,9 +137,24 @@ type Section = dyn Fn(&Config) -> String;
 
 /// The sections that changed but apply only at start.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let sections: [(&'static str, &Section); 10] = [
-        ("[server]", &|c| format!("{:?}", c.server)),
-        ("[upstream]", &|c| format!("{:?}", c.upstream)),
+    let sections: [(&'static str, &Section); 11] = [
+        // The certificate's paths apply live (only TLS on or off needs a restart).
+        ("[server]", &|c| {
+            let mut s = c.server.clone();
+            s.tls = s.tls.map(|_| crate::config::ListenerTls {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            });
+            format!("{s:?}")
+        }),
+        ("[upstream]", &|c| upstream_fingerprint(&c.upstream)),
+        ("[upstreams]", &|c| {
+            c.upstreams
+                .iter()
+                .map(|(n, u)| format!("{n}={}", upstream_fingerprint(u)))
+                .collect::<Vec<_>>()
+                .join(";")
+        }),
         ("[facilitator]", &|c| format!("{:?}", c.facilitator)),
         ("[verification]", &|c| format!("{:?}", c.verification)),
         ("[logging]", &|c| format!("{:?}", c.logging)),
@@ -140,6 +169,17 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         .filter(|(_, read)| read(old) != read(new))
         .map(|(name, _)| name)
         .collect()
+}
+
+/// An upstream for comparison: its settings and its injected header values (which `Debug`
+/// redacts, so a changed key would otherwise go unnoticed). Never logged.
+fn upstream_fingerprint(u: &crate::config::UpstreamConfig) -> String {
+    let headers: Vec<(&str, &str)> = u
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.expose()))
+        .collect();
+    format!("{u:?}{headers:?}")
 }
 
 /// Where the running configuration came from.
@@ -166,6 +206,10 @@ pub struct Reloader {
     /// The last `/supported` read, used when the facilitator does not answer during a reload.
     supported: std::sync::Mutex<SupportedResponse>,
     metrics: Arc<Metrics>,
+    /// The TLS listener's certificate, when it has one.
+    certs: Option<Arc<CertStore>>,
+    /// The named upstreams that run (routes may name only these until a restart).
+    running_upstreams: Vec<String>,
 }
 
 impl Reloader {
@@ -176,6 +220,12 @@ impl Reloader {
         facilitator: Arc<dyn Facilitator>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let running_upstreams = source
+            .as_read
+            .upstreams
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
         Reloader {
             path: source.path,
             current: tokio::sync::Mutex::new(source.as_read),
@@ -183,7 +233,15 @@ impl Reloader {
             facilitator,
             supported: std::sync::Mutex::new(source.supported),
             metrics,
+            certs: None,
+            running_upstreams,
         }
+    }
+
+    /// Also reloads the TLS listener's certificate into `certs`.
+    pub fn with_certs(mut self, certs: Option<Arc<CertStore>>) -> Self {
+        self.certs = certs;
+        self
     }
 
     /// Reads, validates and applies the file once; logs and counts the result.
@@ -200,6 +258,9 @@ impl Reloader {
                 }
                 for change in &report.routes {
                     tracing::info!(config = %self.path.display(), change, "configuration reloaded: route");
+                }
+                if report.certificate_changed {
+                    tracing::info!(config = %self.path.display(), "configuration reloaded: the listener serves the new certificate from the next handshake on");
                 }
                 for section in &report.restart_needed {
                     tracing::warn!(config = %self.path.display(), section, "changed in the file, applies at the next start (the running value is kept)");
@@ -237,10 +298,29 @@ impl Reloader {
         if !missing.is_empty() {
             return Err(ReloadError::Unsupported(missing));
         }
+        // Routes may move between upstreams that run; a new upstream starts with the process.
+        let not_running: Vec<String> = new
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let name = r.upstream.as_ref()?;
+                (!self.running_upstreams.contains(name))
+                    .then(|| format!("route[{}].upstream: `{name}` is not running (new upstreams apply at the next start)", r.index))
+            })
+            .collect();
+        if !not_running.is_empty() {
+            return Err(ReloadError::Config(not_running.join("; ")));
+        }
         let mut current = self.current.lock().await;
+        // Read before anything is applied: a certificate that cannot be served changes nothing.
+        let certificate_changed = match (&self.certs, &new.server.tls) {
+            (Some(store), Some(tls)) => store.reload(tls).map_err(ReloadError::Tls)?,
+            _ => false,
+        };
         let report = ReloadReport {
             routes: diff_routes(&current.routes, &new.routes),
             restart_needed: restart_needed(&current, &new),
+            certificate_changed,
         };
         self.table
             .store(Arc::new(crate::price_table(new.routes.clone(), &kinds)));
@@ -366,5 +446,31 @@ price = "$0.01"
         new.server.listen = "127.0.0.1:1".into();
         new.admin.listen = Some("127.0.0.1:2".into());
         assert_eq!(restart_needed(&old, &new), ["[server]", "[admin]"]);
+    }
+
+    #[test]
+    fn a_route_moving_upstream_is_a_change_and_upstream_sections_need_a_restart() {
+        let old = test_config(BASE);
+        let new = test_config(&BASE.replace(
+            "path = \"/premium/**\"",
+            "path = \"/premium/**\"\nupstream = \"default\"",
+        ));
+        assert!(diff_routes(&old.routes, &new.routes).is_empty());
+        let mut moved = test_config(BASE);
+        moved.routes[2].upstream = Some("reports".into());
+        let changes = diff_routes(&old.routes, &moved.routes);
+        assert!(
+            changes.len() == 1 && changes[0].ends_with(", upstream reports"),
+            "{changes:?}"
+        );
+        // An injected header's value is redacted in Debug, yet its change is seen.
+        let mut a = test_config(BASE);
+        let mut b = test_config(BASE);
+        let name = http::HeaderName::from_static("x-api-key");
+        a.upstream.headers = vec![(name.clone(), crate::config::Secret::new("one".into()))];
+        b.upstream.headers = vec![(name, crate::config::Secret::new("two".into()))];
+        assert_eq!(restart_needed(&a, &b), ["[upstream]"]);
+        b.upstreams.push(("reports".into(), b.upstream.clone()));
+        assert_eq!(restart_needed(&a, &b), ["[upstream]", "[upstreams]"]);
     }
 }

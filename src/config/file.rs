@@ -271,6 +271,23 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The sub-tables of a table whose keys are names (`[upstreams.NAME]`), in name order; a
+    /// value that is not a table is reported. Every key counts as read.
+    pub(super) fn named_tables(&self) -> Vec<(&'a str, Section<'a>)> {
+        let Some(t) = self.table else {
+            return Vec::new();
+        };
+        t.iter()
+            .filter_map(|(k, v)| match v {
+                toml::Value::Table(inner) => Some((k.as_str(), self.sub(k, inner))),
+                other => {
+                    self.issue(k, format!("expected a table, found {}", type_name(other)));
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Reports keys of this table that were never read: typos and unsupported settings.
     pub(super) fn finish(&self) {
         let Some(t) = self.table else { return };

@@ -14,10 +14,11 @@ use super::file::{Issues, Section};
 use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, AdminConfig, Asset, AuthConfig, ChainConfig, Config, ConfigIssue, EmbeddedConfig,
-    FacilitatorConfig, FacilitatorServerConfig, HostHeader, JournalConfig, JournalSync, LogFormat,
-    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, ServerConfig,
-    SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
+    assets, AdminConfig, Asset, AuthConfig, BackendConfig, ChainConfig, Config, ConfigIssue,
+    EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig, HashKey, HealthCheckConfig,
+    HostHeader, JournalConfig, JournalSync, ListenerTls, LogFormat, LoggingConfig, PaymentOption,
+    RoutePattern, RouteRule, Secret, Segment, Selection, ServerConfig, SettlementMode,
+    UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -34,7 +35,8 @@ pub(super) fn validate(
     let issues = Issues::default();
     let r = Section::root(root, &issues);
     let server = server(&r.table("server"), dir, env);
-    let upstream = upstream(&r.table("upstream"), dir);
+    let upstream = upstream(&r.table("upstream"), dir, env);
+    let upstreams = named_upstreams(&r.table("upstreams"), dir, env);
     let facilitator_section = r.table("facilitator");
     let facilitator = facilitator(&facilitator_section, env);
     let verification = verification(&r.table("verification"));
@@ -115,6 +117,24 @@ pub(super) fn validate(
             }
         }
     }
+    for route in &routes {
+        if let Some(name) = &route.upstream {
+            if !upstreams.iter().any(|(n, _)| n == name) {
+                let known: Vec<&str> = upstreams.iter().map(|(n, _)| n.as_str()).collect();
+                issues.push(
+                    format!("route[{}].upstream", route.index),
+                    format!(
+                        "`{name}` is not an upstream: define [upstreams.{name}] (known: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
     r.finish();
     match (server, upstream, facilitator) {
         (Some(server), Some(upstream), Some(facilitator)) if issues.is_empty() => Ok(Config {
@@ -129,6 +149,7 @@ pub(super) fn validate(
             admin,
             auth,
             routes,
+            upstreams,
         }),
         _ => {
             if issues.is_empty() {
@@ -229,8 +250,18 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         .duration("drain_timeout")
         .unwrap_or(Duration::from_secs(35));
     let watch_config = s.bool("watch_config").unwrap_or(false);
+    let tls = listener_tls(s, dir);
+    let h2c = s.bool("h2c").unwrap_or(false);
+    if h2c && s.has("tls_cert") {
+        s.issue(
+            "h2c",
+            "only for a plain listener: with tls_cert, HTTP/2 is negotiated by ALPN",
+        );
+    }
     s.finish();
     Some(ServerConfig {
+        tls,
+        h2c,
         watch_config,
         listen,
         public_url,
@@ -243,6 +274,61 @@ fn server(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<ServerConfig> {
         upgrade_sock,
         drain_timeout,
     })
+}
+
+/// `tls_cert` and `tls_key`: both or neither, each a readable PEM file of its kind.
+fn listener_tls(s: &Section<'_>, dir: &Path) -> Option<ListenerTls> {
+    use rustls_pki_types::pem::PemObject;
+    let (cert, key) = match (s.str("tls_cert"), s.str("tls_key")) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (dir.join(c), dir.join(k)),
+        (Some(_), None) => {
+            s.issue("tls_key", "missing: the private key of tls_cert (PEM)");
+            return None;
+        }
+        (None, Some(_)) => {
+            s.issue(
+                "tls_cert",
+                "missing: the certificate chain of tls_key (PEM)",
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+    match std::fs::read(&cert) {
+        Ok(text) => {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&text)
+                .collect::<Result<Vec<_>, _>>();
+            if !certs.is_ok_and(|c| !c.is_empty()) {
+                s.issue(
+                    "tls_cert",
+                    format!("{} holds no PEM certificate", cert.display()),
+                );
+                ok = false;
+            }
+        }
+        Err(e) => {
+            s.issue("tls_cert", format!("cannot read {}: {e}", cert.display()));
+            ok = false;
+        }
+    }
+    match std::fs::read(&key) {
+        Ok(text) => {
+            if rustls_pki_types::PrivateKeyDer::from_pem_slice(&text).is_err() {
+                // The key's bytes are never echoed.
+                s.issue(
+                    "tls_key",
+                    format!("{} holds no PEM private key", key.display()),
+                );
+                ok = false;
+            }
+        }
+        Err(e) => {
+            s.issue("tls_key", format!("cannot read {}: {e}", key.display()));
+            ok = false;
+        }
+    }
+    ok.then_some(ListenerTls { cert, key })
 }
 
 /// The private directory for the pid file and the upgrade socket: `$XDG_RUNTIME_DIR/x402-gateway`
@@ -259,7 +345,7 @@ pub fn runtime_dir(env: Env<'_>) -> PathBuf {
 
 // === [upstream] ===
 
-fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
+fn upstream(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Option<UpstreamConfig> {
     let connect_timeout = s
         .duration("connect_timeout")
         .unwrap_or(Duration::from_secs(5));
@@ -299,48 +385,80 @@ fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
             HostHeader::Upstream
         }
     };
+    let h2c = s.bool("h2c").unwrap_or(false);
+    let selection = selection(s);
+    let headers = upstream_headers(s, env);
+    let backend_sections = s.tables("backend");
+    let health_check = s
+        .has("health_check")
+        .then(|| health_check(&s.table("health_check")));
+    let backends: Vec<BackendConfig> = backend_sections.iter().filter_map(backend).collect();
     let url = s.str("url");
     s.finish();
-    let Some(url) = url else {
-        s.issue(
-            "url",
-            "missing: the upstream API to protect, e.g. \"http://127.0.0.1:3000\"",
-        );
-        return None;
-    };
-    let p = match parse_http_url(url) {
-        Ok(p) => p,
-        Err(e) => {
-            s.issue("url", e);
+    let pool = !backend_sections.is_empty();
+    if !pool {
+        if s.has("selection") || s.has("hash_key") {
+            s.issue("selection", "only with [[upstream.backend]] (a pool)");
+        }
+        if health_check.is_some() {
+            s.issue("health_check", "only with [[upstream.backend]] (a pool)");
+        }
+    }
+    // (url as written, host, port, tls) of the single URL, or of the pool's first backend.
+    let (url, host, port, tls) = if pool {
+        if url.is_some() {
+            s.issue(
+                "url",
+                "give either url or [[upstream.backend]] tables, not both",
+            );
+        }
+        if backends.len() != backend_sections.len() {
             return None;
         }
+        let first = backends.first()?;
+        (
+            first.url.clone(),
+            first.host.clone(),
+            first.port,
+            backends.iter().any(|b| b.tls),
+        )
+    } else {
+        let Some(url) = url else {
+            s.issue(
+                "url",
+                "missing: the upstream API to protect, e.g. \"http://127.0.0.1:3000\" (or [[upstream.backend]] tables)",
+            );
+            return None;
+        };
+        let p = origin_url(s, "url", url)?;
+        let tls = p.scheme == "https";
+        let port = p.port.unwrap_or(if tls { 443 } else { 80 });
+        (url.to_owned(), p.host, port, tls)
     };
-    if !(p.path.is_empty() || p.path == "/") || p.query_or_fragment {
-        s.issue(
-            "url",
-            "must be an origin only (scheme, host, port): paths are forwarded as requested",
-        );
-        return None;
-    }
-    let tls = p.scheme == "https";
     if !tls {
         for key in ["tls_ca", "tls_server_name"] {
             if s.has(key) {
                 s.issue(key, "only used with an https:// url");
             }
         }
+    } else if h2c && !pool {
+        s.issue(
+            "h2c",
+            "only for an http:// url: an https:// upstream is offered HTTP/2 by ALPN",
+        );
     }
-    let port = p.port.unwrap_or(if tls { 443 } else { 80 });
-    let address = if p.has_port {
-        p.authority.clone()
+    let authority = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        format!("{}:{port}", p.authority)
+        host.clone()
     };
+    let address = format!("{authority}:{port}");
     Some(UpstreamConfig {
-        url: url.to_owned(),
+        url,
         address,
-        sni: tls_server_name.unwrap_or_else(|| p.host.clone()),
-        host: p.host,
+        sni: tls_server_name.clone().unwrap_or_else(|| host.clone()),
+        tls_server_name,
+        host,
         port,
         tls,
         tls_ca,
@@ -349,7 +467,193 @@ fn upstream(s: &Section<'_>, dir: &Path) -> Option<UpstreamConfig> {
         connect_timeout,
         read_timeout,
         write_timeout,
+        h2c,
+        backends,
+        selection,
+        health_check,
+        headers,
     })
+}
+
+/// An origin-only `http(s)://host[:port]` at `key`.
+fn origin_url(s: &Section<'_>, key: &str, url: &str) -> Option<HttpUrl> {
+    let p = match parse_http_url(url) {
+        Ok(p) => p,
+        Err(e) => {
+            s.issue(key, e);
+            return None;
+        }
+    };
+    if !(p.path.is_empty() || p.path == "/") || p.query_or_fragment {
+        s.issue(
+            key,
+            "must be an origin only (scheme, host, port): paths are forwarded as requested",
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// One `[[upstream.backend]]`: `url` and `weight`.
+fn backend(s: &Section<'_>) -> Option<BackendConfig> {
+    let weight = match s.uint("weight") {
+        Some(0) => {
+            s.issue("weight", "must be at least 1");
+            1
+        }
+        Some(w) => w.min(1000) as usize,
+        None => 1,
+    };
+    let url = s.str("url");
+    s.finish();
+    let Some(url) = url else {
+        s.issue(
+            "url",
+            "missing: the backend's origin, e.g. \"http://10.0.0.5:3000\"",
+        );
+        return None;
+    };
+    let p = origin_url(s, "url", url)?;
+    let tls = p.scheme == "https";
+    Some(BackendConfig {
+        url: url.to_owned(),
+        port: p.port.unwrap_or(if tls { 443 } else { 80 }),
+        host: p.host,
+        tls,
+        weight,
+    })
+}
+
+/// `selection` and `hash_key` of a pool.
+fn selection(s: &Section<'_>) -> Selection {
+    let key = s.str("hash_key").map(|k| match k {
+        "client_ip" => HashKey::ClientIp,
+        "path" => HashKey::Path,
+        k => match k
+            .strip_prefix("header:")
+            .map(|h| HeaderName::from_bytes(h.trim().as_bytes()))
+        {
+            Some(Ok(h)) => HashKey::Header(h),
+            _ => {
+                s.issue(
+                    "hash_key",
+                    format!("`{k}` is not \"client_ip\", \"path\" or \"header:NAME\""),
+                );
+                HashKey::ClientIp
+            }
+        },
+    });
+    match s.str("selection") {
+        None | Some("round_robin") => {
+            if key.is_some() {
+                s.issue("hash_key", "only with selection = \"consistent\"");
+            }
+            Selection::RoundRobin
+        }
+        Some("consistent") => Selection::Consistent(key.unwrap_or(HashKey::ClientIp)),
+        Some(other) => {
+            s.issue(
+                "selection",
+                format!("`{other}` is not \"round_robin\" or \"consistent\""),
+            );
+            Selection::RoundRobin
+        }
+    }
+}
+
+/// `[upstream.health_check]`.
+fn health_check(s: &Section<'_>) -> HealthCheckConfig {
+    let path = s.str("path").unwrap_or("/").to_owned();
+    if !path.starts_with('/') || path.contains(char::is_whitespace) || path.contains('#') {
+        s.issue(
+            "path",
+            format!("`{path}` is not a request path like \"/health\""),
+        );
+    }
+    let interval = s.duration("interval").unwrap_or(Duration::from_secs(5));
+    let timeout = s.duration("timeout").unwrap_or(Duration::from_secs(2));
+    let count = |key: &'static str| match s.uint(key) {
+        Some(0) => {
+            s.issue(key, "must be at least 1");
+            1
+        }
+        Some(n) => n.min(100) as usize,
+        None => 1,
+    };
+    let healthy_after = count("healthy_after");
+    let unhealthy_after = count("unhealthy_after");
+    s.finish();
+    HealthCheckConfig {
+        path,
+        interval,
+        timeout,
+        healthy_after,
+        unhealthy_after,
+    }
+}
+
+/// Headers an upstream gets on every request (`headers = { "X-Api-Key" = "${KEY}" }`):
+/// `${VAR}` expanded now; values are secrets (never printed). Names the gateway manages
+/// itself (framing, `Host`, forwarding, payment headers) are refused.
+fn upstream_headers(s: &Section<'_>, env: Env<'_>) -> Vec<(HeaderName, Secret)> {
+    const MANAGED: [&str; 14] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "payment-signature",
+        "x-payment",
+        "proxy-connection",
+    ];
+    let mut out = Vec::new();
+    for (name, value) in s.str_map("headers").unwrap_or_default() {
+        let key = format!("headers.{name}");
+        let Ok(hname) = HeaderName::from_bytes(name.as_bytes()) else {
+            s.issue(&key, "is not a valid header name");
+            continue;
+        };
+        if MANAGED.contains(&hname.as_str()) {
+            s.issue(&key, "is set by the gateway itself and cannot be injected");
+            continue;
+        }
+        // Errors name the key, never the expanded value.
+        match super::secret::expand_env(value, env) {
+            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => out.push((hname, Secret::new(v))),
+            Ok(_) => s.issue(&key, "the expanded value is not a valid header value"),
+            Err(e) => s.issue(&key, e),
+        }
+    }
+    out
+}
+
+/// `[upstreams.NAME]`: named upstreams with the keys of `[upstream]`.
+fn named_upstreams(s: &Section<'_>, dir: &Path, env: Env<'_>) -> Vec<(String, UpstreamConfig)> {
+    let mut out = Vec::new();
+    for (name, section) in s.named_tables() {
+        let ok_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_name || name == "default" {
+            s.issue(
+                name,
+                "upstream names are letters, digits, `_` and `-` (and not \"default\")",
+            );
+            continue;
+        }
+        if let Some(u) = upstream(&section, dir, env) {
+            out.push((name.to_owned(), u));
+        }
+    }
+    out
 }
 
 /// Reads PEM certificates (a private CA) and checks each is a parsable X.509 certificate.
@@ -1051,6 +1355,10 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
     });
     let settlement = settlement(s).unwrap_or(defaults.settlement);
     let websocket = s.bool("websocket").unwrap_or(false);
+    let upstream = match s.str("upstream") {
+        None | Some("default") => None,
+        Some(name) => Some(name.to_owned()),
+    };
     let own = Level::read(s);
     let accepts = s.tables("accept");
     let route_level = own.over(&defaults.level);
@@ -1102,6 +1410,7 @@ fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Option<RouteRule
         settlement,
         options,
         websocket,
+        upstream,
     })
 }
 
@@ -1220,7 +1529,6 @@ struct HttpUrl {
     scheme: String,
     authority: String,
     host: String,
-    has_port: bool,
     port: Option<u16>,
     path: String,
     query_or_fragment: bool,
@@ -1266,7 +1574,6 @@ fn parse_http_url(u: &str) -> Result<HttpUrl, String> {
         scheme,
         authority: authority.to_owned(),
         host,
-        has_port: port.is_some(),
         port,
         path: tail[..qf.unwrap_or(tail.len())].to_owned(),
         query_or_fragment: qf.is_some(),

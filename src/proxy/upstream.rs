@@ -39,6 +39,7 @@ const CLIENT_IDENTITY_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-cluster-client-ip"),
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
@@ -57,30 +58,11 @@ impl UpstreamTarget {
     /// runs at start) and again by [`Resolver`]. A name that does not resolve is logged and
     /// retried; until it resolves, requests get `502`.
     pub fn new(c: &UpstreamConfig) -> Self {
-        let ca = c.tls_ca.as_ref().map(|certs| {
-            certs
-                .iter()
-                .map(|der| WrappedX509::new(der.clone(), pingora::utils::tls::parse_x509))
-                .collect::<Vec<_>>()
-                .into()
-        });
+        let ca = super::pool::prepared_ca(c);
         let host = match &c.host_header {
             HostHeader::Client => None,
             HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
-            HostHeader::Upstream => {
-                let default_port = if c.tls { 443 } else { 80 };
-                let authority = if c.host.contains(':') {
-                    format!("[{}]", c.host)
-                } else {
-                    c.host.clone()
-                };
-                let v = if c.port == default_port {
-                    authority
-                } else {
-                    format!("{authority}:{}", c.port)
-                };
-                HeaderValue::from_str(&v).ok()
-            }
+            HostHeader::Upstream => super::pool::upstream_host(&c.host, c.port, c.tls),
         };
         let t = UpstreamTarget {
             config: c.clone(),
@@ -100,14 +82,7 @@ impl UpstreamTarget {
 
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let c = &self.config;
-        let mut peer = HttpPeer::new(addr, c.tls, c.sni.clone());
-        peer.options.connection_timeout = Some(c.connect_timeout);
-        peer.options.total_connection_timeout = Some(c.connect_timeout);
-        peer.options.read_timeout = Some(c.read_timeout);
-        peer.options.write_timeout = Some(c.write_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        peer.options.ca.clone_from(&self.ca);
-        peer
+        super::pool::prepared_peer(c, addr, c.tls, c.sni.clone(), self.ca.as_ref())
     }
 
     /// Replaces the peers when the addresses changed.
@@ -251,6 +226,40 @@ pub fn client_ip(
         }
     }
     Some(last)
+}
+
+/// The scheme and host the client asked for: `https` behind the TLS listener (`tls`), else
+/// `http`, and the `Host` header (`:authority` over HTTP/2). From a trusted proxy
+/// (`trusted_peer`), its `X-Forwarded-Proto` (`http` or `https`) and `X-Forwarded-Host` (the
+/// first of each, when well formed) are believed instead; from anyone else they are ignored.
+pub fn origin(req: &RequestHeader, tls: bool, trusted_peer: bool) -> (&'static str, Option<&str>) {
+    let first = |name: &HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let mut scheme = if tls { "https" } else { "http" };
+    let mut host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(http::uri::Authority::as_str));
+    if trusted_peer {
+        match first(&X_FORWARDED_PROTO) {
+            Some(p) if p.eq_ignore_ascii_case("https") => scheme = "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => scheme = "http",
+            _ => {}
+        }
+        if let Some(h) = first(&X_FORWARDED_HOST).filter(|h| {
+            !h.contains(['/', '@', '?', '#']) && h.parse::<http::uri::Authority>().is_ok()
+        }) {
+            host = Some(h);
+        }
+    }
+    (scheme, host)
 }
 
 /// What [`prepare_request`] needs to know of the request.
@@ -478,5 +487,35 @@ mod tests {
         req.insert_header("upgrade", "h2c").unwrap();
         prepare_request(&mut req, f).unwrap();
         assert!(!req.headers.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn the_origin_is_the_listeners_unless_a_trusted_proxy_says_otherwise() {
+        let mut req = RequestHeader::build("GET", b"/paid/x", None).unwrap();
+        req.insert_header("host", "api.example:8402").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        req.insert_header("x-forwarded-host", "public.example")
+            .unwrap();
+        assert_eq!(
+            origin(&req, false, false),
+            ("http", Some("api.example:8402"))
+        );
+        assert_eq!(
+            origin(&req, true, false),
+            ("https", Some("api.example:8402"))
+        );
+        assert_eq!(origin(&req, false, true), ("https", Some("public.example")));
+        // A proxy's `http` is believed too (TLS ended before it); junk is not.
+        req.insert_header("x-forwarded-proto", "http, https")
+            .unwrap();
+        req.insert_header("x-forwarded-host", "evil.example/path")
+            .unwrap();
+        assert_eq!(origin(&req, true, true), ("http", Some("api.example:8402")));
+        req.insert_header("x-forwarded-proto", "gopher").unwrap();
+        assert_eq!(origin(&req, true, true).0, "https");
+        // HTTP/2 carries the host as `:authority` (in the URI), not `Host`.
+        let mut req = RequestHeader::build("GET", b"/paid/x", None).unwrap();
+        req.set_uri(http::Uri::from_static("https://h2.example/paid/x"));
+        assert_eq!(origin(&req, true, false), ("https", Some("h2.example")));
     }
 }
