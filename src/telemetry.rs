@@ -265,9 +265,21 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
 /// The target of access lines.
 const ACCESS_TARGET: &str = "x402_gateway::access";
 
+/// The filter when `RUST_LOG` is unset: `[logging] level`, with rustls quieted to errors unless
+/// the level names it (it warns on every client that sends an IP address as SNI, as curl and
+/// wrk do).
+fn default_filter(level: &str) -> String {
+    if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    }
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(c: &LoggingConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&c.level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter(&c.level)));
     // Colours only on a terminal: files, journald and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -302,6 +314,13 @@ mod tests {
         let (a, b) = (ids.generate(), ids.generate());
         assert_ne!(a, b);
         assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+    }
+
+    #[test]
+    fn rustls_is_quiet_unless_asked_for() {
+        assert_eq!(default_filter("info"), "info,rustls=error");
+        assert_eq!(default_filter("debug,rustls=debug"), "debug,rustls=debug");
+        assert!(EnvFilter::try_new(default_filter("warn,x402_gateway=debug")).is_ok());
     }
 
     #[test]
