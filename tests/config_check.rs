@@ -8,21 +8,25 @@ fn gateway() -> Command {
     Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
 }
 
+/// `check` of the shipped `gateway.toml`, with the demo stack's settlement signer in the
+/// environment (anvil dev key #2, public).
+fn check_shipped() -> Command {
+    let mut c = gateway();
+    c.args([
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
+    ])
+    .env(
+        "FACILITATOR_KEY",
+        "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    );
+    c
+}
+
 #[test]
 fn shipped_config_checks_and_prints_the_route_table() {
-    let out = gateway()
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
-        ])
-        // The demo stack's settlement signer: anvil dev key #2 (public).
-        .env(
-            "FACILITATOR_KEY",
-            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-        )
-        .output()
-        .unwrap();
+    let out = check_shipped().output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -45,16 +49,7 @@ fn shipped_config_checks_and_prints_the_route_table() {
         "{stdout}"
     );
     // Under systemd (StateDirectory=) or in the image, the journal goes to $STATE_DIRECTORY.
-    let out = gateway()
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
-        ])
-        .env(
-            "FACILITATOR_KEY",
-            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-        )
+    let out = check_shipped()
         .env("STATE_DIRECTORY", "/var/lib/x402-gateway")
         .output()
         .unwrap();
@@ -278,16 +273,7 @@ fn forward_auth_and_access_log_settings_are_checked_and_shown() {
 /// `check | head`: a reader that goes away is not a crash.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let mut child = gateway()
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"),
-        ])
-        .env(
-            "FACILITATOR_KEY",
-            "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-        )
+    let mut child = check_shipped()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -9,48 +9,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use x402_gateway::client;
-
-/// A CA and a leaf it signed for `names`, as PEM files in `dir` (`{tag}-ca.pem`,
-/// `{tag}.crt`, `{tag}.key`).
-struct Pki {
-    ca_pem: String,
-    cert: PathBuf,
-    key: PathBuf,
-    leaf_der: Vec<u8>,
-    leaf_key_der: Vec<u8>,
-}
-
-fn pki(dir: &Path, tag: &str, names: &[&str]) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let p = Pki {
-        ca_pem: ca.pem(),
-        cert: dir.join(format!("{tag}.crt")),
-        key: dir.join(format!("{tag}.key")),
-        leaf_der: leaf.der().to_vec(),
-        leaf_key_der: leaf_key.serialize_der(),
-    };
-    std::fs::write(dir.join(format!("{tag}-ca.pem")), &p.ca_pem).unwrap();
-    std::fs::write(&p.cert, leaf.pem()).unwrap();
-    std::fs::write(&p.key, leaf_key.serialize_pem()).unwrap();
-    p
-}
 
 /// A client that trusts only `ca_pem` and finds `gw.test` at `addr`.
 fn tls_client(ca_pem: &str, addr: SocketAddr, http1: bool) -> reqwest::Client {

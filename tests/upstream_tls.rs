@@ -8,7 +8,6 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
@@ -20,28 +19,25 @@ struct Pki {
 
 /// A CA, and an acceptor serving a certificate it signed for `names`.
 fn pki(names: &[&str]) -> (Pki, TlsAcceptor) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
+    // A directory of its own (tests run concurrently, each with its own CA).
+    let dir = scratch_file("pki").parent().unwrap().to_path_buf();
+    let p = common::pki(&dir, "upstream", names);
     x402_gateway::verify::facilitator::install_crypto_provider();
     let config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
-            vec![CertificateDer::from(leaf.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            vec![CertificateDer::from(p.leaf_der)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.leaf_key_der)),
         )
         .unwrap();
-    // A directory of its own (tests run concurrently, each with its own CA).
-    let dir = scratch_file("pki").parent().unwrap().to_path_buf();
-    let ca_pem = ca.pem();
-    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-    (Pki { ca_pem, dir }, TlsAcceptor::from(Arc::new(config)))
+    std::fs::write(dir.join("ca.pem"), &p.ca_pem).unwrap();
+    (
+        Pki {
+            ca_pem: p.ca_pem,
+            dir,
+        },
+        TlsAcceptor::from(Arc::new(config)),
+    )
 }
 
 const ROUTES: &str = r#"

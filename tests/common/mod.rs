@@ -794,6 +794,42 @@ impl Drop for Chain {
     }
 }
 
+// === Certificates ===
+
+/// A CA and a leaf it signed for `names`, as PEM files in `dir` (`{tag}-ca.pem`,
+/// `{tag}.crt`, `{tag}.key`).
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub leaf_der: Vec<u8>,
+    pub leaf_key_der: Vec<u8>,
+}
+
+pub fn pki(dir: &std::path::Path, tag: &str, names: &[&str]) -> Pki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+    let p = Pki {
+        ca_pem: ca.pem(),
+        cert: dir.join(format!("{tag}.crt")),
+        key: dir.join(format!("{tag}.key")),
+        leaf_der: leaf.der().to_vec(),
+        leaf_key_der: leaf_key.serialize_der(),
+    };
+    std::fs::write(dir.join(format!("{tag}-ca.pem")), &p.ca_pem).unwrap();
+    std::fs::write(&p.cert, leaf.pem()).unwrap();
+    std::fs::write(&p.key, leaf_key.serialize_pem()).unwrap();
+    p
+}
+
 // === The real binary ===
 
 /// A `gateway.toml` for the binary: `listen` on `port`, the admin listener on `admin`, the
