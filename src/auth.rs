@@ -17,10 +17,14 @@
 //!
 //! nginx understands only `2xx`, `401` and `403` from an auth sub-request, so its denials are a
 //! `401` with an `X-X402-Answer` id; nginx's `error_page 401` then fetches the stored answer
-//! from `/nginx/answer` and returns it as is. Others get the answer directly.
+//! from `/nginx/answer` and returns it as is. Others get the answer directly, except a `2xx` of
+//! the gateway's own (a preflight's `204`), which would mean "forward" to them: `403`.
+//! Upgrades are refused unless a websocket on a `websocket = true` route (the proxy mode strips
+//! them; an auth service cannot).
 //!
 //! The auth service never sees the upstream's status, so a payment is settled before the
-//! request is allowed, whatever the route's `settlement` says, and recorded as delivered.
+//! request is allowed, whatever the route's `settlement` says, and recorded as delivered; one
+//! settled after `[auth] timeout` (the proxy has likely given up) stays redeemable instead.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,8 +52,8 @@ pub const X_X402_ANSWER: HeaderName = HeaderName::from_static("x-x402-answer");
 /// How long a stored nginx denial waits for its `/nginx/answer` fetch.
 const ANSWER_TTL: Duration = Duration::from_secs(30);
 
-/// How many stored nginx denials are kept at most.
-const MAX_ANSWERS: u64 = 100_000;
+/// How many bytes of stored nginx denials are kept at most (least recently stored go first).
+const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Which proxy asks, by the path of its sub-request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +195,15 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Cidr]) ->
         .or(peer)
 }
 
+/// Whether the original request's `Upgrade` (if any) may go through: only `websocket`, on a
+/// route with `websocket = true`.
+fn upgrade_allowed(headers: &HeaderMap, websocket_route: bool) -> bool {
+    match headers.get(header::UPGRADE) {
+        None => true,
+        Some(v) => websocket_route && v.as_bytes().eq_ignore_ascii_case(b"websocket"),
+    }
+}
+
 /// What the proxy is told.
 #[derive(Debug)]
 pub enum Verdict {
@@ -240,7 +253,16 @@ impl AuthApp {
             trusted_proxies: config.server.trusted_proxies.clone(),
             config: config.auth.clone(),
             answers: moka::sync::Cache::builder()
-                .max_capacity(MAX_ANSWERS)
+                .max_capacity(MAX_ANSWER_BYTES)
+                .weigher(|_, a: &Arc<Answer>| {
+                    let headers: usize = a
+                        .headers
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len())
+                        .sum();
+                    u32::try_from(a.body.len() + headers + 128).unwrap_or(u32::MAX)
+                })
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_live(ANSWER_TTL)
                 .build(),
             ids: RequestIds::default(),
@@ -276,22 +298,28 @@ impl AuthApp {
                 log.rejection = e.rejection;
                 Verdict::Deny(e.answer)
             }
+            Admission::Forward(f) if !upgrade_allowed(headers, f.websocket) => {
+                // The proxy mode strips the upgrade; an auth service can only refuse it: a
+                // tunnel (h2c, or a websocket the route does not allow) is never priced again.
+                log.route = f.route;
+                Verdict::Deny(Answer::text(400, "upgrade not allowed on this route\n"))
+            }
             Admission::Forward(f) => {
                 log.route = f.route;
                 match f.payment {
                     None => Verdict::Allow(None),
                     Some(mut p) => {
-                        self.payments.forwarded(&mut p);
                         // Allowed means served as far as the gateway can know: settle first.
+                        let deadline = started + self.config.timeout;
                         let action = self
                             .payments
-                            .on_response(Some(&mut p), log.route.as_ref(), 200, &f.resource_url)
+                            .settle_for_auth(&mut p, log.route.as_ref(), &f.resource_url, deadline)
                             .await;
                         log.payment = Some(p);
                         match action {
                             HeadAction::Pass { receipt, .. } => Verdict::Allow(receipt),
                             HeadAction::Replace(answer) => Verdict::Deny(answer),
-                            // `on_response` answers 200 with no interim; never reached.
+                            // `settle_for_auth` never answers an interim.
                             HeadAction::Interim => Verdict::Deny(Answer::empty(500)),
                         }
                     }
@@ -304,8 +332,9 @@ impl AuthApp {
         verdict
     }
 
-    /// The stored nginx denial, or (expired, unknown) the answer to the original request
-    /// without its payment: never a settlement.
+    /// The stored nginx denial; for an unknown id (expired, another instance), the answer to
+    /// the original request when it carries no payment, else `503` asking for the same payment
+    /// again: never a verification or a settlement.
     async fn stored_answer(
         &self,
         s: &ServerSession,
@@ -325,9 +354,15 @@ impl AuthApp {
             Ok(o) => o,
             Err(e) => return misconfigured(&e),
         };
-        let mut headers = s.req_header().headers.clone();
-        headers.remove(PAYMENT_SIGNATURE);
-        headers.remove(X_PAYMENT);
+        let req = s.req_header();
+        if req.headers.contains_key(PAYMENT_SIGNATURE) || req.headers.contains_key(X_PAYMENT) {
+            // The verdict on this payment is lost (another instance, a restart, an eviction).
+            // A fresh 402 would make the client sign a second payment while the first may
+            // settle: ask for the same payment again instead, which is then decided anew.
+            return Answer::text(503, "retry the request with the same payment\n")
+                .with_header(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        let headers = req.headers.clone();
         let mut log = Decided::default();
         match self.decide(&original, &headers, client_ip, &mut log).await {
             Verdict::Deny(a) => a,
@@ -429,6 +464,13 @@ impl ServeHttp for AuthApp {
             Verdict::Deny(a) if style == Style::Nginx => {
                 let status = a.status;
                 (self.nginx_denial(a), status)
+            }
+            Verdict::Deny(a) if (200..300).contains(&a.status) => {
+                // A 2xx means "forward" to these proxies: the gateway's own 2xx answer (a CORS
+                // preflight on a priced path) must not let the request through. The proxy
+                // answers preflights itself (see deploy/caddy/Caddyfile).
+                let refused = Answer::text(403, "answer CORS preflights at the proxy\n");
+                (response(&refused, cors), 403)
             }
             Verdict::Deny(a) => (response(&a, cors), a.status),
         };

@@ -177,6 +177,9 @@ pub struct AuthConfig {
     /// The path prefix Envoy's `ext_authz` HTTP service puts before the original path
     /// (`ext_authz_prefix`, default `/ext_authz`).
     pub ext_authz_prefix: String,
+    /// How long a decision may take before the proxy is assumed to have given up (`timeout`,
+    /// default 25 s): a payment settled later is kept redeemable and answered `503`.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for AuthConfig {
@@ -186,6 +189,7 @@ impl Default for AuthConfig {
             original_uri_header: http::HeaderName::from_static("x-original-uri"),
             original_method_header: http::HeaderName::from_static("x-original-method"),
             ext_authz_prefix: "/ext_authz".to_owned(),
+            timeout: std::time::Duration::from_secs(25),
         }
     }
 }

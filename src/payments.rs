@@ -680,6 +680,42 @@ impl Payments {
         }
     }
 
+    /// Forward-auth: settles `payment` before the proxy forwards the request. Settled by
+    /// `deadline`: delivered, allowed with the receipt. Settled later (the proxy has likely given
+    /// up waiting): kept redeemable and answered `503` with the receipt, so the same payment
+    /// header gets the content on retry. Not settled: the same answers as the proxy mode.
+    pub async fn settle_for_auth(
+        &self,
+        payment: &mut Payment,
+        route: Option<&Routed>,
+        resource_url: &str,
+        deadline: std::time::Instant,
+    ) -> HeadAction {
+        payment.forwarded();
+        if payment.is_unsettled() {
+            self.settle(payment).await;
+        }
+        match payment.state() {
+            PaymentState::Settled { .. } if std::time::Instant::now() <= deadline => {
+                self.delivered(payment);
+                HeadAction::Pass {
+                    receipt: payment.receipt(),
+                    private: true,
+                }
+            }
+            PaymentState::Settled { .. } => {
+                self.undelivered(payment);
+                let answer = rescue(
+                    &GatewayError::SettlementPending,
+                    route.map(Routed::route),
+                    asking(resource_url),
+                );
+                HeadAction::Replace(answer.with_receipt(payment.receipt()))
+            }
+            _ => HeadAction::Replace(self.settlement_answer(payment, route, resource_url)),
+        }
+    }
+
     /// What the client gets for a payment that was not settled.
     fn settlement_answer(&self, p: &Payment, route: Option<&Routed>, url: &str) -> Answer {
         let e = match p.state() {

@@ -11,6 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use x402_gateway::auth::AuthApp;
@@ -23,9 +24,16 @@ struct Auth {
 
 impl Auth {
     async fn start() -> Auth {
+        Self::start_with_timeout(Duration::from_secs(25)).await
+    }
+
+    /// With `[auth] timeout` set to `timeout`.
+    async fn start_with_timeout(timeout: Duration) -> Auth {
         let gw = TestGateway::start().await;
+        let mut config = gw.config.clone();
+        config.auth.timeout = timeout;
         let app = AuthApp::new(
-            &gw.config,
+            &config,
             gw.payments.clone(),
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicBool::new(false)),
@@ -156,18 +164,18 @@ async fn nginx_denials_are_fetched_by_id_and_never_settle_on_the_second_call() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["accepts"][0]["maxAmountRequired"], "1000");
 
-    // Fetched once; again (or unknown, or expired): the plain challenge, computed without the
-    // payment: a valid payment on this path is never verified or settled.
+    // Fetched once; again (or unknown, or expired: another instance, a restart) nothing is
+    // verified or settled. Without a payment: the plain challenge. With one: 503, retry the
+    // same payment (a fresh 402 would make the client sign a second one).
     let payment = a.payment("/weather/rome").await;
     let before = a.gw.counts();
     for id in [id, "0".repeat(32), "not-an-id".into()] {
-        let r = fetch(id, Some(payment.clone())).await.unwrap();
+        let r = fetch(id.clone(), None).await.unwrap();
         assert_eq!(r.status(), 402);
-        assert_eq!(
-            challenge_error(&r),
-            "Payment required",
-            "no verdict on the payment"
-        );
+        assert_eq!(challenge_error(&r), "Payment required");
+        let r = fetch(id, Some(payment.clone())).await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
     }
     assert_eq!(a.gw.counts(), before, "no verify, no settle");
 
@@ -239,4 +247,71 @@ async fn sub_requests_without_the_original_request_are_refused() {
     // An unknown endpoint is not an auth decision.
     assert_eq!(http().get(a.url("/")).send().await.unwrap().status(), 404);
     assert_eq!(a.gw.counts(), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn preflights_and_upgrades_are_never_allowed_through() {
+    let a = Auth::start().await;
+    // A preflight on a priced path: the proxy mode answers 204 itself; a 2xx here would mean
+    // "forward it", so it is refused (the proxy answers preflights).
+    let r = http()
+        .get(a.url("/forward"))
+        .header("x-forwarded-method", "OPTIONS")
+        .header("x-forwarded-uri", "/weather/paris")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Upgrades: an h2c tunnel (even on a free path) or a websocket on a route without
+    // `websocket = true` would never be priced again; a paid one is refused before settling.
+    let payment = a.payment("/weather/paris").await;
+    for (uri, upgrade, paid) in [
+        ("/health", "h2c", None),
+        ("/health", "websocket", None),
+        ("/weather/paris", "websocket", Some(&payment)),
+    ] {
+        let mut r = http()
+            .get(a.url("/forward"))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", uri)
+            .header("upgrade", upgrade);
+        if let Some(p) = paid {
+            r = r.header("payment-signature", p);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{uri} with Upgrade: {upgrade}");
+    }
+    let (_, settled, upstream) = a.gw.counts();
+    assert_eq!((settled, upstream), (0, 0));
+}
+
+/// A settlement that ends after `[auth] timeout` (the proxy has likely given up): settled but
+/// undelivered, 503 with the receipt; the same payment header then gets the content, once,
+/// without a second settlement.
+#[tokio::test]
+async fn a_settlement_past_the_deadline_stays_redeemable() {
+    let a = Auth::start_with_timeout(Duration::from_millis(100)).await;
+    a.gw.facilitator
+        .set_settle(SettleScript::Slow(Duration::from_millis(400)));
+    let payment = a.payment("/weather/lima").await;
+    let r = a.forward("GET", "/weather/lima", Some(&payment)).await;
+    assert_eq!(r.status(), 503, "settled too late to count as delivered");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        r.headers().contains_key("payment-response"),
+        "the receipt says it was paid"
+    );
+    assert_eq!(a.gw.counts().1, 1);
+
+    let r = a.forward("GET", "/weather/lima", Some(&payment)).await;
+    assert_eq!(r.status(), 200, "redeemed with the same payment");
+    assert_eq!(a.gw.counts().1, 1, "not settled again");
+    let r = a.forward("GET", "/weather/lima", Some(&payment)).await;
+    assert_eq!(
+        r.status(),
+        402,
+        "delivered once: a replay after that is refused"
+    );
 }

@@ -913,9 +913,13 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
             "{label}: unpaid reached the API"
         );
 
-        // Free (unmatched) paths pass without a receipt.
+        // Free (unmatched) paths pass without a receipt; a client's own receipt header neither
+        // reaches the API nor comes back.
+        let forged = "eyJzdWNjZXNzIjp0cnVlfQ==";
+        let path = format!("/free/{kind}");
         let r = http()
-            .get(format!("{base}/free/{kind}"))
+            .get(format!("{base}{path}"))
+            .header("payment-response", forged)
             .send()
             .await
             .unwrap();
@@ -923,6 +927,13 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         assert!(
             !r.headers().contains_key("payment-response"),
             "{label}: receipt on a free path"
+        );
+        let seen = env.upstream.last().unwrap();
+        assert_eq!(seen.target, path);
+        assert_ne!(
+            seen.header("payment-response"),
+            Some(forged),
+            "{label}: a forged receipt reached the API"
         );
 
         all_clients_pay(&env, &base, &label).await;

@@ -204,6 +204,9 @@ pub(super) fn auth(s: &Section<'_>) -> AuthConfig {
         listen: s.str("listen").map(str::to_owned),
         ..AuthConfig::default()
     };
+    if let Some(t) = s.duration("timeout") {
+        c.timeout = t;
+    }
     if let Some(l) = &c.listen {
         if l.parse::<SocketAddr>().is_err() {
             s.issue(
