@@ -17,6 +17,8 @@ cargo build --release --locked
 # gateway.toml through `check`, and the image's runtime emulated without Docker.
 scripts/deploy-check.sh
 cargo test --locked --all-targets
+# The optional OTLP span export (cargo feature `otlp`), against a collector stand-in.
+cargo test --locked --features otlp --test otlp
 # Every parser under libFuzzer for a bounded 10 s each (the corpora were replayed by cargo test).
 scripts/fuzz.sh 10
 cargo bench --locked --no-run

@@ -478,6 +478,10 @@ pub struct LoggingConfig {
     pub level: String,
     /// One line per request (`access_log`, default true), target `x402_gateway::access`.
     pub access_log: bool,
+    /// Where spans go (OTLP/HTTP, `otlp_endpoint`; builds with the `otlp` feature only).
+    pub otlp_endpoint: Option<String>,
+    /// The spans' `service.name` (`otlp_service_name`, default `x402-gateway`).
+    pub otlp_service_name: String,
 }
 
 /// A route pattern, compiled from `path`: literal segments, `*` for one segment, and an

@@ -27,6 +27,7 @@
 //! - [`client`]: signing payments (tests and command-line payers).
 //! - [`sample_api`]: the demo's upstream, an API that knows nothing of payments.
 //! - [`telemetry`]: logging setup, request ids, trace context, the access log.
+//! - `otlp` (cargo feature `otlp`): span export over OTLP/HTTP.
 //! - [`notify`]: readiness notifications to systemd (`Type=notify`).
 //!
 //! Dependency direction: `protocol` ← `config` ← `pricing` ← `verify` ← `settle` ← `payments`
@@ -45,6 +46,8 @@ pub mod journal;
 pub mod limiter;
 pub mod metrics;
 pub mod notify;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod payments;
 pub mod pricing;
 pub mod protocol;

@@ -42,7 +42,9 @@ use crate::error::{rescue, Answer, Asking, GatewayError};
 use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
 use crate::protocol::{ErrorReason, SETTLEMENT_OVERRIDES};
 use crate::settle::Payment;
-use crate::telemetry::{self, RequestIds, TRACEPARENT, X_REQUEST_ID};
+use crate::telemetry::{
+    self, RequestIds, SpanInfo, TraceContext, Tracer, TRACEPARENT, X_REQUEST_ID,
+};
 use http::HeaderValue;
 use pool::{HashInput, Upstream, Upstreams};
 use upstream::Forwarding;
@@ -62,6 +64,7 @@ pub struct Gateway {
     max_request_body: u64,
     ids: RequestIds,
     access_log: bool,
+    tracer: Tracer,
 }
 
 /// Counts a request in flight while it lives (the graceful stop waits for none).
@@ -85,6 +88,8 @@ pub struct RequestCtx {
     _in_flight: InFlight,
     started: Instant,
     request_id: http::HeaderValue,
+    /// The request's trace context, when spans are exported.
+    trace: Option<TraceContext>,
     route: Option<Routed>,
     payment: Option<Payment>,
     priced_path: bool,
@@ -144,6 +149,7 @@ impl Gateway {
             max_request_body: config.limits.max_request_body,
             ids: RequestIds::default(),
             access_log: config.logging.access_log,
+            tracer: Tracer::new(&config.logging),
         }
     }
 
@@ -218,6 +224,7 @@ impl ProxyHttp for Gateway {
             _in_flight: InFlight::new(&self.in_flight),
             started: Instant::now(),
             request_id: http::HeaderValue::from_static(""),
+            trace: None,
             route: None,
             payment: None,
             priced_path: false,
@@ -261,6 +268,7 @@ impl ProxyHttp for Gateway {
             .is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p)));
         let req = session.req_header();
         ctx.request_id = self.ids.for_request(req.headers.get(X_REQUEST_ID));
+        ctx.trace = self.tracer.begin(req.headers.get(TRACEPARENT));
         if header_bytes(req) > self.max_header_bytes {
             let answer = plain(&GatewayError::HeadersTooLarge);
             self.answer(session, &answer, ctx).await?;
@@ -414,6 +422,9 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        if let Some(tp) = ctx.trace.as_ref().and_then(Tracer::traceparent) {
+            upstream_request.insert_header(TRACEPARENT, tp)?;
+        }
         upstream::prepare_request(
             upstream_request,
             Forwarding {
@@ -588,10 +599,26 @@ impl ProxyHttp for Gateway {
         if let Some(took) = ctx.upstream_took {
             self.payments.metrics().upstream(finished.route, took);
         }
+        let request_id = ctx.request_id.to_str().unwrap_or("");
+        let exported = ctx.trace.as_ref().map(|t| {
+            self.tracer.finish(
+                t,
+                &SpanInfo {
+                    method: req.method.as_str(),
+                    route: finished.route,
+                    status,
+                    outcome: finished.outcome,
+                    reason: finished.reason,
+                    request_id,
+                },
+            );
+            Tracer::trace_id(t)
+        });
         if self.access_log {
+            let client_trace = telemetry::trace_id(req.headers.get(TRACEPARENT)).unwrap_or("");
             telemetry::access(&telemetry::Access {
-                request_id: ctx.request_id.to_str().unwrap_or(""),
-                trace_id: telemetry::trace_id(req.headers.get(TRACEPARENT)).unwrap_or(""),
+                request_id,
+                trace_id: exported.as_deref().unwrap_or(client_trace),
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 status,

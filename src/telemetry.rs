@@ -93,6 +93,124 @@ pub fn trace_id(traceparent: Option<&HeaderValue>) -> Option<&str> {
     valid.then_some(trace)
 }
 
+/// A request's trace context while spans are exported (see [`crate::otlp`]).
+#[cfg(feature = "otlp")]
+pub type TraceContext = crate::otlp::TraceContext;
+/// A request's trace context: nothing, in a build without the `otlp` feature.
+#[cfg(not(feature = "otlp"))]
+pub type TraceContext = ();
+
+/// What a finished request's span says.
+#[derive(Debug)]
+pub struct SpanInfo<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The route (rule path) it matched, or `(unmatched)`.
+    pub route: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// The payment outcome and reason (empty without a payment).
+    pub outcome: &'a str,
+    /// Why a payment failed or was refused.
+    pub reason: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+}
+
+/// Span export of the proxy's requests: active when built with the `otlp` feature and
+/// `[logging] otlp_endpoint` is set, otherwise nothing at all (the client's `traceparent`
+/// then reaches the upstream unchanged).
+#[derive(Debug, Default)]
+pub struct Tracer {
+    #[cfg(feature = "otlp")]
+    exporter: Option<crate::otlp::Exporter>,
+}
+
+#[cfg(feature = "otlp")]
+impl Tracer {
+    /// The tracer `[logging]` asks for.
+    pub fn new(c: &LoggingConfig) -> Tracer {
+        let exporter = c.otlp_endpoint.as_deref().and_then(|endpoint| {
+            crate::otlp::Exporter::start(endpoint, &c.otlp_service_name)
+                .map_err(|e| tracing::warn!(error = %e, "OTLP export not started"))
+                .ok()
+        });
+        Tracer { exporter }
+    }
+
+    /// The request's trace context, when spans are exported.
+    pub fn begin(&self, traceparent: Option<&HeaderValue>) -> Option<TraceContext> {
+        self.exporter.as_ref()?;
+        crate::otlp::TraceContext::continue_or_start(traceparent)
+    }
+
+    /// The `traceparent` to send upstream.
+    pub fn traceparent(t: &TraceContext) -> Option<HeaderValue> {
+        Some(t.traceparent())
+    }
+
+    /// The trace id, for the access line.
+    pub fn trace_id(t: &TraceContext) -> String {
+        t.trace_id_hex()
+    }
+
+    /// Exports the request's span.
+    pub fn finish(&self, t: &TraceContext, info: &SpanInfo<'_>) {
+        use crate::otlp::{Span, Value};
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let mut attributes = vec![
+            ("http.request.method", Value::Str(info.method.to_owned())),
+            ("http.route", Value::Str(info.route.to_owned())),
+            (
+                "http.response.status_code",
+                Value::Int(i64::from(info.status)),
+            ),
+            ("x402.request_id", Value::Str(info.request_id.to_owned())),
+        ];
+        if !info.outcome.is_empty() {
+            attributes.push(("x402.payment.outcome", Value::Str(info.outcome.to_owned())));
+        }
+        if !info.reason.is_empty() {
+            attributes.push(("x402.payment.reason", Value::Str(info.reason.to_owned())));
+        }
+        exporter.export(Span {
+            ctx: *t,
+            name: format!("{} {}", info.method, info.route),
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: info.status >= 500 || info.status == 0,
+        });
+    }
+}
+
+#[cfg(not(feature = "otlp"))]
+impl Tracer {
+    /// The tracer `[logging]` asks for (spans are never exported in this build).
+    pub fn new(_c: &LoggingConfig) -> Tracer {
+        Tracer {}
+    }
+
+    /// No trace context: spans are not exported in this build.
+    pub fn begin(&self, _traceparent: Option<&HeaderValue>) -> Option<TraceContext> {
+        None
+    }
+
+    /// Never called without a trace context.
+    pub fn traceparent(_t: &TraceContext) -> Option<HeaderValue> {
+        None
+    }
+
+    /// Never called without a trace context.
+    pub fn trace_id(_t: &TraceContext) -> String {
+        String::new()
+    }
+
+    /// Nothing to export.
+    pub fn finish(&self, _t: &TraceContext, _info: &SpanInfo<'_>) {}
+}
+
 /// One request, as the access log sees it.
 #[derive(Debug, Default)]
 pub struct Access<'a> {

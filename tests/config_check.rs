@@ -284,3 +284,22 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// `otlp_endpoint` needs a build with the `otlp` feature; without it, `check` says so.
+#[test]
+fn otlp_export_needs_its_feature() {
+    let out = check_text(
+        "otlp.toml",
+        &format!("{MINIMAL}\n[logging]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "otlp") {
+        assert!(out.status.success(), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr.contains("logging.otlp_endpoint") && stderr.contains("--features otlp"),
+            "{stderr}"
+        );
+    }
+}

@@ -540,6 +540,8 @@ network = "base-sepolia"
                 format: x402_gateway::config::LogFormat::Text,
                 level,
                 access_log: true,
+                otlp_endpoint: None,
+                otlp_service_name: "x402-gateway".into(),
             });
         }
         let client: Arc<dyn Facilitator> = Arc::new(

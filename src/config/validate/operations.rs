@@ -157,10 +157,27 @@ pub(super) fn logging(s: &Section<'_>) -> LoggingConfig {
         );
     }
     let access_log = s.bool("access_log").unwrap_or(true);
+    let otlp_endpoint = s.str("otlp_endpoint").map(str::to_owned);
+    if let Some(e) = &otlp_endpoint {
+        if !cfg!(feature = "otlp") {
+            s.issue(
+                "otlp_endpoint",
+                "this build has no OTLP export: build with `cargo build --features otlp`",
+            );
+        } else if let Err(why) = parse_http_url(e) {
+            s.issue("otlp_endpoint", why);
+        }
+    }
+    let otlp_service_name = s
+        .str("otlp_service_name")
+        .unwrap_or("x402-gateway")
+        .to_owned();
     s.finish();
     LoggingConfig {
         format,
         level,
         access_log,
+        otlp_endpoint,
+        otlp_service_name,
     }
 }
