@@ -362,9 +362,11 @@ impl AuthApp {
             return Answer::text(503, "retry the request with the same payment\n")
                 .with_header(header::RETRY_AFTER, HeaderValue::from(1));
         }
-        let headers = req.headers.clone();
         let mut log = Decided::default();
-        match self.decide(&original, &headers, client_ip, &mut log).await {
+        match self
+            .decide(&original, &req.headers, client_ip, &mut log)
+            .await
+        {
             Verdict::Deny(a) => a,
             // Unpriced after all (a reload): nginx forwards nothing on this path; say so.
             Verdict::Allow(_) => Answer::text(409, "the route changed: retry the request\n"),
@@ -450,8 +452,10 @@ impl ServeHttp for AuthApp {
             Err(e) => return response(&misconfigured(&e), None),
         };
         let mut log = Decided::default();
-        let headers = req.headers.clone();
-        let (mut resp, status) = match self.decide(&original, &headers, client_ip, &mut log).await {
+        let (mut resp, status) = match self
+            .decide(&original, &req.headers, client_ip, &mut log)
+            .await
+        {
             Verdict::Allow(receipt) => {
                 let mut r = bare(200);
                 if let Some((name, value)) = receipt {
@@ -484,7 +488,6 @@ impl ServeHttp for AuthApp {
             log.rejection.as_ref(),
         );
         if self.access_log {
-            let req = s.req_header();
             telemetry::access(&telemetry::Access {
                 request_id: request_id.to_str().unwrap_or(""),
                 trace_id: telemetry::trace_id(req.headers.get(TRACEPARENT)).unwrap_or(""),

@@ -10,7 +10,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,35 +105,9 @@ impl Binary {
         panic!("the listener did not come up; log:\n{}", self.log());
     }
 
-    async fn reloads(&self, result: &str) -> usize {
-        let m = http()
-            .get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let series = format!("x402_config_reloads_total{{result=\"{result}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-            .unwrap_or(0)
-    }
-
     async fn hup_and_wait(&self, result: &str, n: usize) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.process.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        for _ in 0..500 {
-            if self.reloads(result).await >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no {result} reload #{n}; log:\n{}", self.log());
+        sighup(self.process.0.id());
+        wait_reloads(self.admin, result, n, &self.log).await;
     }
 }
 

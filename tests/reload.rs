@@ -6,8 +6,6 @@
 
 mod common;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 
@@ -78,42 +76,16 @@ impl Running {
     }
 
     fn hup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.process.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        sighup(self.process.0.id());
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn reloads(&self, result: &str) -> usize {
-        let m = http()
-            .get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let series = format!("x402_config_reloads_total{{result=\"{result}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// Waits (up to 10 s) until `result` was counted `n` times.
     async fn wait_reloads(&self, result: &str, n: usize) {
-        for _ in 0..500 {
-            if self.reloads(result).await >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no {result} reload #{n}; log:\n{}", self.log());
+        wait_reloads(self.admin, result, n, &self.log).await;
     }
 
     /// The amount the route asks for now.

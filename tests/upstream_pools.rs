@@ -486,37 +486,8 @@ async fn a_reload_moves_a_route_to_a_running_upstream_and_refuses_a_new_one() {
     );
 }
 
-async fn reloads(admin: u16, result: &str) -> usize {
-    let m = http()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("x402_config_reloads_total{{result=\"{result}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse::<usize>().ok())
-        .unwrap_or(0)
-}
-
 /// Sends SIGHUP and waits (up to 10 s) for the first reload counted as `result`.
 async fn hup_and_wait(pid: u32, admin: u16, log: &std::path::Path, result: &str) {
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    for _ in 0..500 {
-        if reloads(admin, result).await >= 1 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "no {result} reload; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    sighup(pid);
+    wait_reloads(admin, result, 1, log).await;
 }

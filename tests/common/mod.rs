@@ -899,6 +899,47 @@ pub fn start_binary(
     (port, admin, log, process)
 }
 
+/// How many reloads the admin listener on port `admin` counted as `result`.
+pub async fn reload_count(admin: u16, result: &str) -> usize {
+    let m = http()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("x402_config_reloads_total{{result=\"{result}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends SIGHUP to process `pid`.
+pub fn sighup(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Waits (up to 10 s) until the admin listener on `admin` counted `n` reloads as `result`;
+/// panics with the gateway's `log` otherwise.
+pub async fn wait_reloads(admin: u16, result: &str, n: usize, log: &std::path::Path) {
+    for _ in 0..500 {
+        if reload_count(admin, result).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no {result} reload #{n}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// GETs `url` once something listens there (up to 5 s).
 pub async fn get_when_up(url: &str) -> reqwest::Response {
     for _ in 0..100 {
