@@ -239,8 +239,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         c.auth.listen.as_deref().map_or_else(
             || "off".to_owned(),
             |l| format!(
-                "{l}: /nginx (original request in {} and {}), /forward (X-Forwarded-*), {}/… (ext_authz)",
-                c.auth.original_method_header, c.auth.original_uri_header, c.auth.ext_authz_prefix
+                "{l}: /nginx (original request in {} and {}), /forward (X-Forwarded-*), {}/… (ext_authz); decisions within {:?}",
+                c.auth.original_method_header,
+                c.auth.original_uri_header,
+                c.auth.ext_authz_prefix,
+                c.auth.timeout
             )
         )
     );
@@ -252,6 +255,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             "off"
         }
     );
+    if let Some(e) = &c.logging.otlp_endpoint {
+        outln!(
+            "  spans        OTLP/HTTP to {e} as {}",
+            c.logging.otlp_service_name
+        );
+    }
     outln!(
         "  reload       on SIGHUP{}",
         if s.watch_config {
