@@ -159,6 +159,17 @@ pub trait Facilitator: Send + Sync {
     async fn signer_balances(&self) -> Vec<SignerBalance> {
         Vec::new()
     }
+    /// Settles a deferred payment (its response went out already; nobody waits for this
+    /// answer): an implementation may hold it briefly to share one transaction with others (the
+    /// embedded facilitator's batches). By default, the same as [`Facilitator::settle`].
+    async fn settle_deferred(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
+        self.settle(body).await
+    }
+    /// Whether [`Facilitator::settle_deferred`] shares transactions (many settlements in one):
+    /// the deferred queue then hands it many payments at once instead of a few at a time.
+    fn batches(&self) -> bool {
+        false
+    }
 }
 
 /// A settlement signer's gas balance on one network.
