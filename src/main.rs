@@ -436,6 +436,8 @@ fn run(path: &std::path::Path, listen: Option<String>, upgrade: bool) -> ExitCod
             unknown = r.unknown,
             abandoned = r.abandoned,
             guarded = r.guarded,
+            deferred_owed = r.owed,
+            deferred_settled = r.settled_owed,
             "journal recovered"
         ),
         Ok(Err(e)) => {
