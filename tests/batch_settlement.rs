@@ -21,12 +21,15 @@ use alloy::sol_types::SolCall;
 use common::*;
 use x402_gateway::config::{BatchConfig, EmbeddedConfig, Secret};
 use x402_gateway::facilitator::EmbeddedFacilitator;
-use x402_gateway::protocol::{v2, ErrorReason, Network, SettleResponse};
-use x402_gateway::verify::Facilitator;
+use x402_gateway::journal::reconcile::{Outcome, Reconciler};
+use x402_gateway::journal::{Entry, JournalState};
+use x402_gateway::protocol::{v2, ErrorReason, Network, PaymentPayload, SettleResponse};
+use x402_gateway::verify::{Facilitator, ReplayKey};
 
 alloy::sol! {
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
     function balanceOf(address account) external view returns (uint256);
+    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
 }
 
 const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
@@ -455,4 +458,195 @@ async fn a_batch_of_a_hundred_costs_less_gas_per_payment_than_single_transfers()
         per as f64 * 100.0 / single as f64
     );
     assert!(per < single, "batched {per} vs single {single}");
+}
+
+/// Waits (bounded) until `signer` has `n` more transactions pending than `base`.
+async fn until_pending(p: &DynProvider, signer: Address, base: u64, n: u64) {
+    let mut polls = 0;
+    while p.get_transaction_count(signer).pending().await.unwrap() < base + n {
+        polls += 1;
+        assert!(polls < 1000, "the batch transaction was never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_front_run_after_simulation_fails_alone_from_its_missing_log() {
+    let payer = key(0x61);
+    let (signer, rival) = (key(0x56), key(0x57));
+    let env = env(&[&payer], &[&signer, &rival]).await;
+    let f = facilitator(&env, &[&signer], batching(3, Duration::from_secs(3))).await;
+    let p = &env.provider;
+    let _: serde_json::Value = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let base = p.get_transaction_count(signer.address()).await.unwrap();
+    let bodies: Vec<String> = (0..3).map(|_| request(&payer).0).collect();
+    let settling = {
+        let (f, bodies) = (Arc::clone(&f), bodies.clone());
+        tokio::spawn(async move { settle_all(&f, &bodies).await })
+    };
+    // The batch passed simulation and is in the mempool; someone else submits the first
+    // authorization with a higher tip, so it runs first in the next block.
+    until_pending(p, signer.address(), base, 1).await;
+    let v: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    let payload = PaymentPayload::from_json(v["paymentPayload"].to_string().as_bytes()).unwrap();
+    let a = &payload.payload.authorization;
+    let input = transferWithAuthorizationCall {
+        from: a.from,
+        to: a.to,
+        value: a.value,
+        validAfter: U256::from(a.valid_after),
+        validBefore: U256::from(a.valid_before),
+        nonce: a.nonce,
+        signature: payload.payload.signature.clone(),
+    }
+    .abi_encode();
+    let gwei = 1_000_000_000u128;
+    let rival_provider = ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(rival.clone()))
+        .connect_http(env.rpc.parse().unwrap());
+    let front = rival_provider
+        .send_transaction(
+            TransactionRequest::default()
+                .with_to(usdc())
+                .with_input(Bytes::from(input))
+                .with_gas_limit(200_000)
+                .with_max_fee_per_gas(500 * gwei)
+                .with_max_priority_fee_per_gas(400 * gwei),
+        )
+        .await
+        .unwrap();
+    let front = *front.tx_hash();
+    let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
+    let answers = settling.await.unwrap();
+
+    assert_eq!(answers[0].success, Some(false), "{:?}", answers[0]);
+    assert_eq!(
+        answers[0].error_reason.as_deref(),
+        Some(ErrorReason::NonceAlreadyUsed.as_str()),
+        "re-simulated reason: {:?}",
+        answers[0]
+    );
+    let batch_tx = tx_of(&answers[1]);
+    assert!(
+        answers[1..].iter().all(|a| a.success == Some(true)),
+        "{answers:?}"
+    );
+    assert_eq!(tx_of(&answers[2]), batch_tx);
+    assert_eq!(
+        tx_of(&answers[0]),
+        batch_tx,
+        "answered from the mined batch, not from the simulation"
+    );
+    let front_r = p.get_transaction_receipt(front).await.unwrap().unwrap();
+    let batch_r = p.get_transaction_receipt(batch_tx).await.unwrap().unwrap();
+    assert!(front_r.status() && batch_r.status());
+    assert!(front_r.transaction_index < batch_r.transaction_index);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sync_batch_window_per_request_settlements_share_a_transaction() {
+    let payer = key(0x71);
+    let signer = key(0x58);
+    let env = env(&[&payer], &[&signer]).await;
+    let sync = BatchConfig {
+        max: 4,
+        window: Duration::from_secs(3),
+        sync_window: Duration::from_secs(1),
+        ..BatchConfig::default()
+    };
+    let f = facilitator(&env, &[&signer], sync).await;
+    let p = &env.provider;
+    let start = p.get_block_number().await.unwrap();
+    let bodies: Vec<String> = (0..4).map(|_| request(&payer).0).collect();
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|b| {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { f.settle(&b).await.unwrap() })
+        })
+        .collect();
+    let mut txs = HashSet::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.success, Some(true), "{a:?}");
+        txs.insert(tx_of(&a));
+    }
+    assert_eq!(txs.len(), 1);
+    assert_eq!(transactions_since(p, start).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_reads_each_payment_of_a_batch_transaction() {
+    let payer = key(0x81);
+    let signer = key(0x59);
+    let env = env(&[&payer], &[&signer]).await;
+    let f = facilitator(&env, &[&signer], batching(4, Duration::from_secs(3))).await;
+    let p = &env.provider;
+    let from_block = p.get_block_number().await.unwrap();
+    let signed: Vec<(String, B256)> = (0..4).map(|_| request(&payer)).collect();
+    let bodies: Vec<String> = signed.iter().map(|(b, _)| b.clone()).collect();
+    let answers = settle_all(&f, &bodies).await;
+    assert!(
+        answers.iter().all(|a| a.success == Some(true)),
+        "{answers:?}"
+    );
+    let batch_tx = tx_of(&answers[0]);
+
+    let network = Network::parse("eip155:84532").unwrap();
+    let reconciler = Reconciler::new(
+        &[(network, Secret::new(env.rpc.clone()))],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let entry = |nonce: B256, body: &str, transaction: Option<String>, amount: u64| Entry {
+        id: 1,
+        key: ReplayKey {
+            chain_id: 84532,
+            asset: usdc(),
+            from: payer.address(),
+            nonce,
+        },
+        pay_to: pay_to(),
+        amount: U256::from(amount),
+        network: "eip155:84532".into(),
+        version: 2,
+        route: "/x".into(),
+        resource: "http://x/y".into(),
+        request: body.to_owned(),
+        valid_before: now() + 300,
+        state: JournalState::Settling,
+        transaction,
+        reason: None,
+        from_block: Some(from_block),
+        created_at: 0,
+        updated_at: 0,
+    };
+    for (body, nonce) in &signed {
+        // From the hash the facilitator answered, and (pending: no hash kept) from the logs.
+        for transaction in [Some(batch_tx.to_string()), None] {
+            let o = reconciler
+                .read(&entry(*nonce, body, transaction, PRICE))
+                .await;
+            assert_eq!(
+                o,
+                Outcome::Settled {
+                    transaction: batch_tx.to_string()
+                }
+            );
+        }
+        // The same authorization with another amount did not pay us that.
+        let o = reconciler
+            .read(&entry(*nonce, body, Some(batch_tx.to_string()), PRICE + 1))
+            .await;
+        assert_ne!(
+            o,
+            Outcome::Settled {
+                transaction: batch_tx.to_string()
+            }
+        );
+    }
 }
