@@ -535,64 +535,62 @@ impl Core {
             .with_gas_limit(gas_limit)
             .with_max_fee_per_gas(fees.max_fee_per_gas)
             .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        {
-            let mut next = signer.nonce.lock().await;
-            // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
-            // nothing was sent, so the pending count is read again and the send retried, once.
-            let mut resync_left = 1;
-            loop {
-                let nonce = match *next {
-                    Some(n) => n,
-                    None => self
-                        .rpc(
-                            chain,
-                            chain
-                                .reader
-                                .get_transaction_count(signer.address)
-                                .pending()
-                                .into_future(),
-                        )
-                        .await
-                        .map_err(not_sent)?,
-                };
-                let envelope = tx
-                    .clone()
-                    .with_nonce(nonce)
-                    .build(&signer.wallet)
+        let mut next = signer.nonce.lock().await;
+        // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
+        // nothing was sent, so the pending count is read again and the send retried, once.
+        let mut resync_left = 1;
+        loop {
+            let nonce = match *next {
+                Some(n) => n,
+                None => self
+                    .rpc(
+                        chain,
+                        chain
+                            .reader
+                            .get_transaction_count(signer.address)
+                            .pending()
+                            .into_future(),
+                    )
                     .await
-                    .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
-                let hash: B256 = *envelope.tx_hash();
-                let raw = envelope.encoded_2718();
-                match self
-                    .rpc(chain, chain.reader.send_raw_transaction(&raw))
-                    .await
-                {
-                    Ok(_) => *next = Some(nonce + 1),
-                    Err(RpcFailure::Refused(text)) if already_known(&text) => {
-                        *next = Some(nonce + 1);
-                    }
-                    Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
-                        resync_left -= 1;
-                        *next = None;
-                        tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
-                        continue;
-                    }
-                    Err(RpcFailure::Refused(text)) => {
-                        // The node refused it: nothing was sent. Resynchronise the nonce.
-                        *next = None;
-                        tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
-                        return Err(FacilitatorError::ChainNotSent(text));
-                    }
-                    Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
-                        // The answer was lost: the transaction may be in the mempool. Its hash is
-                        // known; the outcome is unknown.
-                        *next = None;
-                        tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
-                        return Ok(Sent::Lost(hash));
-                    }
+                    .map_err(not_sent)?,
+            };
+            let envelope = tx
+                .clone()
+                .with_nonce(nonce)
+                .build(&signer.wallet)
+                .await
+                .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
+            let hash: B256 = *envelope.tx_hash();
+            let raw = envelope.encoded_2718();
+            match self
+                .rpc(chain, chain.reader.send_raw_transaction(&raw))
+                .await
+            {
+                Ok(_) => *next = Some(nonce + 1),
+                Err(RpcFailure::Refused(text)) if already_known(&text) => {
+                    *next = Some(nonce + 1);
                 }
-                break Ok(Sent::Sent(hash));
+                Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
+                    resync_left -= 1;
+                    *next = None;
+                    tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
+                    continue;
+                }
+                Err(RpcFailure::Refused(text)) => {
+                    // The node refused it: nothing was sent. Resynchronise the nonce.
+                    *next = None;
+                    tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
+                    return Err(FacilitatorError::ChainNotSent(text));
+                }
+                Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
+                    // The answer was lost: the transaction may be in the mempool. Its hash is
+                    // known; the outcome is unknown.
+                    *next = None;
+                    tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
+                    return Ok(Sent::Lost(hash));
+                }
             }
+            break Ok(Sent::Sent(hash));
         }
     }
 
