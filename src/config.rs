@@ -476,6 +476,46 @@ pub struct EmbeddedConfig {
     pub signer_keys: Vec<Secret>,
     /// Timeout of every JSON-RPC call.
     pub rpc_timeout: Duration,
+    /// How settlements share transactions.
+    pub batch: BatchConfig,
+}
+
+/// Batched settlement of the embedded facilitator (`batch_*`, `sync_batch_window` of
+/// `[facilitator]`): many `transferWithAuthorization` calls in one `aggregate3` transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most payments in one transaction (`batch_max`, 1..=1000).
+    pub max: usize,
+    /// How long the deferred queue's oldest payment waits for others (`batch_window`).
+    pub window: Duration,
+    /// The same for the per-request `settle()` of `after_response` and `before_upstream`
+    /// (`sync_batch_window`); zero: those settle one transaction each.
+    pub sync_window: Duration,
+    /// The contract with Multicall3's `aggregate3` (`batch_contract`).
+    pub contract: Address,
+}
+
+impl BatchConfig {
+    /// The canonical Multicall3 address, deployed on the chains we target.
+    pub const MULTICALL3: Address =
+        alloy::primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");
+    /// Default `batch_max`.
+    pub const DEFAULT_MAX: usize = 100;
+    /// Largest `batch_max`.
+    pub const LARGEST_MAX: usize = 1000;
+    /// Default `batch_window`.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_millis(200);
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max: Self::DEFAULT_MAX,
+            window: Self::DEFAULT_WINDOW,
+            sync_window: Duration::ZERO,
+            contract: Self::MULTICALL3,
+        }
+    }
 }
 
 /// Who may use `x402-gateway facilitator`, and for what.

@@ -3,7 +3,8 @@
 //!
 //! Owns: [`EmbeddedFacilitator`] (an implementation of [`Facilitator`]) and the standalone
 //! facilitator HTTP server (`facilitator/server.rs`); request reading and local checks live in
-//! `facilitator/check.rs`.
+//! `facilitator/check.rs`, batching in `facilitator/batch.rs`, reading a payment's settlement
+//! from a receipt's logs in `facilitator/receipt.rs`.
 //! - verify: the local checks, then on chain, at the latest *mined* block:
 //!   `authorizationState(from, nonce)` unused, `balanceOf(from) ≥ value`, and an `eth_call`
 //!   simulation of `transferWithAuthorization`. Reasons are named as the reference
@@ -20,16 +21,22 @@
 //!   authorization, or the payer cancelled it).
 //! - Every JSON-RPC call has a timeout (`rpc_timeout`), including the two made under a signer's
 //!   nonce lock, so a stalled RPC never holds a payment or a signer indefinitely.
+//! - Batches (`facilitator/batch.rs`): deferred settlements (`settle_deferred`), and per-request
+//!   ones when `sync_batch_window` is set, share `aggregate3` transactions of the batch
+//!   contract; a batch of one takes the single-transfer path above.
 //!
 //! Keys come from the environment only (`config`), are never logged, and the `Debug` of the
 //! configuration redacts them. RPC URLs (which often carry API keys) are secrets too: errors
 //! are logged with them redacted.
 
+mod batch;
 pub mod check;
+pub mod receipt;
 pub mod server;
 
 use std::future::{Future, IntoFuture};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::eips::eip2718::Encodable2718;
@@ -42,7 +49,7 @@ use alloy::sol_types::SolCall;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use crate::config::{EmbeddedConfig, Secret};
+use crate::config::{BatchConfig, EmbeddedConfig, Secret};
 use crate::protocol::{
     ErrorReason, Network, PaymentPayload, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse,
@@ -98,6 +105,8 @@ struct Chain {
     url: Secret,
     signers: Vec<Signer>,
     next: AtomicUsize,
+    /// The latest block's gas limit, read at the first batch; 0: not read yet.
+    block_gas_limit: AtomicU64,
 }
 
 impl Chain {
@@ -142,10 +151,25 @@ pub fn redacted_url(url: &str) -> String {
 
 /// A facilitator that settles on chain itself.
 pub struct EmbeddedFacilitator {
+    core: Arc<Core>,
+    /// Per chain, in the order of `core.chains`: the deferred settlements' batch queue
+    /// (`batch_window`).
+    deferred: Vec<Arc<batch::Queue<Parsed, Answer>>>,
+    /// The same for per-request settlements (`sync_batch_window`); empty when that is off.
+    sync: Vec<Arc<batch::Queue<Parsed, Answer>>>,
+}
+
+/// The chains, keys and timeouts: everything a settlement (single or batched) uses. Shared with
+/// the batches' tasks, which outlive the calls that queued them.
+struct Core {
     chains: Vec<Chain>,
     receipt_timeout: Duration,
     rpc_timeout: Duration,
+    batch: BatchConfig,
 }
+
+/// One settlement's answer.
+type Answer = Result<SettleResponse, FacilitatorError>;
 
 /// A request that passed every check: what settlement needs.
 struct Checked<'a> {
@@ -184,6 +208,8 @@ fn already_known(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("already known") || m.contains("known transaction") || m.contains("already imported")
 }
+
+// === impl EmbeddedFacilitator ===
 
 impl EmbeddedFacilitator {
     /// Connects to every configured chain, checking that each RPC serves the chain its network
@@ -249,23 +275,67 @@ impl EmbeddedFacilitator {
                 url: url.clone(),
                 signers,
                 next: AtomicUsize::new(0),
+                block_gas_limit: AtomicU64::new(0),
             });
         }
-        Ok(EmbeddedFacilitator {
+        let core = Arc::new(Core {
             chains,
             receipt_timeout,
             rpc_timeout: c.rpc_timeout,
+            batch: c.batch.clone(),
+        });
+        let queues = |window: Duration| {
+            (0..core.chains.len())
+                .map(|chain| batch::Queue::for_chain(&core, chain, window))
+                .collect::<Vec<_>>()
+        };
+        let deferred = queues(c.batch.window);
+        let sync = if c.batch.sync_window.is_zero() {
+            Vec::new()
+        } else {
+            queues(c.batch.sync_window)
+        };
+        Ok(EmbeddedFacilitator {
+            core,
+            deferred,
+            sync,
         })
     }
 
     /// The addresses that submit settlements.
     pub fn signer_addresses(&self) -> Vec<Address> {
-        self.chains
+        self.core
+            .chains
             .first()
             .map(|c| c.signers.iter().map(|s| s.address).collect())
             .unwrap_or_default()
     }
 
+    /// Settles through one of `queues` (the request's chain's): the call waits for its batch.
+    async fn settle_batched(
+        &self,
+        queues: &[Arc<batch::Queue<Parsed, Answer>>],
+        body: &str,
+    ) -> Answer {
+        let (chain, parsed) = match self.core.locate(body) {
+            Ok(found) => found,
+            Err(i) => return Ok(refused(i)),
+        };
+        let Some(queue) = queues.get(chain) else {
+            return self.core.settle_parsed(chain, parsed).await;
+        };
+        queue.submit(parsed).await.unwrap_or_else(|batch::Lost| {
+            // The batch's task ended without answering (a panic): its transaction may be out.
+            Err(FacilitatorError::Chain(
+                "the batch settling this payment ended without an answer".into(),
+            ))
+        })
+    }
+}
+
+// === impl Core ===
+
+impl Core {
     /// One JSON-RPC call within `rpc_timeout`; errors are redacted texts.
     async fn rpc<T>(
         &self,
@@ -294,22 +364,40 @@ impl EmbeddedFacilitator {
             .await
     }
 
+    /// The local checks of a facilitator request, and the index of the chain it settles on.
+    fn locate(&self, body: &str) -> Result<(usize, Parsed), Invalid> {
+        let parsed = check::parse_request(body.as_bytes(), unix_now())?;
+        let Some(chain) = self.chains.iter().position(|c| c.network == parsed.network) else {
+            return Err(invalid(
+                ErrorReason::InvalidNetwork,
+                format!("no RPC configured for {}", parsed.network),
+            ));
+        };
+        Ok((chain, parsed))
+    }
+
     /// Every check of a facilitator request; `simulate` adds the `eth_call` of the transfer.
     async fn check(
         &self,
         body: &str,
         simulate: bool,
     ) -> Result<Result<Checked<'_>, Invalid>, FacilitatorError> {
-        let parsed = match check::parse_request(body.as_bytes(), unix_now()) {
-            Ok(p) => p,
-            Err(i) => return Ok(Err(i)),
-        };
-        let Some(chain) = self.chains.iter().find(|c| c.network == parsed.network) else {
-            return Ok(Err(invalid(
-                ErrorReason::InvalidNetwork,
-                format!("no RPC configured for {}", parsed.network),
-            )));
-        };
+        match self.locate(body) {
+            Ok((chain, parsed)) => {
+                self.check_parsed(&self.chains[chain], parsed, simulate)
+                    .await
+            }
+            Err(i) => Ok(Err(i)),
+        }
+    }
+
+    /// The on-chain checks of a request that passed the local ones.
+    async fn check_parsed<'c>(
+        &self,
+        chain: &'c Chain,
+        parsed: Parsed,
+        simulate: bool,
+    ) -> Result<Result<Checked<'c>, Invalid>, FacilitatorError> {
         let a = parsed.payload.payload.authorization.clone();
         let with = |mut i: Invalid| {
             i.payer = Some(a.from);
@@ -393,76 +481,17 @@ impl EmbeddedFacilitator {
             }
             Err(e) => return Err(not_sent(e)),
         };
-        let fees = self
-            .rpc(chain, chain.reader.estimate_eip1559_fees())
-            .await
-            .map_err(not_sent)?;
-        let tx = tx
-            .with_chain_id(chain.network.chain_id())
-            .with_gas_limit(gas.saturating_mul(12) / 10)
-            .with_max_fee_per_gas(fees.max_fee_per_gas)
-            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        let hash = {
-            let mut next = signer.nonce.lock().await;
-            // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
-            // nothing was sent, so the pending count is read again and the send retried, once.
-            let mut resync_left = 1;
-            loop {
-                let nonce = match *next {
-                    Some(n) => n,
-                    None => self
-                        .rpc(
-                            chain,
-                            chain
-                                .reader
-                                .get_transaction_count(signer.address)
-                                .pending()
-                                .into_future(),
-                        )
-                        .await
-                        .map_err(not_sent)?,
-                };
-                let envelope = tx
-                    .clone()
-                    .with_nonce(nonce)
-                    .build(&signer.wallet)
-                    .await
-                    .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
-                let hash: B256 = *envelope.tx_hash();
-                let raw = envelope.encoded_2718();
-                match self
-                    .rpc(chain, chain.reader.send_raw_transaction(&raw))
-                    .await
-                {
-                    Ok(_) => *next = Some(nonce + 1),
-                    Err(RpcFailure::Refused(text)) if already_known(&text) => {
-                        *next = Some(nonce + 1);
-                    }
-                    Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
-                        resync_left -= 1;
-                        *next = None;
-                        tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
-                        continue;
-                    }
-                    Err(RpcFailure::Refused(text)) => {
-                        // The node refused it: nothing was sent. Resynchronise the nonce.
-                        *next = None;
-                        tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
-                        return Err(FacilitatorError::ChainNotSent(text));
-                    }
-                    Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
-                        // The answer was lost: the transaction may be in the mempool. Its hash is
-                        // known; the outcome is unknown.
-                        *next = None;
-                        tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
-                        return Ok(done(
-                            false,
-                            Some(ErrorReason::SettlementPending),
-                            hash.to_string(),
-                        ));
-                    }
-                }
-                break hash;
+        let hash = match self
+            .sign_and_send(chain, signer, tx, gas.saturating_mul(12) / 10)
+            .await?
+        {
+            Sent::Sent(hash) => hash,
+            Sent::Lost(hash) => {
+                return Ok(done(
+                    false,
+                    Some(ErrorReason::SettlementPending),
+                    hash.to_string(),
+                ))
             }
         };
         match self.wait_receipt(chain, hash).await {
@@ -480,6 +509,100 @@ impl EmbeddedFacilitator {
                     hash.to_string(),
                 ))
             }
+        }
+    }
+
+    /// Prices `tx` (EIP-1559 fees), signs it with `signer` at its next nonce and sends it. The
+    /// signer's nonce lock is held for the send only: the next transaction of this signer can
+    /// go out before this one is mined.
+    ///
+    /// # Errors
+    /// [`FacilitatorError::ChainNotSent`]: nothing was sent.
+    async fn sign_and_send(
+        &self,
+        chain: &Chain,
+        signer: &Signer,
+        tx: TransactionRequest,
+        gas_limit: u64,
+    ) -> Result<Sent, FacilitatorError> {
+        let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
+        let fees = self
+            .rpc(chain, chain.reader.estimate_eip1559_fees())
+            .await
+            .map_err(not_sent)?;
+        let tx = tx
+            .with_chain_id(chain.network.chain_id())
+            .with_gas_limit(gas_limit)
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let mut next = signer.nonce.lock().await;
+        // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
+        // nothing was sent, so the pending count is read again and the send retried, once.
+        let mut resync_left = 1;
+        loop {
+            let nonce = match *next {
+                Some(n) => n,
+                None => self
+                    .rpc(
+                        chain,
+                        chain
+                            .reader
+                            .get_transaction_count(signer.address)
+                            .pending()
+                            .into_future(),
+                    )
+                    .await
+                    .map_err(not_sent)?,
+            };
+            let envelope = tx
+                .clone()
+                .with_nonce(nonce)
+                .build(&signer.wallet)
+                .await
+                .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
+            let hash: B256 = *envelope.tx_hash();
+            let raw = envelope.encoded_2718();
+            match self
+                .rpc(chain, chain.reader.send_raw_transaction(&raw))
+                .await
+            {
+                Ok(_) => *next = Some(nonce + 1),
+                Err(RpcFailure::Refused(text)) if already_known(&text) => {
+                    *next = Some(nonce + 1);
+                }
+                Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
+                    resync_left -= 1;
+                    *next = None;
+                    tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
+                    continue;
+                }
+                Err(RpcFailure::Refused(text)) => {
+                    // The node refused it: nothing was sent. Resynchronise the nonce.
+                    *next = None;
+                    tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
+                    return Err(FacilitatorError::ChainNotSent(text));
+                }
+                Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
+                    // The answer was lost: the transaction may be in the mempool. Its hash is
+                    // known; the outcome is unknown.
+                    *next = None;
+                    tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
+                    return Ok(Sent::Lost(hash));
+                }
+            }
+            break Ok(Sent::Sent(hash));
+        }
+    }
+
+    /// Settles one request that passed the local checks: the on-chain checks, then one
+    /// `transferWithAuthorization` transaction.
+    async fn settle_parsed(&self, chain: usize, parsed: Parsed) -> Answer {
+        match self
+            .check_parsed(&self.chains[chain], parsed, false)
+            .await?
+        {
+            Ok(c) => self.submit(&c).await,
+            Err(i) => Ok(refused(i)),
         }
     }
 
@@ -515,6 +638,26 @@ impl EmbeddedFacilitator {
     }
 }
 
+/// What became of a signed transaction.
+enum Sent {
+    /// The node took it.
+    Sent(B256),
+    /// The send's answer was lost: it may be in a mempool. Its outcome is unknown.
+    Lost(B256),
+}
+
+/// The answer to a request refused by a check: a definitive failure, nothing sent.
+fn refused(i: Invalid) -> SettleResponse {
+    SettleResponse {
+        success: Some(false),
+        error_reason: Some(i.reason.as_str().to_owned()),
+        error_message: Some(i.reason.text().to_owned()),
+        payer: i.payer.map(|p| p.to_checksum(None)),
+        transaction: Some(String::new()),
+        network: Some(i.network),
+    }
+}
+
 /// Why a JSON-RPC call gave no value.
 #[derive(Debug)]
 enum RpcFailure {
@@ -535,13 +678,20 @@ impl std::fmt::Display for RpcFailure {
     }
 }
 
-/// `transferWithAuthorization` from `from` (the submitting signer), picking the overload by
-/// signature length.
+/// `transferWithAuthorization` from `from` (the submitting signer).
 fn transfer_request(from: Address, asset: Address, p: &PaymentPayload) -> TransactionRequest {
+    TransactionRequest::default()
+        .with_from(from)
+        .with_to(asset)
+        .with_input(Bytes::from(transfer_input(p)))
+}
+
+/// The call data of `transferWithAuthorization`, picking the overload by signature length.
+fn transfer_input(p: &PaymentPayload) -> Vec<u8> {
     let a = &p.payload.authorization;
     let sig = &p.payload.signature;
     let (valid_after, valid_before) = (U256::from(a.valid_after), U256::from(a.valid_before));
-    let input: Vec<u8> = if sig.len() == 65 {
+    if sig.len() == 65 {
         transferWithAuthorization_0Call {
             from: a.from,
             to: a.to,
@@ -565,17 +715,13 @@ fn transfer_request(from: Address, asset: Address, p: &PaymentPayload) -> Transa
             signature: sig.clone(),
         }
         .abi_encode()
-    };
-    TransactionRequest::default()
-        .with_from(from)
-        .with_to(asset)
-        .with_input(Bytes::from(input))
+    }
 }
 
 #[async_trait]
 impl Facilitator for EmbeddedFacilitator {
     async fn verify(&self, body: &str) -> Result<VerifyResponse, FacilitatorError> {
-        Ok(match self.check(body, true).await? {
+        Ok(match self.core.check(body, true).await? {
             Ok(c) => VerifyResponse {
                 is_valid: true,
                 invalid_reason: None,
@@ -599,30 +745,35 @@ impl Facilitator for EmbeddedFacilitator {
     }
 
     async fn settle(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
-        match self.check(body, false).await? {
-            Ok(c) => self.submit(&c).await,
-            Err(i) => Ok(SettleResponse {
-                success: Some(false),
-                error_reason: Some(i.reason.as_str().to_owned()),
-                error_message: Some(i.reason.text().to_owned()),
-                payer: i.payer.map(|p| p.to_checksum(None)),
-                transaction: Some(String::new()),
-                network: Some(i.network),
-            }),
+        if !self.sync.is_empty() {
+            return self.settle_batched(&self.sync, body).await;
         }
+        match self.core.check(body, false).await? {
+            Ok(c) => self.core.submit(&c).await,
+            Err(i) => Ok(refused(i)),
+        }
+    }
+
+    async fn settle_deferred(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
+        self.settle_batched(&self.deferred, body).await
+    }
+
+    fn batches(&self) -> bool {
+        true
     }
 
     async fn signer_balances(&self) -> Vec<SignerBalance> {
         let mut out = Vec::new();
-        for c in &self.chains {
+        for c in &self.core.chains {
             for s in &c.signers {
                 let wei = match self
+                    .core
                     .rpc(c, c.reader.get_balance(s.address).latest().into_future())
                     .await
                 {
                     Ok(w) => Ok(w),
                     Err(RpcFailure::Timeout) => {
-                        Err(format!("no answer within {:?}", self.rpc_timeout))
+                        Err(format!("no answer within {:?}", self.core.rpc_timeout))
                     }
                     Err(RpcFailure::Refused(e) | RpcFailure::Transport(e)) => Err(e),
                 };
@@ -638,7 +789,7 @@ impl Facilitator for EmbeddedFacilitator {
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         let mut kinds = Vec::new();
-        for c in &self.chains {
+        for c in &self.core.chains {
             kinds.push(SupportedKind {
                 x402_version: 2,
                 scheme: "exact".into(),

@@ -189,6 +189,20 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
         (None, None) => {}
     }
+    if let Some(e) = &c.facilitator.embedded {
+        let b = &e.batch;
+        outln!(
+            "  batching     batch_max {} per transaction via {}; batch_window {:?} (deferred); sync_batch_window {}",
+            b.max,
+            b.contract.to_checksum(None),
+            b.window,
+            if b.sync_window.is_zero() {
+                "off (one transaction per request)".to_owned()
+            } else {
+                format!("{:?} (after_response, before_upstream)", b.sync_window)
+            }
+        );
+    }
     if c.facilitator.embedded.is_some() {
         let f = &c.facilitator.server;
         outln!(

@@ -39,6 +39,10 @@ fn shipped_config_checks_and_prints_the_route_table() {
         stdout.contains("embedded: 1 signer key(s); eip155:84532"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("batching     batch_max 100 per transaction via 0xcA11bde05977b3631167028862bE2a173976CA11; batch_window 200ms (deferred); sync_batch_window off"),
+        "{stdout}"
+    );
     assert!(stdout.contains("free"));
     assert!(
         stdout.contains(concat!(

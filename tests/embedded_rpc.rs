@@ -82,6 +82,7 @@ async fn facilitator(rpc: &MockServer, settle_timeout: Duration) -> EmbeddedFaci
             )],
             signer_keys: vec![Secret::new(SIGNER.into())],
             rpc_timeout: Duration::from_millis(300),
+            batch: Default::default(),
         },
         settle_timeout,
     )

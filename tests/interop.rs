@@ -511,6 +511,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
             )],
             signer_keys: vec![x402_gateway::config::Secret::new(FACILITATOR_KEY.into())],
             rpc_timeout: Duration::from_secs(5),
+            batch: Default::default(),
         },
         Duration::from_secs(10),
     )

@@ -162,6 +162,18 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A duration that may be zero (`"0ms"`: off).
+    pub(super) fn duration_or_zero(&self, key: &'static str) -> Option<Duration> {
+        let s = self.str(key)?;
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.issue(key, format!("`{s}` is not a duration like \"20ms\": {e}"));
+                None
+            }
+        }
+    }
+
     /// An array of strings.
     pub(super) fn str_array(&self, key: &'static str) -> Option<Vec<&'a str>> {
         match self.get(key)? {

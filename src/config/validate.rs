@@ -19,9 +19,9 @@ use super::file::{Issues, Section};
 use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
-    assets, AdminConfig, Asset, AuthConfig, BackendConfig, ChainConfig, Config, ConfigIssue,
-    DeferredConfig, EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig, HashKey,
-    HealthCheckConfig, HostHeader, JournalConfig, JournalSync, ListenerTls, LogFormat,
+    assets, AdminConfig, Asset, AuthConfig, BackendConfig, BatchConfig, ChainConfig, Config,
+    ConfigIssue, DeferredConfig, EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig,
+    HashKey, HealthCheckConfig, HostHeader, JournalConfig, JournalSync, ListenerTls, LogFormat,
     LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, Selection,
     ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
     VerificationMode,

