@@ -32,7 +32,28 @@ alloy::sol! {
     function balanceOf(address account) external view returns (uint256);
 }
 
-fn config(port: u16, admin: u16, upstream: &str, rpc: &str, journal: &Path) -> String {
+/// Who settles: the embedded facilitator (batching) or the standalone one over HTTP (one by
+/// one, `concurrency` at a time).
+#[derive(Clone, Copy, Debug)]
+enum Settler {
+    Batched,
+    Remote(u16),
+}
+
+fn config(
+    port: u16,
+    admin: u16,
+    upstream: &str,
+    rpc: &str,
+    journal: &Path,
+    settler: Settler,
+) -> String {
+    let facilitator = match settler {
+        Settler::Batched => format!(
+            "embedded = true\nrpc = {{ \"eip155:84532\" = \"{rpc}\" }}\nsigner_keys = [\"${{FACILITATOR_KEY}}\"]\nrpc_timeout = \"2s\"\nbatch_max = 5"
+        ),
+        Settler::Remote(p) => format!("url = \"http://127.0.0.1:{p}\"\ntimeout = \"3s\""),
+    };
     format!(
         r#"
 [server]
@@ -45,13 +66,12 @@ listen = "127.0.0.1:{admin}"
 url = "{upstream}"
 [journal]
 path = "{}"
-[facilitator]
-embedded = true
+[chain]
 rpc = {{ "eip155:84532" = "{rpc}" }}
-signer_keys = ["${{FACILITATOR_KEY}}"]
+[facilitator]
+{facilitator}
 settle_timeout = "20s"
 resolve_timeout = "1s"
-rpc_timeout = "2s"
 [payment]
 pay_to = "{PAY_TO}"
 network = "base-sepolia"
@@ -128,7 +148,55 @@ async fn usdc_balance(provider: &impl Provider, who: Address) -> U256 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_with_owed_settlements_loses_nothing_and_settles_each_once() {
+async fn sigkill_with_owed_batched_settlements_loses_nothing_and_settles_each_once() {
+    crash_and_recover(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_owed_remote_settlements_loses_nothing_and_settles_each_once() {
+    crash_and_recover(true).await;
+}
+
+/// The standalone facilitator (embedded on the chain), on `port`.
+fn standalone(rpc: &str, port: u16, dir: &Path) -> KillOnDrop {
+    let conf = dir.join("facilitator.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[upstream]
+url = "http://127.0.0.1:9"
+[journal]
+enabled = false
+[facilitator]
+embedded = true
+rpc = {{ "eip155:84532" = "{rpc}" }}
+signer_keys = ["${{FACILITATOR_KEY}}"]
+settle_timeout = "30s"
+[payment]
+pay_to = "{PAY_TO}"
+network = "base-sepolia"
+[[route]]
+path = "/x"
+price = "1000"
+"#
+        ),
+    )
+    .unwrap();
+    KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
+            .args(["facilitator", "--config"])
+            .arg(&conf)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("FACILITATOR_KEY", FACILITATOR_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("facilitator.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn crash_and_recover(remote: bool) {
     x402_gateway::verify::facilitator::install_crypto_provider();
     let chain = Chain::start("100");
     let provider = ProviderBuilder::new().connect_http(chain.rpc.parse().unwrap());
@@ -136,9 +204,25 @@ async fn sigkill_with_owed_settlements_loses_nothing_and_settles_each_once() {
     let journal_path = scratch_file("deferred-chaos.db");
     let (port, admin) = (free_port(), free_port());
     let conf = journal_path.with_file_name("deferred-chaos.toml");
+    let dir = journal_path.parent().unwrap().to_owned();
+    let (settler, _facilitator) = if remote {
+        let p = free_port();
+        let f = standalone(&chain.rpc, p, &dir);
+        get_when_up(&format!("http://127.0.0.1:{p}/supported")).await;
+        (Settler::Remote(p), Some(f))
+    } else {
+        (Settler::Batched, None)
+    };
     std::fs::write(
         &conf,
-        config(port, admin, &upstream.url(), &chain.rpc, &journal_path),
+        config(
+            port,
+            admin,
+            &upstream.url(),
+            &chain.rpc,
+            &journal_path,
+            settler,
+        ),
     )
     .unwrap();
     let log = journal_path.with_file_name("deferred-chaos.log");
@@ -186,7 +270,11 @@ async fn sigkill_with_owed_settlements_loses_nothing_and_settles_each_once() {
     .await;
     let settling = rows(&journal_path, &[JournalState::Settling]).len();
     let queued = rows(&journal_path, &[JournalState::Queued]).len();
-    eprintln!("at SIGKILL: {settling} settling, {queued} queued");
+    eprintln!("at SIGKILL ({settler:?}): {settling} settling, {queued} queued");
+    if remote {
+        // 8 at a time ([payment.deferred] concurrency): the rest wait in the queue.
+        assert!(queued > 0, "the queue is empty at the crash");
+    }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     drop(first);
