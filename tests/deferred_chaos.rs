@@ -336,3 +336,110 @@ async fn crash_and_recover(remote: bool) {
     let status = second.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `x402-gateway journal ARGS… --config CONFIG`; returns stdout.
+fn journal_cmd(conf: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_x402-gateway"))
+        .arg("journal")
+        .args(args)
+        .arg("--config")
+        .arg(conf)
+        .env("FACILITATOR_KEY", FACILITATOR_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "journal {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A payer with no funds, served deferred under local verification (the caps bound this):
+/// its settlement is refused, its authorization expires unused on chain, and it becomes an
+/// unpaid delivery. From the first refusal on, the payer's requests are settled first (and so
+/// refused: no content without payment); `journal clear` lets it be deferred again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfunded_payer_is_an_unpaid_delivery_settled_first_until_cleared() {
+    x402_gateway::verify::facilitator::install_crypto_provider();
+    let chain = Chain::start("100");
+    let provider = ProviderBuilder::new().connect_http(chain.rpc.parse().unwrap());
+    let upstream = mock_upstream().await;
+    let journal_path = scratch_file("unpaid.db");
+    let (port, admin) = (free_port(), free_port());
+    let conf = journal_path.with_file_name("unpaid.toml");
+    let text = config(
+        port,
+        admin,
+        &upstream.url(),
+        &chain.rpc,
+        &journal_path,
+        Settler::Batched,
+    ) + "[verification]\nmode = \"local\"\n";
+    std::fs::write(&conf, text).unwrap();
+    let log = journal_path.with_file_name("unpaid.log");
+    let _gw = spawn(&conf, &log);
+    let url = format!("http://127.0.0.1:{port}/paid");
+    assert_eq!(get_when_up(&url).await.status(), 402);
+    let broke = alloy::signers::local::PrivateKeySigner::random();
+    let pay = |signer: alloy::signers::local::PrivateKeySigner| {
+        let url = url.clone();
+        async move {
+            let resp = http().get(&url).send().await.unwrap();
+            let required = decode_required(&resp);
+            let header =
+                client::sign_v2(&signer, &required, 0, now(), client::random_nonce()).unwrap();
+            http()
+                .get(&url)
+                .header(protocol::PAYMENT_SIGNATURE, header)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = pay(broke.clone()).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-payment-status"], "queued");
+    // Refused on chain: still open (unused, valid), so read again; the payer is settled first.
+    until("the refusal", &log, || {
+        !rows(&journal_path, &[JournalState::Unknown]).is_empty()
+    })
+    .await;
+    let second = pay(broke.clone()).await;
+    assert_eq!(second.status(), 402, "settled first, and it cannot pay");
+    assert!(second.headers().get("x-payment-status").is_none());
+    // Its authorization expires unused: a failed, unpaid delivery.
+    let _: serde_json::Value = provider
+        .raw_request("evm_increaseTime".into(), (400u64,))
+        .await
+        .unwrap();
+    let _: String = provider.raw_request("evm_mine".into(), ()).await.unwrap();
+    until("the unpaid delivery", &log, || {
+        rows(&journal_path, &[JournalState::Failed])
+            .iter()
+            .any(|e| e.released)
+    })
+    .await;
+    let unpaid = journal_cmd(&conf, &["unpaid"]);
+    assert!(
+        unpaid.contains(&broke.address().to_checksum(None)),
+        "{unpaid}"
+    );
+    // Other payers are still deferred.
+    let other = pay(payer()).await;
+    assert_eq!(other.headers()["x-payment-status"], "queued");
+    // Cleared: deferred again (within a maintenance round).
+    let cleared = journal_cmd(&conf, &["clear", "--payer", &broke.address().to_string()]);
+    assert!(cleared.contains("cleared 1"), "{cleared}");
+    assert!(journal_cmd(&conf, &["unpaid"]).contains("no unpaid deliveries"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = pay(broke.clone()).await;
+        if resp.headers().get("x-payment-status").is_some() {
+            assert_eq!(resp.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still settled first after clear");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
