@@ -175,7 +175,7 @@ pub struct DeferredConfig {
     /// Payments above this are settled first (`settle_first_above`; a route's own wins).
     pub settle_first_above: Option<u128>,
     /// Settlements in flight at once through a facilitator that does not batch (`concurrency`,
-    /// default 8).
+    /// default 32).
     pub concurrency: usize,
 }
 
@@ -186,7 +186,7 @@ impl Default for DeferredConfig {
             max_total: 100_000_000,
             max_delay: Duration::from_secs(5),
             settle_first_above: None,
-            concurrency: 8,
+            concurrency: 32,
         }
     }
 }

@@ -74,6 +74,8 @@ impl FacilitatorError {
             FacilitatorError::Unreachable { connect: true, .. }
                 | FacilitatorError::ChainNotSent(_)
                 | FacilitatorError::Busy
+                // Rate limited: refused before anything was done.
+                | FacilitatorError::Malformed { status: 429, .. }
         )
     }
 }
@@ -134,8 +136,15 @@ impl Facilitator for Bounded {
         self.timed("settle", self.inner.settle(body)).await
     }
 
+    /// Not bounded here: the deferred queue bounds its own settlements (`[payment.deferred]
+    /// concurrency`, or its batch budget), so they never take the places of paying requests.
     async fn settle_deferred(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
-        self.timed("settle", self.inner.settle_deferred(body)).await
+        let start = std::time::Instant::now();
+        let r = self.inner.settle_deferred(body).await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .facilitator_call("settle", outcome, start.elapsed());
+        r
     }
 
     fn batches(&self) -> bool {
@@ -422,6 +431,30 @@ mod tests {
         assert_eq!(deferred.error_reason.as_deref(), Some("settle_deferred"));
         let now = b.settle("{}").await.unwrap();
         assert_eq!(now.error_reason.as_deref(), Some("settle"));
+        // Deferred settlements never take the places of paying requests.
+        let full = Bounded::new(
+            Arc::new(Batching),
+            0,
+            Duration::from_millis(5),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        assert!(full.settle_deferred("{}").await.is_ok());
+        assert!(matches!(
+            full.settle("{}").await,
+            Err(FacilitatorError::Busy)
+        ));
+    }
+
+    #[test]
+    fn a_rate_limited_answer_did_nothing() {
+        let e = |status| FacilitatorError::Malformed {
+            url: "u".into(),
+            status,
+            expected: "settle",
+            snippet: String::new(),
+        };
+        assert!(!e(429).may_have_happened());
+        assert!(e(502).may_have_happened());
     }
 
     #[test]
