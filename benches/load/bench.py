@@ -554,6 +554,20 @@ class Bench:
                 return f"this gateway build refuses the row's config: {why}"
         return ""
 
+    def probe_paid(self, port: int, path: str, header_file: Path, line: int) -> str:
+        """Sends pre-signed header number `line` once; returns "STATUS X-PAYMENT-STATUS"."""
+        with open(header_file) as f:
+            for i, h in enumerate(f):
+                if i == line:
+                    break
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"PAYMENT-SIGNATURE": h.strip()})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return f"{r.status} {r.headers.get('x-payment-status', '')}".strip()
+        except urllib.error.HTTPError as e:
+            return f"{e.code} {e.headers.get('x-payment-status', '')}".strip()
+
     def run_e2e(self, s: Scenario) -> dict:
         """One end-to-end row: warm-up and measured run with unique pre-signed payments
         against a server whose facilitator settles on the local chain, then (after deferred
@@ -585,12 +599,19 @@ class Bench:
             start = self.offsets.get(header_file, 0)
             with e2e.BlockWatcher(rpc_url, cpu=int(LOAD_CPU)) as watcher:
                 first = rpc.block_number() + 1
-                warm = self.wrk(port, s, self.args.warmup, header_file, start)
+                probe = ""
+                if s.deferred:
+                    # One paid request first: a deferred answer says so (X-PAYMENT-STATUS).
+                    probe = self.probe_paid(port, s.path, header_file, start)
+                    if probe != "200 queued":
+                        log(f"{s.key}: a paid request answered {probe!r}, not '200 queued'")
+                warm = self.wrk(port, s, self.args.warmup, header_file,
+                                start + (1 if s.deferred else 0))
                 cpu_before = sum(p.cpu_seconds() for p in procs)
                 r = self.wrk(port, s, s.duration or self.args.duration, header_file,
-                             start + warm["used"])
+                             start + (1 if s.deferred else 0) + warm["used"])
                 cpu = sum(p.cpu_seconds() for p in procs) - cpu_before
-                used = warm["used"] + r["used"]
+                used = warm["used"] + r["used"] + (1 if s.deferred else 0)
                 self.offsets[header_file] = start + used
                 drained, drain_s = True, 0.0
                 if s.system == "gateway" and s.journal:
@@ -608,7 +629,7 @@ class Bench:
                 p.stop()
         seconds = r["duration_us"] / 1e6
         ok = r["requests"] - r["non_2xx"]
-        ok_all = ok + warm["requests"] - warm["non_2xx"]
+        ok_all = ok + warm["requests"] - warm["non_2xx"] + (probe.startswith("200 "))
         check = e2e.chain_check(
             rpc, first=first, last=last, usdc=USDC, topic=AUTHORIZATION_USED, payer=PAYER,
             pay_to=PAY_TO, signer=SIGNER, price=PRICE_ATOMIC,
@@ -619,7 +640,7 @@ class Bench:
             p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000, non_2xx=r["non_2xx"],
             errors=r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"],
             cpu_us=cpu * 1e6 / max(ok, 1), warmup_ok=warm["requests"] - warm["non_2xx"],
-            drained=drained, drain_s=drain_s, watcher_polls=watcher.polls,
+            drained=drained, drain_s=drain_s, watcher_polls=watcher.polls, probe=probe,
             **{k: v for k, v in check.items() if k not in ("tx_block", "nonces")})
         if s.system == "gateway" and s.journal and journal.exists():
             row.update(e2e.journal_check(journal, check["nonces"], check["tx_block"],
@@ -813,6 +834,10 @@ def e2e_section(results: list[dict], args: argparse.Namespace) -> str:
                 f"−{r['payer_delta'] / 1e6:,.3f} / +{r['pay_to_delta'] / 1e6:,.3f} | "
                 f"{r['settle_txs']:,} ({r['reverted_txs']}) | {journal} | {r['non_2xx']} | "
                 f"{r['errors']} |")
+    for r in ran:
+        if r["deferred"] and r.get("probe") != "200 queued":
+            out += ["", f"Row {r['e2e']}: a paid request answered `{r.get('probe')}`, not "
+                    "`200` with `X-PAYMENT-STATUS: queued`."]
     targets: list[str] = []
 
     def have(*keys: str) -> bool:
