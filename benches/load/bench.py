@@ -551,7 +551,8 @@ class Bench:
                          if ln.strip()]
                 why = next((ln for ln in lines if "deferred" in ln or "batch" in ln),
                            lines[0] if lines else f"exit {out.returncode}")
-                return f"this gateway build refuses the row's config: {why}"
+                why = re.sub(r"\s*\(known here:.*\)", "", why).lstrip("- ")
+                return f"this gateway build refuses the row's config ({why})"
         return ""
 
     def probe_paid(self, port: int, path: str, header_file: Path, line: int) -> str:
@@ -778,7 +779,7 @@ def e2e_section(results: list[dict], args: argparse.Namespace) -> str:
         f"{lock_version(HERE / 'peers/ts-facilitator/package-lock.json', '@x402/core')}, "
         f"viem {lock_version(HERE / 'peers/ts-facilitator/package-lock.json', 'viem')}; anvil "
         f"{lock_version(ROOT / 'tools/node/package-lock.json', '@foundry-rs/anvil-linux-amd64')}"
-        " (automine: each transaction mined into a block of its own as it arrives), chain id "
+        " (automine: a block is mined as soon as transactions arrive), chain id "
         "84532, Circle's FiatTokenV2_2 behind its proxy at the Base Sepolia USDC address.",
         f"- Server and facilitator (in-process or its own process) pinned to CPU {SUT_CPU}; "
         f"wrk, the upstream, anvil and the block watcher to CPU {LOAD_CPU}. "
