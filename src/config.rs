@@ -82,6 +82,10 @@ pub enum SettlementMode {
     /// Settle before forwarding: for expensive or streaming upstreams. The client is charged
     /// even if the upstream then fails.
     BeforeUpstream,
+    /// Release the upstream's answer (status below 400) at once, with a `queued` receipt, and
+    /// settle in the background from the journal, within the caps of `[payment.deferred]`
+    /// (a request over a cap is settled as `after_response`).
+    Deferred,
 }
 
 impl SettlementMode {
@@ -90,6 +94,7 @@ impl SettlementMode {
         match self {
             SettlementMode::AfterResponse => "after_response",
             SettlementMode::BeforeUpstream => "before_upstream",
+            SettlementMode::Deferred => "deferred",
         }
     }
 }
@@ -151,8 +156,39 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[auth]`: the forward-auth listener for an existing proxy.
     pub auth: AuthConfig,
+    /// `[payment.deferred]`: the caps of deferred settlement.
+    pub deferred: DeferredConfig,
     /// `[[route]]`, in file order (first match wins).
     pub routes: Vec<RouteRule>,
+}
+
+/// `[payment.deferred]`: how much unsettled value deferred settlement may carry. Amounts are in
+/// micro-dollars (1 = $0.000001); deferred routes accept USD stablecoins only.
+#[derive(Clone, Debug)]
+pub struct DeferredConfig {
+    /// Unsettled value per payer (`max_per_payer`, default $1.00).
+    pub max_per_payer: u128,
+    /// Unsettled value in all (`max_total`, default $100).
+    pub max_total: u128,
+    /// The longest a payment waits before its settlement starts (`max_delay`, default 5 s).
+    pub max_delay: Duration,
+    /// Payments above this are settled first (`settle_first_above`; a route's own wins).
+    pub settle_first_above: Option<u128>,
+    /// Settlements in flight at once through a facilitator that does not batch (`concurrency`,
+    /// default 8).
+    pub concurrency: usize,
+}
+
+impl Default for DeferredConfig {
+    fn default() -> Self {
+        DeferredConfig {
+            max_per_payer: 1_000_000,
+            max_total: 100_000_000,
+            max_delay: Duration::from_secs(5),
+            settle_first_above: None,
+            concurrency: 8,
+        }
+    }
 }
 
 /// `[admin]`: a separate listener for operators (`/metrics`, `/livez`, `/readyz`).
@@ -523,6 +559,9 @@ pub struct RouteRule {
     pub resource: Option<String>,
     /// When to settle.
     pub settlement: SettlementMode,
+    /// Deferred payments above this many micro-dollars are settled first
+    /// (`settle_first_above`, else `[payment.deferred]`'s).
+    pub settle_first_above: Option<u128>,
     /// Payment options in order of preference; empty means free.
     pub options: Vec<PaymentOption>,
     /// Whether `Upgrade: websocket` (and so `101 Switching Protocols`) is allowed.

@@ -49,6 +49,8 @@ pub enum JournalState {
     Failed,
     /// The transfer may or may not have happened; being resolved.
     Unknown,
+    /// Deferred: the paid answer went to the client; settlement is owed and not started.
+    Queued,
 }
 
 impl JournalState {
@@ -62,6 +64,7 @@ impl JournalState {
             JournalState::Delivered => "delivered",
             JournalState::Failed => "failed",
             JournalState::Unknown => "unknown",
+            JournalState::Queued => "queued",
         }
     }
 
@@ -75,6 +78,7 @@ impl JournalState {
             "delivered" => JournalState::Delivered,
             "failed" => JournalState::Failed,
             "unknown" => JournalState::Unknown,
+            "queued" => JournalState::Queued,
             _ => return None,
         })
     }
@@ -120,6 +124,9 @@ pub struct Entry {
     pub created_at: u64,
     /// Unix milliseconds of the last change.
     pub updated_at: u64,
+    /// Deferred: the paid answer was released before settlement (a failed settlement is then
+    /// an unpaid delivery, and a settled one is `delivered`).
+    pub released: bool,
 }
 
 /// Why the journal could not do something.
@@ -225,7 +232,13 @@ fn open(path: &Path, sync: JournalSync) -> Result<Connection, JournalError> {
     )
     .map_err(&e)?;
     conn.execute_batch(SCHEMA).map_err(&e)?;
-    conn.pragma_update(None, "user_version", 1).map_err(&e)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(&e)?;
+    if version < 2 {
+        conn.execute_batch(MIGRATE_2).map_err(&e)?;
+    }
+    conn.pragma_update(None, "user_version", 2).map_err(&e)?;
     Ok(conn)
 }
 
@@ -245,6 +258,18 @@ pub fn open_reader(path: &Path) -> Result<Connection, JournalError> {
     Ok(conn)
 }
 
+/// Version 2: deferred settlement. `released`: the answer went out before settlement;
+/// `cleared`: an operator cleared an unpaid delivery (`journal clear`). `queued` rows are open.
+const MIGRATE_2: &str = r#"
+ALTER TABLE payments ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE payments ADD COLUMN cleared INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS payments_open;
+CREATE INDEX payments_open ON payments(state)
+    WHERE state IN ('verified', 'forwarded', 'settling', 'unknown', 'settled', 'queued');
+CREATE INDEX payments_unpaid ON payments(payer)
+    WHERE state = 'failed' AND released = 1 AND cleared = 0;
+"#;
+
 fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
     match op {
         Op::Record(e) => {
@@ -252,10 +277,11 @@ fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             t.prepare_cached(
                 "INSERT INTO payments (id, chain_id, asset, payer, nonce, pay_to, amount, network,
                     version, route, resource, valid_before, state, tx, reason, from_block,
-                    created_at, updated_at)
+                    created_at, updated_at, released)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18)
+                    ?17, ?18, ?19)
                  ON CONFLICT(id) DO UPDATE SET state = excluded.state,
+                    released = max(released, excluded.released),
                     resource = excluded.resource, route = excluded.route,
                     tx = COALESCE(excluded.tx, tx), reason = COALESCE(excluded.reason, reason),
                     from_block = COALESCE(excluded.from_block, from_block),
@@ -280,6 +306,7 @@ fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
                 e.from_block.map(|b| b as i64),
                 e.created_at as i64,
                 e.updated_at as i64,
+                i64::from(e.released),
             ])?;
             t.prepare_cached("INSERT OR IGNORE INTO requests (id, request) VALUES (?1, ?2)")?
                 .execute(params![id, e.request])?;
@@ -312,11 +339,14 @@ fn apply(t: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
             let before = i64::try_from(*before_ms).unwrap_or(i64::MAX);
             t.execute(
                 "DELETE FROM requests WHERE id IN (SELECT id FROM payments
-                    WHERE state IN ('delivered', 'failed') AND updated_at < ?1)",
+                    WHERE state IN ('delivered', 'failed') AND updated_at < ?1
+                    AND NOT (state = 'failed' AND released = 1 AND cleared = 0))",
                 params![before],
             )?;
             t.execute(
-                "DELETE FROM payments WHERE state IN ('delivered', 'failed') AND updated_at < ?1",
+                // Unpaid deliveries stay until an operator clears them.
+                "DELETE FROM payments WHERE state IN ('delivered', 'failed') AND updated_at < ?1
+                    AND NOT (state = 'failed' AND released = 1 AND cleared = 0)",
                 params![before],
             )?;
         }
@@ -677,6 +707,7 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, String>> {
             from_block: r.get::<_, Option<i64>>(16).ok()?.map(|b| b as u64),
             created_at: u64::try_from(r.get::<_, i64>(17).ok()?).ok()?,
             updated_at: u64::try_from(r.get::<_, i64>(18).ok()?).ok()?,
+            released: r.get::<_, i64>(19).ok()? != 0,
         })
     })();
     Ok(parsed.ok_or(format!("{payer}/{nonce}")))
@@ -684,7 +715,7 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, String>> {
 
 const COLUMNS: &str = "id, chain_id, asset, payer, nonce, pay_to, amount, network, version, route,
     resource, COALESCE(requests.request, ''), valid_before, state, tx, reason, from_block,
-    created_at, updated_at";
+    created_at, updated_at, released";
 
 /// The payments joined with their requests.
 const TABLES: &str = "payments LEFT JOIN requests USING (id)";
@@ -793,6 +824,52 @@ pub fn find(conn: &Connection, payer: &str, nonce: &str) -> Result<Vec<Entry>, J
         &format!("SELECT {COLUMNS} FROM {TABLES} WHERE payer = lower(?1) AND nonce = lower(?2)"),
         params![payer, nonce],
     )
+}
+
+/// Payers with unpaid deliveries (deferred payments that failed to settle) not cleared yet,
+/// with how many each.
+///
+/// # Errors
+/// [`JournalError::Sqlite`].
+pub fn unpaid_payers(conn: &Connection) -> Result<Vec<(Address, u64)>, JournalError> {
+    let err = |source| JournalError::Sqlite {
+        path: "(journal)".into(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT payer, count(*) FROM payments
+             WHERE state = 'failed' AND released = 1 AND cleared = 0 GROUP BY payer",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (payer, n) = r.map_err(err)?;
+        let payer = payer.parse().map_err(|_| JournalError::Malformed(payer))?;
+        out.push((payer, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// Clears a payer's unpaid deliveries (`journal clear --payer`): the gateway settles their
+/// payments deferred again from its next maintenance round. Returns how many were cleared.
+///
+/// # Errors
+/// [`JournalError::Sqlite`].
+pub fn clear_unpaid(path: &Path, payer: Address) -> Result<usize, JournalError> {
+    let e = sql(path);
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(&e)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
+    conn.execute(
+        "UPDATE payments SET cleared = 1, updated_at = ?2
+         WHERE payer = ?1 AND state = 'failed' AND released = 1 AND cleared = 0",
+        params![hex_address(payer), now_ms() as i64],
+    )
+    .map_err(&e)
 }
 
 #[cfg(test)]

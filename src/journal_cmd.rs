@@ -27,8 +27,8 @@ pub(crate) struct JournalArgs {
 pub(crate) enum JournalCommand {
     /// List payments, oldest first.
     List {
-        /// Only this state (verified, forwarded, settling, settled, delivered, failed, unknown);
-        /// repeatable.
+        /// Only this state (verified, forwarded, queued, settling, settled, delivered, failed,
+        /// unknown); repeatable.
         #[arg(long)]
         state: Vec<String>,
         /// Only payments since: a duration ago ("24h", "7d"), a date ("2026-11-01") or a time
@@ -50,6 +50,16 @@ pub(crate) enum JournalCommand {
     /// Read every settling or unknown payment's outcome from the chain now (as recovery does
     /// at start) and record it.
     Reconcile,
+    /// Payers with unpaid deliveries: deferred payments that failed to settle. The gateway
+    /// settles their payments first (before release) until they are cleared.
+    Unpaid,
+    /// Clears a payer's unpaid deliveries (after collecting the debt some other way, or
+    /// writing it off): the gateway defers their payments again within a few seconds.
+    Clear {
+        /// The payer's address.
+        #[arg(long)]
+        payer: String,
+    },
     /// Revenue (settled and delivered) in dollars and atomic units, and counts per outcome.
     Report {
         /// Group by.
@@ -216,6 +226,30 @@ pub(crate) async fn run(a: JournalArgs, config: &Config) -> Result<bool, String>
             Ok(true)
         }
         JournalCommand::Reconcile => reconcile(config, &reader).await,
+        JournalCommand::Unpaid => {
+            let payers = journal::unpaid_payers(&reader).map_err(|e| e.to_string())?;
+            if payers.is_empty() {
+                outln!("no unpaid deliveries");
+            }
+            for (payer, n) in payers {
+                outln!("{}  {n} unpaid", payer.to_checksum(None));
+            }
+            Ok(true)
+        }
+        JournalCommand::Clear { payer } => {
+            let addr: alloy::primitives::Address = payer
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{payer}` is not an address"))?;
+            drop(reader);
+            let n = journal::clear_unpaid(path, addr).map_err(|e| e.to_string())?;
+            outln!(
+                "cleared {n} unpaid deliver{} of {}",
+                if n == 1 { "y" } else { "ies" },
+                addr.to_checksum(None)
+            );
+            Ok(true)
+        }
         JournalCommand::Report { by, since } => {
             let f = Filter {
                 since_ms: since.as_deref().map(since_ms).transpose()?,
@@ -384,6 +418,17 @@ async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<boo
         let o = reconciler.read(e).await;
         let who = format!("{}/{}", e.key.from.to_checksum(None), e.key.nonce);
         match &o {
+            Outcome::Settled { transaction } if e.released => {
+                // Deferred: its answer went out before settlement.
+                settled += 1;
+                journal.transition(
+                    e.id,
+                    JournalState::Delivered,
+                    Some(transaction.clone()),
+                    None,
+                );
+                outln!("settled   {who} in {transaction} (deferred, delivered already)");
+            }
             Outcome::Settled { transaction } => {
                 settled += 1;
                 journal.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);

@@ -547,6 +547,10 @@ pub fn build_server(
         Maintenance(payments.clone()),
     ));
     server.add_service(background_service(
+        "deferred settlement",
+        DeferredSettlement(payments.clone()),
+    ));
+    server.add_service(background_service(
         "hand-over",
         HandOver {
             closing,
@@ -621,6 +625,17 @@ impl BackgroundService for Maintenance {
     }
 }
 
+/// Settles deferred payments in the background (it keeps running through a drain, which
+/// waits for the owed settlements).
+pub struct DeferredSettlement(pub Arc<Payments>);
+
+#[async_trait]
+impl BackgroundService for DeferredSettlement {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.clone().run_deferred().await;
+    }
+}
+
 /// On SIGQUIT (a process started with `run --upgrade` takes the listening sockets; both serve
 /// for Pingora's 5-second close timeout, then this one drains): answers from then on close
 /// their connections, so keep-alive clients reconnect, to the new process, between requests.
@@ -674,7 +689,11 @@ impl BackgroundService for Drain {
         self.health.drain();
         notify::notify("STOPPING=1\nSTATUS=draining");
         let start = tokio::time::Instant::now();
-        let in_flight = || self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+        // Requests in flight, and deferred settlements owed (released answers not settled).
+        let in_flight = || {
+            self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+                + self.payments.deferred().owed()
+        };
         // Idle means no request for DRAIN_QUIET: a request whose head was read just as the
         // stop began gets its context (and is counted) a moment later.
         let mut idle_since: Option<tokio::time::Instant> = None;

@@ -284,6 +284,27 @@ fn check(path: &std::path::Path) -> ExitCode {
     } else {
         outln!("  journal      off (unknown outcomes kept in memory only)");
     }
+    if c.routes
+        .iter()
+        .any(|r| r.settlement == x402_gateway::config::SettlementMode::Deferred)
+    {
+        let d = &c.deferred;
+        let usd = |m: u128| {
+            format!(
+                "${}",
+                x402_gateway::config::money::format_units(alloy::primitives::U256::from(m), 6)
+            )
+        };
+        outln!(
+            "  deferred     at most {} per payer and {} in all unsettled; settlement starts within {:?}{}",
+            usd(d.max_per_payer),
+            usd(d.max_total),
+            d.max_delay,
+            d.settle_first_above
+                .map(|t| format!("; above {} settled first", usd(t)))
+                .unwrap_or_default()
+        );
+    }
     outln!("  routes (first match wins; unmatched paths pass through free):");
     for r in &c.routes {
         let methods = r.methods_label();
@@ -297,10 +318,21 @@ fn check(path: &std::path::Path) -> ExitCode {
             continue;
         }
         outln!(
-            "  [{}] {methods:<8} {:<24} settle {}{to}",
+            "  [{}] {methods:<8} {:<24} settle {}{}{to}",
             r.index,
             r.path,
-            r.settlement.as_str()
+            r.settlement.as_str(),
+            match r.settle_first_above {
+                Some(t) if r.settlement == x402_gateway::config::SettlementMode::Deferred =>
+                    format!(
+                        " (settled first above ${})",
+                        x402_gateway::config::money::format_units(
+                            alloy::primitives::U256::from(t),
+                            6
+                        )
+                    ),
+                _ => String::new(),
+            }
         );
         for o in &r.options {
             outln!(
@@ -404,6 +436,8 @@ fn run(path: &std::path::Path, listen: Option<String>, upgrade: bool) -> ExitCod
             unknown = r.unknown,
             abandoned = r.abandoned,
             guarded = r.guarded,
+            deferred_owed = r.owed,
+            deferred_settled = r.settled_owed,
             "journal recovered"
         ),
         Ok(Err(e)) => {

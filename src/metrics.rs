@@ -42,6 +42,10 @@ pub struct Metrics {
     pending: IntGauge,
     signer_balance: GaugeVec,
     reloads: IntCounterVec,
+    deferred_fallbacks: IntCounterVec,
+    deferred_lag: prometheus::Histogram,
+    deferred_owed: IntGauge,
+    deferred_exposure: prometheus::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,8 +172,34 @@ impl Metrics {
             ),
             &["network", "signer"],
         )?;
+        let deferred_fallbacks = counter(
+            &r,
+            "x402_deferred_fallbacks_total",
+            "Payments of deferred routes settled before release instead, by route and cap (unpaid, above_threshold, max_per_payer, max_total, max_delay, expiring).",
+            &["route", "reason"],
+        )?;
+        let deferred_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "x402_deferred_settlement_lag_seconds",
+                "From a deferred payment's verification to its settlement seen on chain.",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )?;
+        let deferred_owed = IntGauge::new(
+            "x402_deferred_owed_payments",
+            "Deferred payments released and not settled yet (queued, settling, retrying).",
+        )?;
+        let deferred_exposure = prometheus::Gauge::new(
+            "x402_deferred_exposure_dollars",
+            "Unsettled value of deferred payments, in US dollars.",
+        )?;
         for m in [
-            Box::new(cache_hits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deferred_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deferred_owed.clone()),
+            Box::new(deferred_exposure.clone()),
+            Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
             Box::new(pending.clone()),
             Box::new(build),
@@ -190,6 +220,10 @@ impl Metrics {
             pending,
             signer_balance,
             reloads,
+            deferred_fallbacks,
+            deferred_lag,
+            deferred_owed,
+            deferred_exposure,
         })
     }
 
@@ -220,6 +254,25 @@ impl Metrics {
         self.revenue
             .with_label_values(&[route, network, &asset])
             .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+    }
+
+    /// A deferred route's payment was settled before release because of `reason`.
+    pub fn deferred_fallback(&self, route: &str, reason: &str) {
+        self.deferred_fallbacks
+            .with_label_values(&[route, reason])
+            .inc();
+    }
+
+    /// A deferred payment settled `ms` after it was verified.
+    pub fn deferred_lag(&self, ms: u64) {
+        self.deferred_lag.observe(ms as f64 / 1000.0);
+    }
+
+    /// Owed deferred settlements and their unsettled value (micro-dollars) now.
+    pub fn deferred_state(&self, owed: usize, micro: u128) {
+        self.deferred_owed
+            .set(i64::try_from(owed).unwrap_or(i64::MAX));
+        self.deferred_exposure.set(micro as f64 / 1e6);
     }
 
     /// A facilitator call took `took`.

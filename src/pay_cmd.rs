@@ -209,6 +209,12 @@ pub(crate) async fn run(a: PayArgs) -> Result<bool, String> {
             }
         }
     }
+    if let Some(status) = paid.headers().get(protocol::X_PAYMENT_STATUS) {
+        eprintln!(
+            "settlement: {} (deferred: the gateway settles it in the background)",
+            String::from_utf8_lossy(status.as_bytes())
+        );
+    }
     if paid.status() == 402 {
         if let Some(h) = paid.headers().get(protocol::PAYMENT_REQUIRED) {
             if let Ok(r) = serde_json::from_slice::<v2::PaymentRequired>(

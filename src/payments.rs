@@ -21,6 +21,7 @@
 //! (`proxy::respond`), the mapping from errors to answers (`error`), reading the chain
 //! (`journal::reconcile`).
 
+pub mod deferred;
 pub mod pending;
 
 use std::net::IpAddr;
@@ -135,6 +136,8 @@ pub enum HeadAction {
         receipt: Option<(HeaderName, String)>,
         /// Whether the answer is paid content (`Cache-Control: private`).
         private: bool,
+        /// Deferred: the settlement is queued (`X-PAYMENT-STATUS: queued`).
+        queued: bool,
     },
     /// Replace the upstream's answer with this one (its body is swallowed).
     Replace(Answer),
@@ -163,6 +166,8 @@ pub struct Payments {
     /// are reconciled at the latest (ms); `None` once done.
     handover: std::sync::Mutex<Option<(Option<u32>, u64)>>,
     metrics: Arc<Metrics>,
+    /// Deferred settlement: the queue, the caps and the payers settled first.
+    deferred: deferred::Deferred,
 }
 
 /// Which open payments a recovery reconciles.
@@ -189,6 +194,7 @@ impl Payments {
     ) -> Self {
         Payments {
             metrics,
+            deferred: deferred::Deferred::new(config.deferred.clone()),
             recovered: std::sync::atomic::AtomicBool::new(journal.is_none()),
             handover: std::sync::Mutex::new(None),
             journal,
@@ -269,6 +275,7 @@ impl Payments {
             from_block: None,
             created_at: p.verified_at,
             updated_at: now,
+            released: *p.state() == PaymentState::Queued,
         }
     }
 
@@ -377,13 +384,33 @@ impl Payments {
                 return refuse(e, routed);
             }
         };
-        let payment = Payment::new(
-            verified,
-            route.rule.settlement,
-            hold,
-            route.rule.path.clone(),
-            url.clone(),
-        );
+        let mut mode = route.rule.settlement;
+        let mut reservation = None;
+        if mode == SettlementMode::Deferred {
+            let decimals = route
+                .rule
+                .options
+                .get(verified.option)
+                .map_or(6, |o| o.asset.decimals);
+            let micro = deferred::micro_dollars(verified.amount, decimals);
+            match self.deferred.reserve(
+                verified.payer,
+                micro,
+                verified.valid_before,
+                route.rule.settle_first_above,
+                now_ms(),
+            ) {
+                Ok(r) => reservation = Some(r),
+                Err(why) => {
+                    tracing::debug!(payer = %verified.payer, reason = why.as_str(), "deferred payment settled first");
+                    self.metrics
+                        .deferred_fallback(&route.rule.path, why.as_str());
+                    mode = SettlementMode::AfterResponse;
+                }
+            }
+        }
+        let mut payment = Payment::new(verified, mode, hold, route.rule.path.clone(), url.clone());
+        payment.reservation = reservation;
         let websocket = route.rule.websocket && !unlisted;
         Admission::Forward(Box::new(Forward {
             route: Some(routed),
@@ -500,6 +527,10 @@ impl Payments {
 
     /// Records an outcome read from the chain for a pending entry.
     fn resolved(&self, e: &Entry, o: &Outcome) {
+        if e.released {
+            self.resolved_owed(e, o);
+            return;
+        }
         match o {
             Outcome::Settled { transaction } => {
                 self.metrics
@@ -639,6 +670,7 @@ impl Payments {
             return HeadAction::Pass {
                 receipt: None,
                 private: false,
+                queued: false,
             };
         };
         if status == 101 && !route.is_some_and(|r| r.route().rule.websocket) {
@@ -652,11 +684,21 @@ impl Payments {
                 // Upstream failed: nothing is charged, the client may retry the payment.
                 payment.release(ErrorReason::UpstreamError);
                 self.released(payment);
+                payment.reservation = None;
+            } else if payment.mode == SettlementMode::Deferred {
+                if let Some(a) = self.defer(payment, route, resource_url).await {
+                    return a;
+                }
             } else {
                 self.settle(payment).await;
             }
         }
         match payment.state() {
+            PaymentState::Queued => HeadAction::Pass {
+                receipt: payment.receipt(),
+                private: true,
+                queued: true,
+            },
             PaymentState::Settled { .. } => {
                 if status < 400 {
                     self.delivered(payment);
@@ -668,6 +710,7 @@ impl Payments {
                 HeadAction::Pass {
                     receipt: payment.receipt(),
                     private: status < 400,
+                    queued: false,
                 }
             }
             PaymentState::Released {
@@ -675,9 +718,51 @@ impl Payments {
             } => HeadAction::Pass {
                 receipt: None,
                 private: false,
+                queued: false,
             },
             _ => HeadAction::Replace(self.settlement_answer(payment, route, resource_url)),
         }
+    }
+
+    /// Queues a deferred payment (durably) before its answer is released. Returns the answer
+    /// instead when the journal cannot record it (nothing is released then).
+    async fn defer(
+        &self,
+        payment: &mut Payment,
+        route: Option<&Routed>,
+        resource_url: &str,
+    ) -> Option<HeadAction> {
+        payment.queue();
+        if let Some(j) = &self.journal {
+            payment.journal_id = Some(j.next_id());
+        }
+        let mut e = Self::entry(payment, JournalState::Queued);
+        e.from_block = self.reconciler.cached_head(payment.verified.key.chain_id);
+        if self
+            .queue_owed(e, payment.reservation.take())
+            .await
+            .is_err()
+        {
+            tracing::error!(payer = %payment.verified.payer, "journal unwritable: deferred payment not released");
+            // Used from the guard's point of view, and never settled: the same header gets
+            // the same answer; the client signs a new payment once the journal is back.
+            let mut p = Payment::restored(
+                payment.verified.clone(),
+                payment.mode,
+                PaymentState::Released {
+                    reason: ErrorReason::JournalUnavailable,
+                },
+                payment.route.clone(),
+                payment.resource.clone(),
+            );
+            std::mem::swap(payment, &mut p);
+            return Some(HeadAction::Replace(self.settlement_answer(
+                payment,
+                route,
+                resource_url,
+            )));
+        }
+        None
     }
 
     /// Forward-auth: settles `payment` before the proxy forwards the request. Settled by
@@ -693,14 +778,27 @@ impl Payments {
     ) -> HeadAction {
         payment.forwarded();
         if payment.is_unsettled() {
-            self.settle(payment).await;
+            if payment.mode == SettlementMode::Deferred {
+                // The upstream's answer is not seen here: queued when allowed.
+                if let Some(a) = self.defer(payment, route, resource_url).await {
+                    return a;
+                }
+            } else {
+                self.settle(payment).await;
+            }
         }
         match payment.state() {
+            PaymentState::Queued => HeadAction::Pass {
+                receipt: payment.receipt(),
+                private: true,
+                queued: true,
+            },
             PaymentState::Settled { .. } if std::time::Instant::now() <= deadline => {
                 self.delivered(payment);
                 HeadAction::Pass {
                     receipt: payment.receipt(),
                     private: true,
+                    queued: false,
                 }
             }
             PaymentState::Settled { .. } => {
@@ -765,6 +863,17 @@ impl Payments {
         };
         a.with_header(header::ACCESS_CONTROL_ALLOW_HEADERS, allow)
             .with_header(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(600))
+    }
+
+    /// Decimals of a token any route accepts (6, USDC's, when none does any more).
+    fn decimals_of(&self, asset: alloy::primitives::Address) -> u8 {
+        self.table
+            .load()
+            .routes()
+            .iter()
+            .flat_map(|r| r.rule.options.iter())
+            .find(|o| o.asset.address == asset)
+            .map_or(6, |o| o.asset.decimals)
     }
 
     /// The public URL of a request: the configured origin (or the client's scheme and host)
@@ -852,6 +961,10 @@ pub struct Recovery {
     pub abandoned: usize,
     /// Authorizations the replay guard holds again (used, still valid).
     pub guarded: usize,
+    /// Deferred payments released before a crash, queued to be settled.
+    pub owed: usize,
+    /// Deferred payments found settled on chain.
+    pub settled_owed: usize,
 }
 
 impl Payments {
@@ -915,6 +1028,7 @@ impl Payments {
                     JournalState::Settling,
                     JournalState::Unknown,
                     JournalState::Settled,
+                    JournalState::Queued,
                 ],
                 ..journal::Filter::default()
             },
@@ -951,6 +1065,17 @@ impl Payments {
             if scope == Scope::NotOwn && j.is_own(e.id) {
                 continue;
             }
+            if e.released || e.state == JournalState::Queued {
+                // Deferred: the answer went out; the settlement is owed.
+                guarded(&e);
+                let micro = deferred::micro_dollars(e.amount, self.decimals_of(e.key.asset));
+                match self.recover_owed(e, micro).await {
+                    deferred::RecoveredOwed::Queued => r.owed += 1,
+                    deferred::RecoveredOwed::Settled => r.settled_owed += 1,
+                    deferred::RecoveredOwed::Failed => r.failed += 1,
+                }
+                continue;
+            }
             match e.state {
                 JournalState::Verified | JournalState::Forwarded => {
                     // Never submitted: nothing was charged, nothing served.
@@ -983,6 +1108,7 @@ impl Payments {
         j.flush()
             .await
             .map_err(|_| journal::JournalError::Unwritable)?;
+        self.refresh_unpaid().await;
         self.recovered
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(r)
@@ -1018,6 +1144,9 @@ impl Payments {
             }
         }
         self.reconciler.refresh_heads().await;
+        self.refresh_unpaid().await;
+        let (micro, _) = self.deferred.exposure();
+        self.metrics.deferred_state(self.deferred.owed(), micro);
         for e in self.pending.due(now_ms) {
             let o = self.reconciler.read(&e).await;
             if o == Outcome::Open {

@@ -520,7 +520,28 @@ pub struct Receipt<'a> {
     pub transaction: &'a str,
     /// Network in the naming of the payment's protocol version.
     pub network: &'a str,
+    /// `{"deferred": {"status": "queued"}}` on a deferred payment's receipt: accepted, its
+    /// settlement queued (no transaction yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<ReceiptExtensions>,
 }
+
+/// The gateway's extensions of a receipt.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ReceiptExtensions {
+    /// Deferred settlement.
+    pub deferred: DeferredReceipt,
+}
+
+/// A deferred payment's status on its receipt.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DeferredReceipt {
+    /// `queued`: accepted, settled in the background.
+    pub status: &'static str,
+}
+
+/// The response header of a deferred payment's answer: `X-PAYMENT-STATUS: queued`.
+pub const X_PAYMENT_STATUS: http::HeaderName = http::HeaderName::from_static("x-payment-status");
 
 impl Receipt<'_> {
     /// The header value: base64 of the JSON.

@@ -491,9 +491,19 @@ impl ProxyHttp for Gateway {
         }
         match action {
             HeadAction::Interim => return Ok(()),
-            HeadAction::Pass { receipt, private } => {
+            HeadAction::Pass {
+                receipt,
+                private,
+                queued,
+            } => {
                 if let Some((name, value)) = receipt {
                     response.insert_header(name, value)?;
+                }
+                if queued {
+                    response.insert_header(
+                        crate::protocol::X_PAYMENT_STATUS,
+                        http::HeaderValue::from_static("queued"),
+                    )?;
                 }
                 if private {
                     respond::make_private(response)?;

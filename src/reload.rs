@@ -137,7 +137,7 @@ type Section = dyn Fn(&Config) -> String;
 
 /// The sections that changed but apply only at start.
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let sections: [(&'static str, &Section); 11] = [
+    let sections: [(&'static str, &Section); 12] = [
         // The certificate's paths apply live (only TLS on or off needs a restart).
         ("[server]", &|c| {
             let mut s = c.server.clone();
@@ -163,6 +163,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[chain]", &|c| format!("{:?}", c.chain)),
         ("[admin]", &|c| format!("{:?}", c.admin)),
         ("[auth]", &|c| format!("{:?}", c.auth)),
+        ("[payment.deferred]", &|c| format!("{:?}", c.deferred)),
     ];
     sections
         .into_iter()

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 pub use crate::config::SettlementMode;
-use crate::protocol::{ErrorReason, Receipt};
+use crate::protocol::{DeferredReceipt, ErrorReason, Receipt, ReceiptExtensions};
 use crate::verify::{Facilitator, FacilitatorError, Hold, Verified};
 
 /// Where a payment is in its life.
@@ -50,6 +50,8 @@ pub enum PaymentState {
         /// The transaction hash, when the facilitator named one.
         transaction: Option<String>,
     },
+    /// Deferred: the answer is released, the settlement queued (journaled `queued`).
+    Queued,
     /// Neither served nor settled: the authorization was given back to the client.
     Released {
         /// Why.
@@ -66,6 +68,7 @@ impl PaymentState {
             PaymentState::Settled { .. } => "settled",
             PaymentState::Failed { .. } => "settle_failed",
             PaymentState::Unknown { .. } => "settle_unknown",
+            PaymentState::Queued => "queued",
             PaymentState::Released { .. } => "released",
         }
     }
@@ -93,6 +96,8 @@ pub struct Payment {
     pub verified_at: u64,
     /// Its row in the payment journal, once written.
     pub journal_id: Option<i64>,
+    /// Deferred: the unsettled value it holds against the caps (given back when dropped).
+    pub reservation: Option<crate::payments::deferred::Reservation>,
     state: PaymentState,
     hold: Option<Hold>,
 }
@@ -128,6 +133,7 @@ impl Payment {
             redeemed: false,
             verified_at: crate::limiter::now_ms(),
             journal_id: None,
+            reservation: None,
             state,
             hold: None,
         }
@@ -156,6 +162,17 @@ impl Payment {
         }
     }
 
+    /// Verified or forwarded → queued (deferred): the authorization is used from now on (its
+    /// hold consumed), whatever happens to the settlement.
+    pub fn queue(&mut self) {
+        if self.is_unsettled() {
+            if let Some(h) = self.hold.take() {
+                h.consume();
+            }
+            self.state = PaymentState::Queued;
+        }
+    }
+
     /// Whether settlement has not been attempted yet.
     pub fn is_unsettled(&self) -> bool {
         !self.state.is_terminal()
@@ -174,8 +191,16 @@ impl Payment {
     pub fn receipt(&self) -> Option<(http::HeaderName, String)> {
         let v = &self.verified;
         let payer = v.payer.to_checksum(None);
+        let mut extensions = None;
         let (success, transaction, reason) = match &self.state {
             PaymentState::Settled { transaction } => (true, transaction.as_str(), None),
+            // Accepted: the client has what it paid for; the transaction comes later.
+            PaymentState::Queued => {
+                extensions = Some(ReceiptExtensions {
+                    deferred: DeferredReceipt { status: "queued" },
+                });
+                (true, "", None)
+            }
             PaymentState::Failed { reason } => (false, "", Some(reason.as_str())),
             // Whatever made it unknown, the client is told one thing: it is pending; retry
             // with the same payment.
@@ -192,6 +217,7 @@ impl Payment {
             payer: Some(&payer),
             transaction,
             network: &v.network,
+            extensions,
         };
         Some((v.version.receipt_header(), receipt.to_header()))
     }
@@ -236,56 +262,113 @@ impl Settler {
         }
         let guard = payment.hold.take().map(Hold::consume);
         let v = &payment.verified;
-        payment.state = match self.facilitator.settle(&v.facilitator_body).await {
-            Ok(r) if r.is_success() => PaymentState::Settled {
-                transaction: r.transaction.unwrap_or_default(),
+        let outcome = classify(self.facilitator.settle(&v.facilitator_body).await);
+        if outcome.frees_authorization() {
+            if let Some(g) = &guard {
+                g.forget(&v.key);
+            }
+        }
+        payment.state = match outcome {
+            Settled::Yes { transaction } => PaymentState::Settled { transaction },
+            Settled::No { reason, .. } => PaymentState::Failed { reason },
+            Settled::Unknown {
+                reason,
+                transaction,
+            } => PaymentState::Unknown {
+                reason,
+                transaction,
             },
-            Ok(r) => {
-                let reason = r
-                    .error_reason
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .map_or(ErrorReason::SettlementFailed, ErrorReason::parse);
-                let transaction = r.transaction.filter(|t| !t.is_empty());
-                if reason.is_unknown_outcome() {
-                    // The embedded facilitator's "sent, receipt not seen yet": the transfer
-                    // may land.
-                    PaymentState::Unknown {
-                        reason,
-                        transaction,
-                    }
-                } else {
-                    if transaction.is_none() {
-                        if let Some(g) = &guard {
-                            g.forget(&v.key);
-                        }
-                    }
-                    PaymentState::Failed { reason }
-                }
-            }
-            Err(e) if !e.may_have_happened() => {
-                // Nothing was sent: give the authorization back for a retry.
-                if let Some(g) = &guard {
-                    g.forget(&v.key);
-                }
-                PaymentState::Released {
-                    reason: match e {
-                        FacilitatorError::Busy => ErrorReason::FacilitatorBusy,
-                        _ => ErrorReason::FacilitatorUnreachable,
-                    },
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, payer = %v.payer, "settlement outcome unknown");
-                PaymentState::Unknown {
-                    reason: match e {
-                        FacilitatorError::Timeout { .. } => ErrorReason::SettlementTimeout,
-                        _ => ErrorReason::SettlementUnknown,
-                    },
-                    transaction: None,
-                }
-            }
+            Settled::NotSent { reason } => PaymentState::Released { reason },
         };
+    }
+}
+
+/// What one `/settle` call did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Settled in this transaction.
+    Yes {
+        /// The transaction hash.
+        transaction: String,
+    },
+    /// Definitively refused (`success: false` with a reason).
+    No {
+        /// Why.
+        reason: ErrorReason,
+        /// The transaction, when one was sent (and failed).
+        transaction: Option<String>,
+    },
+    /// The transfer may or may not have happened.
+    Unknown {
+        /// What went wrong.
+        reason: ErrorReason,
+        /// The transaction hash, when the facilitator named one.
+        transaction: Option<String>,
+    },
+    /// The facilitator was certainly not reached (or too busy): nothing happened.
+    NotSent {
+        /// Why.
+        reason: ErrorReason,
+    },
+}
+
+impl Settled {
+    /// Whether the authorization can never have been used by this call, so the replay guard
+    /// may forget it: not sent, or refused without a transaction.
+    pub fn frees_authorization(&self) -> bool {
+        matches!(
+            self,
+            Settled::NotSent { .. }
+                | Settled::No {
+                    transaction: None,
+                    ..
+                }
+        )
+    }
+}
+
+/// Reads a facilitator's `/settle` answer by the rules of this module.
+pub fn classify(r: Result<crate::protocol::SettleResponse, FacilitatorError>) -> Settled {
+    match r {
+        Ok(r) if r.is_success() => Settled::Yes {
+            transaction: r.transaction.unwrap_or_default(),
+        },
+        Ok(r) => {
+            let reason = r
+                .error_reason
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map_or(ErrorReason::SettlementFailed, ErrorReason::parse);
+            let transaction = r.transaction.filter(|t| !t.is_empty());
+            if reason.is_unknown_outcome() {
+                // The embedded facilitator's "sent, receipt not seen yet": the transfer may land.
+                Settled::Unknown {
+                    reason,
+                    transaction,
+                }
+            } else {
+                Settled::No {
+                    reason,
+                    transaction,
+                }
+            }
+        }
+        Err(e) if !e.may_have_happened() => Settled::NotSent {
+            reason: match e {
+                FacilitatorError::Busy => ErrorReason::FacilitatorBusy,
+                _ => ErrorReason::FacilitatorUnreachable,
+            },
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "settlement outcome unknown");
+            Settled::Unknown {
+                reason: match e {
+                    FacilitatorError::Timeout { .. } => ErrorReason::SettlementTimeout,
+                    _ => ErrorReason::SettlementUnknown,
+                },
+                transaction: None,
+            }
+        }
     }
 }
 

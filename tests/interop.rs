@@ -175,17 +175,18 @@ impl Env {
         facilitator: &str,
         settle_timeout: &str,
     ) -> (String, KillOnDrop) {
-        self.gateway_sections(name, facilitator, settle_timeout, "")
+        self.gateway_sections(name, facilitator, settle_timeout, "", "")
             .await
     }
 
-    /// As [`Env::gateway_with`], with whole extra tables.
+    /// As [`Env::gateway_with`], with whole extra tables and extra keys of the paid route.
     async fn gateway_sections(
         &self,
         name: &str,
         facilitator: &str,
         settle_timeout: &str,
         sections: &str,
+        route_extra: &str,
     ) -> (String, KillOnDrop) {
         let port = free_port();
         let config = self.dir.join(format!("{name}.toml"));
@@ -212,6 +213,7 @@ path = "/paid/**"
 price = "{PRICE}"
 description = "interop"
 mime_type = "application/json"
+{route_extra}
 "#,
                 self.upstream.url()
             ),
@@ -301,12 +303,39 @@ async fn pays_exactly(
     label: &str,
     run: impl FnOnce() -> (u16, String, String),
     network: &str,
+    deferred: bool,
 ) {
     let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
     let started = Instant::now();
     let (status, tx, net) = run();
     let took = started.elapsed();
     assert_eq!(status, 200, "{label}: not served");
+    if deferred {
+        // Served with a queued receipt the client read (its network is checked); settled in
+        // the background: the payee's balance moves by the price, once.
+        assert_eq!(tx, "", "{label}: a deferred receipt has no transaction yet");
+        assert_eq!(net, network, "{label}: receipt network");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.balance(PAYEE).await == payee0 {
+            assert!(Instant::now() < deadline, "{label}: never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            env.balance(PAYEE).await - payee0,
+            U256::from(PRICE),
+            "{label}: payee balance"
+        );
+        assert_eq!(
+            payer0 - env.balance(PAYER).await,
+            U256::from(PRICE),
+            "{label}: payer balance"
+        );
+        eprintln!(
+            "interop ok: {label} served in {took:?}, settled after {:?}",
+            started.elapsed()
+        );
+        return;
+    }
     assert!(
         tx.starts_with("0x") && tx.len() == 66,
         "{label}: no transaction in the receipt: {tx:?}"
@@ -332,6 +361,10 @@ async fn pays_exactly(
 type Client = Box<dyn FnOnce() -> (u16, String, String)>;
 
 async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
+    clients_pay(env, base, facilitator, false).await;
+}
+
+async fn clients_pay(env: &Env, base: &str, facilitator: &str, deferred: bool) {
     let node = format!("{ROOT}/tools/node");
     let python = format!("{ROOT}/.local/venv/bin/python");
     let rust = rust_client().display().to_string();
@@ -385,7 +418,14 @@ async fn all_clients_pay(env: &Env, base: &str, facilitator: &str) {
         }),
     ];
     for (name, network, client) in clients {
-        pays_exactly(env, &format!("{name} via {facilitator}"), client, network).await;
+        pays_exactly(
+            env,
+            &format!("{name} via {facilitator}"),
+            client,
+            network,
+            deferred,
+        )
+        .await;
     }
 }
 
@@ -426,6 +466,19 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     let rpc_line = format!("embedded = true\nrpc = {{ \"eip155:84532\" = \"{}\" }}\nsigner_keys = [\"${{FACILITATOR_KEY}}\"]", env.rpc);
     let (base, _gw) = env.gateway("embedded", &rpc_line).await;
     all_clients_pay(&env, &base, "embedded facilitator").await;
+
+    // Deferred settlement: every official client is served at once with a queued receipt it
+    // reads, and the payment is settled in the background, once.
+    let (deferred, _gwd) = env
+        .gateway_sections(
+            "deferred",
+            &rpc_line,
+            "20s",
+            "",
+            "settlement = \"deferred\"",
+        )
+        .await;
+    clients_pay(&env, &deferred, "embedded facilitator, deferred", true).await;
 
     // Replay: served once, refused by the gateway after, and refused by the chain itself.
     let resp = http()
@@ -672,6 +725,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         "our pay v2, local verification",
         || run_pay(&format!("{base}/paid/local"), false),
         "eip155:84532",
+        false,
     )
     .await;
     let required = decode_required(&http().get(format!("{base}/paid/x")).send().await.unwrap());
@@ -890,7 +944,7 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
     );
     let auth = format!("[auth]\nlisten = \"127.0.0.1:{auth_port}\"\n");
     let (_, _gw) = env
-        .gateway_sections("forward-auth", &facilitator, "20s", &auth)
+        .gateway_sections("forward-auth", &facilitator, "20s", &auth, "")
         .await;
     for kind in ["nginx", "caddy"] {
         let (base, _proxy) = example_proxy(&env, kind, auth_port).await;

@@ -20,10 +20,11 @@ use super::limits::{self, Cidr, LimitsConfig};
 use super::money::{self, Price};
 use super::{
     assets, AdminConfig, Asset, AuthConfig, BackendConfig, ChainConfig, Config, ConfigIssue,
-    EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig, HashKey, HealthCheckConfig,
-    HostHeader, JournalConfig, JournalSync, ListenerTls, LogFormat, LoggingConfig, PaymentOption,
-    RoutePattern, RouteRule, Secret, Segment, Selection, ServerConfig, SettlementMode,
-    UnlistedMethods, UpstreamConfig, VerificationConfig, VerificationMode,
+    DeferredConfig, EmbeddedConfig, FacilitatorConfig, FacilitatorServerConfig, HashKey,
+    HealthCheckConfig, HostHeader, JournalConfig, JournalSync, ListenerTls, LogFormat,
+    LoggingConfig, PaymentOption, RoutePattern, RouteRule, Secret, Segment, Selection,
+    ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
+    VerificationMode,
 };
 use crate::protocol::{self, evm, Network};
 
@@ -138,6 +139,19 @@ pub(super) fn validate(
         }
     }
     for route in &routes {
+        if route.settlement == SettlementMode::Deferred {
+            for (i, o) in route.options.iter().enumerate() {
+                if !o.asset.usd_stable {
+                    issues.push(
+                        format!("route[{}].settlement", route.index),
+                        format!(
+                            "\"deferred\" caps unsettled value in dollars, but option {i} pays in {}, not a USD stablecoin",
+                            o.asset.symbol
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(name) = &route.upstream {
             if !upstreams.iter().any(|(n, _)| n == name) {
                 let known: Vec<&str> = upstreams.iter().map(|(n, _)| n.as_str()).collect();
@@ -168,6 +182,7 @@ pub(super) fn validate(
             chain,
             admin,
             auth,
+            deferred: defaults.deferred,
             routes,
             upstreams,
         }),

@@ -24,6 +24,7 @@ fn entry(n: u8, state: JournalState) -> Entry {
         from_block: None,
         created_at: 1_000 + u64::from(n),
         updated_at: 1_000 + u64::from(n),
+        released: false,
     }
 }
 

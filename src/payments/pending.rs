@@ -89,7 +89,8 @@ impl Pending {
         let Some(s) = slots.get_mut(key) else {
             return Claim::No;
         };
-        if s.entry.route != route {
+        if s.entry.route != route || s.entry.released {
+            // Deferred payments were delivered already: a retry is a replay.
             // A payment redeems the resource it paid for, not another route's.
             return Claim::No;
         }
@@ -169,6 +170,7 @@ mod tests {
             from_block: None,
             created_at: 0,
             updated_at: 0,
+            released: false,
         }
     }
 

@@ -84,6 +84,7 @@ fn our_receipt_encodes_like_the_spec_example() {
         payer: None,
         transaction: "0x1234567890abcdef1234567890abcdef1234567890abcdef1234567890abcdef",
         network: "eip155:84532",
+        extensions: None,
     };
     let decoded: SettleResponse =
         serde_json::from_slice(&decode_header(r.to_header().as_bytes()).unwrap()).unwrap();

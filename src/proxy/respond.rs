@@ -15,7 +15,8 @@ use crate::error::Answer;
 use crate::protocol::{PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
 /// Headers a browser client must be allowed to read.
-pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
+pub const EXPOSE_HEADERS: &str =
+    "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE, X-PAYMENT-STATUS";
 
 /// Requests with a body larger than this are not drained before an early answer; the
 /// connection is closed instead.

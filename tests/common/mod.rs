@@ -551,6 +551,7 @@ network = "base-sepolia"
         let gateway = build_gateway(&config, client, &supported).unwrap();
         let payments = gateway.payments().clone();
         payments.recover().await.unwrap();
+        tokio::spawn(payments.clone().run_deferred());
 
         let conf = Arc::new(ServerConf::default());
         let proxy = pingora::proxy::http_proxy(&conf, gateway);

@@ -156,6 +156,7 @@ pub(super) fn read_asset(s: &Section<'_>) -> Option<AssetSpec> {
 pub(super) struct Defaults {
     pub(super) level: Level,
     pub(super) settlement: SettlementMode,
+    pub(super) deferred: DeferredConfig,
 }
 
 impl Defaults {
@@ -166,8 +167,75 @@ impl Defaults {
             level.price = None;
         }
         let settlement = settlement(s).unwrap_or(SettlementMode::AfterResponse);
+        let deferred = deferred(&s.table("deferred"));
         s.finish();
-        Defaults { level, settlement }
+        Defaults {
+            level,
+            settlement,
+            deferred,
+        }
+    }
+}
+
+/// `[payment.deferred]`.
+fn deferred(s: &Section<'_>) -> DeferredConfig {
+    let d = DeferredConfig::default();
+    let max_delay = match s.duration("max_delay") {
+        Some(t) if t.is_zero() || t > Duration::from_secs(3600) => {
+            s.issue("max_delay", "must be between 1ms and 1h");
+            d.max_delay
+        }
+        Some(t) => t,
+        None => d.max_delay,
+    };
+    let concurrency = match s.uint("concurrency") {
+        Some(n) if n == 0 || n > 1024 => {
+            s.issue("concurrency", "must be between 1 and 1024");
+            d.concurrency
+        }
+        Some(n) => usize::try_from(n).unwrap_or(d.concurrency),
+        None => d.concurrency,
+    };
+    let c = DeferredConfig {
+        max_per_payer: dollars(s, "max_per_payer").unwrap_or(d.max_per_payer),
+        max_total: dollars(s, "max_total").unwrap_or(d.max_total),
+        max_delay,
+        settle_first_above: dollars(s, "settle_first_above"),
+        concurrency,
+    };
+    if c.max_per_payer > c.max_total {
+        s.issue(
+            "max_per_payer",
+            "is larger than max_total: one payer could take the whole allowance",
+        );
+    }
+    s.finish();
+    c
+}
+
+/// A dollar amount (`"$1.00"`) in micro-dollars.
+pub(super) fn dollars(s: &Section<'_>, key: &'static str) -> Option<u128> {
+    let text = s.str(key)?;
+    let Ok(Price::Dollars(d)) = money::parse_price(text) else {
+        s.issue(
+            key,
+            format!("`{text}` is not a dollar amount like \"$1.00\""),
+        );
+        return None;
+    };
+    match money::to_atomic(&d, 6).map(|v| u128::try_from(v).ok()) {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => {
+            s.issue(key, format!("`{text}` is too large"));
+            None
+        }
+        Err(_) => {
+            s.issue(
+                key,
+                format!("`{text}`: dollar amounts have at most 6 decimal places"),
+            );
+            None
+        }
     }
 }
 
@@ -175,10 +243,11 @@ pub(super) fn settlement(s: &Section<'_>) -> Option<SettlementMode> {
     match s.str("settlement")? {
         "after_response" => Some(SettlementMode::AfterResponse),
         "before_upstream" => Some(SettlementMode::BeforeUpstream),
+        "deferred" => Some(SettlementMode::Deferred),
         other => {
             s.issue(
                 "settlement",
-                format!("`{other}` is not \"after_response\" or \"before_upstream\""),
+                format!("`{other}` is not \"after_response\", \"before_upstream\" or \"deferred\""),
             );
             None
         }
@@ -224,6 +293,8 @@ pub(super) fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Optio
         }
     });
     let settlement = settlement(s).unwrap_or(defaults.settlement);
+    let settle_first_above =
+        dollars(s, "settle_first_above").or(defaults.deferred.settle_first_above);
     let websocket = s.bool("websocket").unwrap_or(false);
     let upstream = match s.str("upstream") {
         None | Some("default") => None,
@@ -278,6 +349,7 @@ pub(super) fn route(index: usize, s: &Section<'_>, defaults: &Defaults) -> Optio
         mime_type,
         resource,
         settlement,
+        settle_first_above,
         options,
         websocket,
         upstream,
