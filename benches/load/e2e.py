@@ -186,11 +186,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
-def chain_check(rpc: Rpc, *, first: int, last: int, usdc: str, topic: str, payer: str,
-                pay_to: str, signer: str, price: int, presigned: list[str],
-                ok_responses: int, connections: int) -> dict:
+def chain_check(rpc: Rpc, *, first: int, last: int, before: tuple[int, int], usdc: str,
+                topic: str, payer: str, pay_to: str, signer: str, price: int,
+                presigned: list[str], ok_responses: int, connections: int) -> dict:
     """What blocks first..last (inclusive) did for one row, and whether every payment of the
-    row settled exactly once. `presigned` are the nonces the row sent (in order)."""
+    row settled exactly once. `presigned` are the nonces the row sent (in order); `before`
+    the payer's and pay_to's balances at block first - 1 (read then: anvil keeps the state of
+    recent blocks only, and a row can mine thousands)."""
     usdc, payer, pay_to, signer = (a.lower() for a in (usdc, payer, pay_to, signer))
     payer_topic = "0x" + payer.removeprefix("0x").rjust(64, "0")
     receipts: list[dict] = []
@@ -219,8 +221,8 @@ def chain_check(rpc: Rpc, *, first: int, last: int, usdc: str, topic: str, payer
     sent = set(presigned)
     unique = len(set(nonces)) == settled
     foreign_nonces = sum(1 for n in nonces if n not in sent)
-    payer_delta = rpc.usdc_balance(usdc, payer, first - 1) - rpc.usdc_balance(usdc, payer, last)
-    pay_to_delta = rpc.usdc_balance(usdc, pay_to, last) - rpc.usdc_balance(usdc, pay_to, first - 1)
+    payer_delta = before[0] - rpc.usdc_balance(usdc, payer, last)
+    pay_to_delta = rpc.usdc_balance(usdc, pay_to, last) - before[1]
     balances_ok = payer_delta == settled * price == pay_to_delta
     # Every 2xx was paid for and settled once (settled >= 2xx, with unique nonces and exact
     # balances). Settled without a 2xx counted: wrk abandons up to `connections` requests in
