@@ -627,11 +627,15 @@ class Bench:
                     drained, drain_s = e2e.wait_drained(journal, JOURNAL_DONE, timeout)
                     if not drained:
                         log(f"{s.key}: journal not drained after {drain_s:.0f} s")
+                # Stopped before the range closes: what a stopping server still settles
+                # (a drain on SIGTERM) belongs to this row.
+                for p in procs:
+                    if not p.alive():
+                        raise SystemExit(f"{s.key}: {p.name} died; see {p.logfile}")
+                for p in reversed(procs):
+                    p.stop()
                 watcher.wait_quiet(quiet=1.0, timeout=30)
                 last = rpc.block_number()
-            for p in procs:
-                if not p.alive():
-                    raise SystemExit(f"{s.key}: {p.name} died; see {p.logfile}")
         finally:
             for p in reversed(procs):
                 p.stop()
