@@ -32,11 +32,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # noqa: E402  (the end-to-end rows' instruments, next to this file)
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benches" / "load"
 WORK = ROOT / ".local" / "bench"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED (benches/load/run.sh) -->", "<!-- END GENERATED -->"
+E2E_BEGIN = "<!-- BEGIN GENERATED END-TO-END (benches/load/run.sh) -->"
+E2E_END = "<!-- END GENERATED END-TO-END -->"
 
 # Anvil dev accounts: public test keys, never used anywhere real.
 PAYER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -53,6 +58,7 @@ PORTS = {
     "axum": 18501,
     "express": 18502,
     "chain": 18545,
+    "e2e_facilitator": 18400,  # the end-to-end rows' standalone facilitator (c, d, e)
 }
 SUT_CPU, LOAD_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -78,6 +84,11 @@ class Scenario:
     embedded: bool = False
     binary: str = ""  # another gateway binary (--baseline): run with a config it reads
     journal: bool = True  # the payment journal on (a fresh file per run) or off
+    # End-to-end rows (real chain): which facilitator settles, and how the gateway settles.
+    e2e: str = ""  # the row's letter in the end-to-end table; "" for the other rows
+    chain_facilitator: str = ""  # embedded | gateway-http | x402-rs | ts
+    deferred: bool = False  # route settlement = "deferred" (with [payment.deferred])
+    batch: bool = False  # the embedded facilitator batches (batch_max, batch_window)
 
 
 SCENARIOS = [
@@ -115,6 +126,51 @@ SCENARIOS = [
              "verification", "gateway", "/paid-before", paid=True, ready_status=402,
              connections=16, embedded=True, verification='mode = "local"'),
 ]
+
+
+# The end-to-end table: the same paid route on anvil with Circle's USDC, every payment settled
+# on chain for real, checked afterwards (exactly once, balances, gas). `--only e2e` runs these
+# and the gateway's free route (the latency reference).
+LOCAL = 'mode = "local"'
+E2E_SCENARIOS = [
+    Scenario("e2e_a", "a. x402-gateway, after_response, embedded facilitator", "gateway",
+             "/paid", paid=True, ready_status=402, embedded=True, e2e="a",
+             chain_facilitator="embedded"),
+    Scenario("e2e_b", "b. x402-gateway, deferred, embedded facilitator, batched, local "
+             "verification", "gateway", "/paid", paid=True, ready_status=402, embedded=True,
+             e2e="b", chain_facilitator="embedded", deferred=True, batch=True,
+             verification=LOCAL),
+    Scenario("e2e_b_verify", "b'. x402-gateway, deferred, embedded facilitator, batched, "
+             "facilitator verification", "gateway", "/paid", paid=True, ready_status=402,
+             embedded=True, e2e="b'", chain_facilitator="embedded", deferred=True, batch=True),
+    Scenario("e2e_c", "c. x402-gateway, deferred, standalone `x402-gateway facilitator` over "
+             "HTTP, local verification", "gateway", "/paid", paid=True, ready_status=402,
+             e2e="c", chain_facilitator="gateway-http", deferred=True, verification=LOCAL),
+    Scenario("e2e_d", "d. x402-axum + x402-rs facilitator", "axum", "/paid", paid=True,
+             ready_status=402, e2e="d", chain_facilitator="x402-rs"),
+    Scenario("e2e_e", "e. @x402/express + official TypeScript facilitator", "express", "/paid",
+             paid=True, ready_status=402, e2e="e", chain_facilitator="ts"),
+]
+SCENARIOS += E2E_SCENARIOS
+E2E_REFERENCE = ("gw_free",)  # rows of the main table the end-to-end ratios use
+# The deferred rows' [payment.deferred] (caps high: they must not refuse in a throughput run).
+DEFERRED_MAX_DELAY_S = 5
+# The longest a deferred row waits after its load for the gateway's queue to drain (bounded:
+# an unbatched queue settles about as fast as one signer's transactions go, ~100/s here).
+DEFERRED_DRAIN_S = 180
+DEFERRED = ('[payment.deferred]\nmax_per_payer = "$1000000"\nmax_total = "$1000000"\n'
+            f'max_delay = "{DEFERRED_MAX_DELAY_S}s"')
+BATCH = 'batch_max = 100\nbatch_window = "200ms"'
+PRICE_ATOMIC = 1000  # $0.001 of USDC, every paid route of every system
+PAY_TO = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+SIGNER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # FACILITATOR_KEY's account
+# keccak256("AuthorizationUsed(address,bytes32)"): EIP-3009's event, one per settled payment.
+AUTHORIZATION_USED = "0x98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5"
+X402_RS_VERSION = "0.12.5"
+X402_RS = Path.home() / ".cache/x402-gateway/x402-rs-0.12.5/bin/x402-rs"
+# Journal states of a payment whose settlement is done (either way); anything else is open.
+JOURNAL_DONE = ("settled", "delivered", "failed")
 
 
 # Rows that --baseline runs with an older binary as well.
@@ -223,7 +279,11 @@ class Bench:
         self.shared: list[Proc] = []
         self.header_files: dict[str, Path] = {}
         self.chain_started = False
+        self.chain_rpc = ""
         self.results: list[dict] = []
+        # How far each pre-signed header file has been used, across rows: a header (an
+        # EIP-3009 nonce) is never sent twice in a run, which the chain rows need.
+        self.offsets: dict[Path, int] = {}
 
     # --- shared services -------------------------------------------------------------------
     def nginx(self, name: str, template: str, cpu: str, **values: object) -> Proc:
@@ -241,6 +301,8 @@ class Bench:
         wait_http(fac, PORTS["facilitator"], "/supported", 200)
 
     def start_chain(self) -> str:
+        if self.chain_rpc:
+            return self.chain_rpc
         port = PORTS["chain"]
         # Pinned with the load: the chain is part of the environment, not the system under test.
         out = subprocess.run(["taskset", "-c", LOAD_CPU, str(ROOT / "scripts/chain.sh"), "start",
@@ -249,7 +311,8 @@ class Bench:
         if out.returncode != 0:
             raise SystemExit(f"chain.sh start failed: {out.stderr}")
         self.chain_started = True
-        return out.stdout.strip().splitlines()[-1]
+        self.chain_rpc = out.stdout.strip().splitlines()[-1]
+        return self.chain_rpc
 
     def stop_all(self) -> None:
         for p in self.shared:
@@ -259,8 +322,9 @@ class Bench:
                            capture_output=True)
 
     # --- systems under test ----------------------------------------------------------------
-    def start_system(self, s: Scenario, port: int) -> Proc:
+    def start_system(self, s: Scenario, port: int, facilitator_url: str = "") -> Proc:
         name = f"sut-{s.key}"
+        facilitator_url = facilitator_url or f"http://127.0.0.1:{PORTS['facilitator']}"
         if s.system == "upstream":
             return self.nginx(name, "upstream.conf", SUT_CPU, PORT=port)
         if s.system == "nginx":
@@ -271,44 +335,103 @@ class Bench:
             return Proc(name, [str(binary), f"127.0.0.1:{port}",
                                f"127.0.0.1:{PORTS['upstream']}"], SUT_CPU)
         if s.system == "gateway":
-            env = {}
-            if s.embedded:
-                rpc = self.start_chain()
-                facilitator = ('embedded = true\nrpc = { "eip155:84532" = "%s" }\n'
-                               'signer_keys = ["${FACILITATOR_KEY}"]' % rpc)
-                env["FACILITATOR_KEY"] = FACILITATOR_KEY
-            else:
-                facilitator = f'url = "http://127.0.0.1:{PORTS["facilitator"]}"'
-            # Abuse limits on, high enough for one load generator on one IP: the limiter's
-            # cost is measured, its refusals are not. A --baseline binary from before [limits]
-            # gets none.
-            limits = "" if s.binary else (
-                '[limits]\nchallenge_rate = "100000000/s"\nfailed_payment_rate = "100000000/s"')
-            if not s.binary:
-                journal = WORK / f"{name}-journal.db"
-                for f in WORK.glob(f"{name}-journal.db*"):
-                    f.unlink()
-                limits += (f'\n[journal]\npath = "{journal}"' if s.journal
-                           else '\n[journal]\nenabled = false')
-            conf = render(HERE / "gateway.toml", WORK / f"{name}.toml", PORT=port,
-                          UPSTREAM_PORT=PORTS["upstream"], FACILITATOR=facilitator,
-                          VERIFICATION=s.verification, LIMITS=limits)
+            conf, env = self.gateway_config(s, port, name, facilitator_url)
             binary = Path(s.binary) if s.binary else target_dir() / "release/x402-gateway"
             return Proc(name, [str(binary), "run", "--config", str(conf)], SUT_CPU, env)
         if s.system == "axum":
             binary = target_dir() / "axum-peer/release/x402-axum-peer"
             env = {"LISTEN": f"127.0.0.1:{port}",
                    "UPSTREAM_URL": f"http://127.0.0.1:{PORTS['upstream']}",
-                   "FACILITATOR_URL": f"http://127.0.0.1:{PORTS['facilitator']}",
+                   "FACILITATOR_URL": facilitator_url,
                    "THREADS": "1"}
             return Proc(name, [str(binary)], SUT_CPU, env)
         if s.system == "express":
             env = {"LISTEN_PORT": str(port), "NODE_ENV": "production",
                    "UPSTREAM_URL": f"http://127.0.0.1:{PORTS['upstream']}",
-                   "FACILITATOR_URL": f"http://127.0.0.1:{PORTS['facilitator']}"}
+                   "FACILITATOR_URL": facilitator_url}
             return Proc(name, ["node", "server.mjs"], SUT_CPU, env,
                         cwd=HERE / "peers/express")
         raise SystemExit(f"unknown system {s.system}")
+
+    def embedded_facilitator(self, batch: bool = False) -> str:
+        """[facilitator] lines of an embedded facilitator on the local chain."""
+        rpc = self.start_chain()
+        lines = ('embedded = true\nrpc = { "eip155:84532" = "%s" }\n'
+                 'signer_keys = ["${FACILITATOR_KEY}"]' % rpc)
+        return lines + ("\n" + BATCH if batch else "")
+
+    def gateway_config(self, s: Scenario, port: int, name: str,
+                       facilitator_url: str) -> tuple[Path, dict]:
+        """Renders a gateway's config file; returns it and the environment it needs."""
+        env = {}
+        if s.embedded:
+            facilitator = self.embedded_facilitator(s.batch)
+            env["FACILITATOR_KEY"] = FACILITATOR_KEY
+        else:
+            facilitator = f'url = "{facilitator_url}"'
+        # Abuse limits on, high enough for one load generator on one IP: the limiter's
+        # cost is measured, its refusals are not. A --baseline binary from before [limits]
+        # gets none.
+        limits = "" if s.binary else (
+            '[limits]\nchallenge_rate = "100000000/s"\nfailed_payment_rate = "100000000/s"')
+        if not s.binary:
+            journal = WORK / f"{name}-journal.db"
+            for f in WORK.glob(f"{name}-journal.db*"):
+                f.unlink()
+            limits += (f'\n[journal]\npath = "{journal}"' if s.journal
+                       else '\n[journal]\nenabled = false')
+        conf = render(HERE / "gateway.toml", WORK / f"{name}.toml", PORT=port,
+                      UPSTREAM_PORT=PORTS["upstream"], FACILITATOR=facilitator,
+                      VERIFICATION=s.verification, LIMITS=limits,
+                      DEFERRED=DEFERRED if s.deferred else "",
+                      PAID_SETTLEMENT='settlement = "deferred"' if s.deferred else "")
+        return conf, env
+
+    def start_chain_facilitator(self, s: Scenario) -> tuple[Proc | None, str]:
+        """The standalone facilitator an end-to-end row's server calls (started, answering
+        /supported), pinned with the system under test: it is part of the x402 stack being
+        measured, as the embedded facilitator is part of the gateway's process."""
+        port = PORTS["e2e_facilitator"]
+        url = f"http://127.0.0.1:{port}"
+        if not port_free(port):
+            raise SystemExit(f"port {port} is in use (needed for {s.key}'s facilitator)")
+        rpc = self.start_chain()
+        env = {"FACILITATOR_KEY": FACILITATOR_KEY}
+        name = f"facilitator-{s.key}"
+        if s.chain_facilitator == "gateway-http":
+            # A gateway config file whose [facilitator] is embedded, no batching; its per-IP
+            # request limit (server_rate, default 20/s) off: the gateway is its only client.
+            conf = render(HERE / "gateway.toml", WORK / f"{name}.toml", PORT=PORTS["gateway"],
+                          UPSTREAM_PORT=PORTS["upstream"],
+                          FACILITATOR=self.embedded_facilitator() + '\nserver_rate = "off"',
+                          VERIFICATION="", LIMITS="",
+                          DEFERRED="", PAID_SETTLEMENT="")
+            proc = Proc(name, [str(target_dir() / "release/x402-gateway"), "facilitator",
+                               "--config", str(conf), "--listen", f"127.0.0.1:{port}"],
+                        SUT_CPU, env)
+        elif s.chain_facilitator == "x402-rs":
+            # x402-rs 0.12.5's JSON config (src/config.rs): the signer from the environment,
+            # the RPC URL literal; v1 and v2 exact EVM schemes.
+            conf = WORK / f"{name}.json"
+            conf.write_text(json.dumps({
+                "port": port, "host": "127.0.0.1",
+                "chains": {"eip155:84532": {"eip1559": True, "signers": ["$FACILITATOR_KEY"],
+                                            "rpc": [{"http": rpc}],
+                                            "receipt_timeout_secs": 30}},
+                "schemes": [{"id": "v1-eip155-exact", "chains": "eip155:*"},
+                            {"id": "v2-eip155-exact", "chains": "eip155:*"}],
+            }, indent=1))
+            # cwd: it reads a .env from its working directory.
+            proc = Proc(name, [str(X402_RS), "--config", str(conf)], SUT_CPU,
+                        dict(env, RUST_LOG="warn"), cwd=WORK)
+        elif s.chain_facilitator == "ts":
+            proc = Proc(name, ["node", "server.mjs"], SUT_CPU,
+                        dict(env, RPC_URL=rpc, LISTEN_PORT=str(port), NODE_ENV="production"),
+                        cwd=HERE / "peers/ts-facilitator")
+        else:
+            return None, ""
+        wait_http(proc, port, "/supported", 200)
+        return proc, url
 
     # --- payment headers -------------------------------------------------------------------
     def headers_for(self, challenge_b64: str) -> Path:
@@ -360,6 +483,8 @@ class Bench:
             stdout=subprocess.DEVNULL, stderr=open(WORK / "perf.log", "ab"))
 
     def run_scenario(self, s: Scenario) -> dict:
+        if s.e2e:
+            return self.run_e2e(s)
         port = PORTS["upstream_sut" if s.system == "upstream" else s.system]
         if not port_free(port):
             raise SystemExit(f"port {port} is in use (needed for {s.key})")
@@ -372,6 +497,7 @@ class Bench:
                 if not challenge:
                     raise SystemExit(f"{s.key}: no PAYMENT-REQUIRED header on {s.path}")
                 header_file = self.headers_for(challenge)
+                offset = self.offsets.get(header_file, 0)
             duration = s.duration or self.args.duration
             warm = self.wrk(port, s, self.args.warmup, header_file, offset)
             offset += warm["used"]
@@ -379,6 +505,8 @@ class Bench:
             before = proc.cpu_seconds()
             r = self.wrk(port, s, duration, header_file, offset)
             cpu = proc.cpu_seconds() - before
+            if header_file:
+                self.offsets[header_file] = offset + r["used"]
             if perf:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(timeout=120)
@@ -406,6 +534,138 @@ class Bench:
             f"errors {row['errors']}")
         return row
 
+    # --- end-to-end rows (real chain) -------------------------------------------------------
+    def e2e_unavailable(self, s: Scenario) -> str:
+        """Why an end-to-end row cannot run here ("" when it can)."""
+        if s.chain_facilitator == "x402-rs" and not X402_RS.exists():
+            return f"x402-rs 0.12.5 is not installed at {X402_RS} (benches/load/run.sh installs it)"
+        if s.chain_facilitator == "ts" and not (
+                HERE / "peers/ts-facilitator/node_modules/@x402/core").exists():
+            return "benches/load/peers/ts-facilitator has no node_modules (run.sh runs npm ci)"
+        if s.system == "gateway":
+            # The deferred rows need a gateway that knows [payment.deferred] and batching:
+            # a build without them refuses the config, and the row says so instead of failing
+            # the whole run.
+            conf, env = self.gateway_config(s, PORTS["gateway"], f"check-{s.key}",
+                                            f"http://127.0.0.1:{PORTS['e2e_facilitator']}")
+            out = subprocess.run([str(target_dir() / "release/x402-gateway"), "check",
+                                  "--config", str(conf)], capture_output=True, text=True,
+                                 env=dict(os.environ, **env), timeout=60)
+            if out.returncode != 0:
+                lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines()
+                         if ln.strip()]
+                why = next((ln for ln in lines if "deferred" in ln or "batch" in ln),
+                           lines[0] if lines else f"exit {out.returncode}")
+                why = re.sub(r"\s*\(known here:.*\)", "", why).lstrip("- ")
+                return f"this gateway build refuses the row's config ({why})"
+        return ""
+
+    def probe_paid(self, port: int, path: str, header_file: Path, line: int) -> str:
+        """Sends pre-signed header number `line` once; returns "STATUS X-PAYMENT-STATUS"."""
+        with open(header_file) as f:
+            for i, h in enumerate(f):
+                if i == line:
+                    break
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"PAYMENT-SIGNATURE": h.strip()})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return f"{r.status} {r.headers.get('x-payment-status', '')}".strip()
+        except urllib.error.HTTPError as e:
+            return f"{e.code} {e.headers.get('x-payment-status', '')}".strip()
+
+    def run_e2e(self, s: Scenario) -> dict:
+        """One end-to-end row: warm-up and measured run with unique pre-signed payments
+        against a server whose facilitator settles on the local chain, then (after deferred
+        settlements drained) the on-chain exactly-once check, gas and settlement lag."""
+        base = {"key": s.key, "label": s.label, "e2e": s.e2e, "deferred": s.deferred}
+        why = self.e2e_unavailable(s)
+        if why:
+            log(f"{s.key}: not run: {why}")
+            return dict(base, skipped=why)
+        port = PORTS[s.system]
+        if not port_free(port):
+            raise SystemExit(f"port {port} is in use (needed for {s.key})")
+        rpc_url = self.start_chain()
+        rpc = e2e.Rpc(rpc_url)
+        conns = s.connections or self.args.connections
+        procs: list[Proc] = []
+        journal = WORK / f"sut-{s.key}-journal.db"
+        try:
+            fac, fac_url = self.start_chain_facilitator(s)
+            if fac:
+                procs.append(fac)
+            proc = self.start_system(s, port, fac_url)
+            procs.append(proc)
+            headers = wait_http(proc, port, s.path, s.ready_status)
+            challenge = headers.get("payment-required")
+            if not challenge:
+                raise SystemExit(f"{s.key}: no PAYMENT-REQUIRED header on {s.path}")
+            header_file = self.headers_for(challenge)
+            start = self.offsets.get(header_file, 0)
+            with e2e.BlockWatcher(rpc_url, cpu=int(LOAD_CPU)) as watcher:
+                first = rpc.block_number() + 1
+                before = (rpc.usdc_balance(USDC, PAYER, first - 1),
+                          rpc.usdc_balance(USDC, PAY_TO, first - 1))
+                probe = ""
+                if s.deferred:
+                    # One paid request first: a deferred answer says so (X-PAYMENT-STATUS).
+                    probe = self.probe_paid(port, s.path, header_file, start)
+                    if probe != "200 queued":
+                        log(f"{s.key}: a paid request answered {probe!r}, not '200 queued'")
+                warm = self.wrk(port, s, self.args.warmup, header_file,
+                                start + (1 if s.deferred else 0))
+                cpu_before = sum(p.cpu_seconds() for p in procs)
+                r = self.wrk(port, s, s.duration or self.args.duration, header_file,
+                             start + (1 if s.deferred else 0) + warm["used"])
+                cpu = sum(p.cpu_seconds() for p in procs) - cpu_before
+                used = warm["used"] + r["used"] + (1 if s.deferred else 0)
+                self.offsets[header_file] = start + used
+                drained, drain_s = True, 0.0
+                if s.system == "gateway" and s.journal:
+                    timeout = DEFERRED_DRAIN_S if s.deferred else 30
+                    drained, drain_s = e2e.wait_drained(journal, JOURNAL_DONE, timeout)
+                    if not drained:
+                        log(f"{s.key}: journal not drained after {drain_s:.0f} s")
+                # Stopped before the range closes: what a stopping server still settles
+                # (a drain on SIGTERM) belongs to this row.
+                for p in procs:
+                    if not p.alive():
+                        raise SystemExit(f"{s.key}: {p.name} died; see {p.logfile}")
+                for p in reversed(procs):
+                    p.stop()
+                watcher.wait_quiet(quiet=1.0, timeout=30)
+                last = rpc.block_number()
+        finally:
+            for p in reversed(procs):
+                p.stop()
+        seconds = r["duration_us"] / 1e6
+        ok = r["requests"] - r["non_2xx"]
+        ok_all = ok + warm["requests"] - warm["non_2xx"] + (probe.startswith("200 "))
+        check = e2e.chain_check(
+            rpc, first=first, last=last, before=before, usdc=USDC, topic=AUTHORIZATION_USED,
+            payer=PAYER, pay_to=PAY_TO, signer=SIGNER, price=PRICE_ATOMIC,
+            presigned=e2e.header_nonces(header_file, start, used), ok_responses=ok_all,
+            connections=conns)
+        row = dict(
+            base, connections=conns, requests=r["requests"], ok=ok, rps=ok / seconds,
+            p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000, non_2xx=r["non_2xx"],
+            errors=r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"],
+            cpu_us=cpu * 1e6 / max(ok, 1), warmup_ok=warm["requests"] - warm["non_2xx"],
+            drained=drained, drain_s=drain_s, watcher_polls=watcher.polls, probe=probe,
+            **{k: v for k, v in check.items() if k not in ("tx_block", "nonces")})
+        if s.system == "gateway" and s.journal and journal.exists():
+            row.update(e2e.journal_check(journal, check["nonces"], check["tx_block"],
+                                         watcher.first_seen))
+        lag = ("before response" if not s.deferred else
+               f"p50 {fmt_ms(row.get('lag_p50_ms'))}, p99 {fmt_ms(row.get('lag_p99_ms'))}")
+        log(f"{s.key}: {row['rps']:,.1f} paid req/s, p50 {row['p50_ms']:.2f} ms, p99 "
+            f"{row['p99_ms']:.2f} ms; settled {row['settled']} on chain for {ok_all} 2xx "
+            f"(sent {row['sent']}), exactly once: {row['exactly_once']}; lag {lag}; "
+            f"gas/payment {fmt_num(row['gas_per_payment'], 0)}, tx/1000 "
+            f"{fmt_num(row['tx_per_1000'], 1)}; non-2xx {row['non_2xx']}, errors {row['errors']}")
+        return row
+
     def run(self) -> None:
         WORK.mkdir(parents=True, exist_ok=True)
         scenarios = list(SCENARIOS)
@@ -418,6 +678,10 @@ class Bench:
                         s, key=s.key + "_base", label=s.label + " — baseline binary",
                         binary=self.args.baseline))
                 scenarios.append(s)
+        if self.args.only and "e2e" in self.args.only:
+            # The end-to-end table and the rows its ratios refer to.
+            self.args.only = [k for k in self.args.only if k != "e2e"] + list(E2E_REFERENCE) + [
+                s.key for s in E2E_SCENARIOS]
         wanted = [s for s in scenarios if not self.args.only or s.key in self.args.only
                   or s.key.removesuffix("_base") in self.args.only]
         if self.args.skip:
@@ -428,6 +692,8 @@ class Bench:
                 self.results.append(self.run_scenario(s))
         finally:
             self.stop_all()
+        for f in self.header_files.values():
+            f.unlink(missing_ok=True)  # tens of MB each; signed afresh by every run
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         (WORK / f"results-{stamp}.json").write_text(json.dumps(self.results, indent=1))
         if not self.args.no_doc:
@@ -481,7 +747,143 @@ def ratio(rows: dict, a: str, b: str, what: str = "rps") -> str:
     return f"{rows[a][what] / rows[b][what]:.2f}×"
 
 
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v / 1000:.2f} s" if abs(v) >= 1000 else f"{v:.0f} ms"
+
+
+def fmt_num(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def replace_section(text: str, begin: str, end: str, generated: str) -> str:
+    if begin in text and end in text:
+        return text[: text.index(begin)] + generated + text[text.index(end) + len(end):]
+    return text.rstrip("\n") + "\n\n" + generated + "\n"
+
+
 def write_doc(results: list[dict], args: argparse.Namespace) -> None:
+    """Rewrites the generated section(s) of docs/benchmarks.md: the main table when the run had
+    rows of it (beyond the end-to-end table's reference rows), the end-to-end table when the
+    run had end-to-end rows."""
+    main_rows = [r for r in results if not r.get("e2e")]
+    e2e_rows = [r for r in results if r.get("e2e")]
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if main_rows and not (e2e_rows and all(r["key"] in E2E_REFERENCE for r in main_rows)):
+        text = replace_section(text, BEGIN, END, main_section(main_rows, args))
+    if e2e_rows:
+        text = replace_section(text, E2E_BEGIN, E2E_END, e2e_section(results, args))
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+    log(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def e2e_section(results: list[dict], args: argparse.Namespace) -> str:
+    rows = {r["key"]: r for r in results}
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    conns = sorted({r["connections"] for r in results if r.get("e2e") and "skipped" not in r})
+    out = [E2E_BEGIN, "", f"Latest run: {now}, `benches/load/run.sh {' '.join(args.argv)}`"
+           .rstrip(), ""]
+    out += machine()
+    out += [
+        f"- x402-rs {X402_RS_VERSION} facilitator (crates.io binary); official TypeScript "
+        f"facilitator @x402/core "
+        f"{lock_version(HERE / 'peers/ts-facilitator/package-lock.json', '@x402/core')}, "
+        f"viem {lock_version(HERE / 'peers/ts-facilitator/package-lock.json', 'viem')}; anvil "
+        f"{lock_version(ROOT / 'tools/node/package-lock.json', '@foundry-rs/anvil-linux-amd64')}"
+        " (automine: a block is mined as soon as transactions arrive), chain id "
+        "84532, Circle's FiatTokenV2_2 behind its proxy at the Base Sepolia USDC address.",
+        f"- Server and facilitator (in-process or its own process) pinned to CPU {SUT_CPU}; "
+        f"wrk, the upstream, anvil and the block watcher to CPU {LOAD_CPU}. "
+        f"{', '.join(map(str, conns)) or args.connections} connections, {args.warmup} s "
+        f"warm-up then {args.duration} s measured per row; every request carries a fresh "
+        "pre-signed payment, never sent twice in the run.",
+        "",
+        "| row | paid req/s | p50 ms | p99 ms | settlement lag p50 / p99 | gas per payment | "
+        "tx per 1,000 payments | settled on chain / 2xx | exactly once |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    e2e_rows = [r for r in results if r.get("e2e")]
+    for r in e2e_rows:
+        if "skipped" in r:
+            out.append(f"| {r['label']} | not run: {r['skipped']} | | | | | | | |")
+            continue
+        lag = ("before response" if not r["deferred"] else
+               f"{fmt_ms(r.get('lag_p50_ms'))} / {fmt_ms(r.get('lag_p99_ms'))}")
+        once = "yes" if r["exactly_once"] and r.get("journal_matches_chain", True) else "**no**"
+        if not r["drained"]:
+            once = (f"**incomplete**: queue not drained after {r['drain_s']:.0f} s "
+                    f"({r['ok_responses'] - r['settled']:,} paid answers not settled yet)")
+        elif r["exactly_once"] and not r["count_ok"]:
+            once += (f" ({r['settled_without_2xx']:,} settled without a counted 2xx: more than "
+                     f"wrk's {2 * r['connections']} abandoned)")
+        out.append(
+            f"| {r['label']} | {r['rps']:,.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {lag} | "
+            f"{fmt_num(r['gas_per_payment'], 0)} | {fmt_num(r['tx_per_1000'], 1)} | "
+            f"{r['settled']:,} / {r['ok_responses']:,} | {once} |")
+    if "gw_free" in rows:
+        f = rows["gw_free"]
+        out.append(f"| reference: {f['label']} (no payment) | {f['rps']:,.0f} | "
+                   f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | | | | | |")
+    ran = [r for r in e2e_rows if "skipped" not in r]
+    if ran:
+        out += ["", "The on-chain check of each row (blocks of the row's warm-up, measured run and "
+                "drain):", "",
+                "| row | blocks | payments sent | 2xx | settled (`AuthorizationUsed`) | nonces "
+                "unique, all sent by the row | payer Δ / pay_to Δ (USDC) | settlement tx "
+                "(reverted) | journal | non-2xx | errors |",
+                "|---|---|---:|---:|---:|---|---|---:|---|---:|---:|"]
+        for r in ran:
+            nonces = "yes" if r["unique"] and not r["foreign_nonces"] else (
+                f"**no** ({r['foreign_nonces']} foreign, unique: {r['unique']})")
+            if "journal_rows" in r:
+                states = ", ".join(f"{k} {v:,}" for k, v in sorted(r["journal_states"].items()))
+                agree = ("= chain" if r.get("journal_exact", r["journal_matches_chain"]) else
+                         "consistent with the chain" if r["journal_matches_chain"] else
+                         "**≠ chain**")
+                journal = (f"{states}; {agree}"
+                           + ("" if r["drained"] else f"; **not drained** after "
+                              f"{r['drain_s']:.0f} s"))
+            else:
+                journal = "—"
+            out.append(
+                f"| {r['e2e']} | {r['blocks'][0]}–{r['blocks'][1]} | {r['sent']:,} | "
+                f"{r['ok_responses']:,} | {r['settled']:,} | {nonces} | "
+                f"−{r['payer_delta'] / 1e6:,.3f} / +{r['pay_to_delta'] / 1e6:,.3f} | "
+                f"{r['settle_txs']:,} ({r['reverted_txs']}) | {journal} | {r['non_2xx']} | "
+                f"{r['errors']} |")
+    for r in ran:
+        if r["deferred"] and r.get("probe") != "200 queued":
+            out += ["", f"Row {r['e2e']}: a paid request answered `{r.get('probe')}`, not "
+                    "`200` with `X-PAYMENT-STATUS: queued`."]
+    targets: list[str] = []
+
+    def have(*keys: str) -> bool:
+        return all(k in rows and "skipped" not in rows[k] for k in keys)
+
+    if have("e2e_b", "e2e_a"):
+        targets.append(f"| b ÷ a, paid req/s | {ratio(rows, 'e2e_b', 'e2e_a')} | ≥ 20× |")
+    if have("e2e_b", "e2e_d"):
+        targets.append(f"| b ÷ d, paid req/s | {ratio(rows, 'e2e_b', 'e2e_d')} | ≥ 100× |")
+    if have("e2e_b", "gw_free"):
+        targets.append(f"| b p50 ÷ gateway free-route p50 | "
+                      f"{ratio(rows, 'e2e_b', 'gw_free', 'p50_ms')} | ≤ 2× |")
+    if have("e2e_b", "e2e_a") and rows["e2e_a"]["gas_per_payment"]:
+        share = rows["e2e_b"]["gas_per_payment"] / rows["e2e_a"]["gas_per_payment"]
+        targets.append(f"| gas per payment, b ÷ a | {share * 100:.0f}% | ≤ 40% |")
+    for k in ("e2e_b", "e2e_b_verify", "e2e_c"):
+        if have(k):
+            targets.append(f"| settlement lag p99, {rows[k]['e2e']} | "
+                           f"{fmt_ms(rows[k].get('lag_p99_ms'))} | ≤ max_delay "
+                           f"({DEFERRED_MAX_DELAY_S} s) + 2 blocks |")
+    if targets:
+        out += ["", "| target (this run) | measured | target |", "|---|---:|---|", *targets]
+    out += ["", E2E_END]
+    return "\n".join(out)
+
+
+def main_section(results: list[dict], args: argparse.Namespace) -> str:
     rows = {r["key"]: r for r in results}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = [BEGIN, "", f"Latest run: {now}, `benches/load/run.sh {' '.join(args.argv)}`".rstrip(),
@@ -560,15 +962,7 @@ def write_doc(results: list[dict], args: argparse.Namespace) -> None:
             out.append(f"| {rows[k]['label']} | {ratio(rows, k, k + '_base')} | "
                        f"{ratio(rows, k, k + '_base', 'cpu_us')} | within 5% |")
     out += ["", END]
-    generated = "\n".join(out)
-    if DOC.exists() and BEGIN in DOC.read_text():
-        text = DOC.read_text()
-        text = text[: text.index(BEGIN)] + generated + text[text.index(END) + len(END):]
-    else:
-        DOC.parent.mkdir(exist_ok=True)
-        text = "# Benchmarks\n\n" + generated + "\n"
-    DOC.write_text(text)
-    log(f"wrote {DOC.relative_to(ROOT)}")
+    return "\n".join(out)
 
 
 def main() -> None:

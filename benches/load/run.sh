@@ -5,6 +5,8 @@
 #                                           scenario, write docs/benchmarks.md
 #   benches/load/run.sh --only gw_free,pingora --duration 5     a subset (keys: bench.py --help)
 #   benches/load/run.sh --build-only        build everything the benchmark runs, run nothing
+#   benches/load/run.sh --only e2e --duration 15     the end-to-end table on anvil (rows a-e
+#                                           and the gateway's free route; keys e2e_a ... e2e_e)
 #
 # Loopback only, bounded in time (warm-up + --duration per scenario). Logs and raw results:
 # .local/bench/. Needs 2+ CPUs: the system under test is pinned to CPU 0, the load to CPU 1.
@@ -21,14 +23,24 @@ cargo build --release --locked --quiet --bin x402-gateway --example bare_pingora
 echo "building the x402-axum peer (release, own lock file)..." >&2
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/axum-peer" \
   cargo build --release --locked --quiet --manifest-path benches/load/peers/axum/Cargo.toml
-dir=benches/load/peers/express
-if [ ! -d "$dir/node_modules/@x402/express" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
-  echo "installing the @x402/express peer's packages..." >&2
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+# The end-to-end table's x402-rs facilitator (crates.io binary), cached outside the checkout.
+X402_RS_ROOT="$HOME/.cache/x402-gateway/x402-rs-0.12.5"
+if [ ! -x "$X402_RS_ROOT/bin/x402-rs" ]; then
+  echo "installing the x402-rs 0.12.5 facilitator into $X402_RS_ROOT (once; ~10 min)..." >&2
+  # Its own temporary build directory (removed afterwards), not the gateway's target dir.
+  env -u CARGO_TARGET_DIR cargo install x402-rs --version 0.12.5 --locked --quiet --root "$X402_RS_ROOT"
 fi
+for dir in benches/load/peers/express benches/load/peers/ts-facilitator; do
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "installing the packages of $dir..." >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+  node --check "$dir/server.mjs"
+done
 ensure_node_tools
-python3 -c "import ast,sys; ast.parse(open(sys.argv[1]).read())" benches/load/bench.py
-node --check "$dir/server.mjs"
+for f in bench.py e2e.py; do
+  python3 -c "import ast,sys; ast.parse(open(sys.argv[1]).read())" "benches/load/$f"
+done
 if [ -n "$build_only" ]; then
   echo "load benchmark built (not run)" >&2
   exit 0
