@@ -89,6 +89,7 @@ class Scenario:
     chain_facilitator: str = ""  # embedded | gateway-http | x402-rs | ts
     deferred: bool = False  # route settlement = "deferred" (with [payment.deferred])
     batch: bool = False  # the embedded facilitator batches (batch_max, batch_window)
+    facilitator_extra: str = ""  # more [facilitator] lines
 
 
 SCENARIOS = [
@@ -136,6 +137,10 @@ E2E_SCENARIOS = [
     Scenario("e2e_a", "a. x402-gateway, after_response, embedded facilitator", "gateway",
              "/paid", paid=True, ready_status=402, embedded=True, e2e="a",
              chain_facilitator="embedded"),
+    Scenario("e2e_a_sync", "a'. x402-gateway, after_response, embedded facilitator, "
+             "sync_batch_window 20ms", "gateway", "/paid", paid=True, ready_status=402,
+             embedded=True, e2e="a'", chain_facilitator="embedded",
+             facilitator_extra='\nsync_batch_window = "20ms"'),
     Scenario("e2e_b", "b. x402-gateway, deferred, embedded facilitator, batched, local "
              "verification", "gateway", "/paid", paid=True, ready_status=402, embedded=True,
              e2e="b", chain_facilitator="embedded", deferred=True, batch=True,
@@ -365,7 +370,7 @@ class Bench:
         """Renders a gateway's config file; returns it and the environment it needs."""
         env = {}
         if s.embedded:
-            facilitator = self.embedded_facilitator(s.batch)
+            facilitator = self.embedded_facilitator(s.batch) + s.facilitator_extra
             env["FACILITATOR_KEY"] = FACILITATOR_KEY
         else:
             facilitator = f'url = "{facilitator_url}"'
