@@ -107,6 +107,9 @@ struct Chain {
     next: AtomicUsize,
     /// The latest block's gas limit, read at the first batch; 0: not read yet.
     block_gas_limit: AtomicU64,
+    /// Gas per payment of the batches mined so far (the largest seen); 0: none yet, so the next
+    /// batch's gas is estimated by the node.
+    batch_gas: AtomicU64,
 }
 
 impl Chain {
@@ -275,6 +278,7 @@ impl EmbeddedFacilitator {
                 url: url.clone(),
                 signers,
                 next: AtomicUsize::new(0),
+                batch_gas: AtomicU64::new(0),
                 block_gas_limit: AtomicU64::new(0),
             });
         }

@@ -194,7 +194,12 @@ impl Payments {
     ) -> Self {
         Payments {
             metrics,
-            deferred: deferred::Deferred::new(config.deferred.clone()),
+            deferred: deferred::Deferred::new(
+                config.deferred.clone(),
+                config.facilitator.embedded.as_ref().map_or(1, |e| {
+                    e.batch.max.saturating_mul(e.signer_keys.len().max(1)) * 4
+                }),
+            ),
             recovered: std::sync::atomic::AtomicBool::new(journal.is_none()),
             handover: std::sync::Mutex::new(None),
             journal,
@@ -410,6 +415,11 @@ impl Payments {
             }
         }
         let mut payment = Payment::new(verified, mode, hold, route.rule.path.clone(), url.clone());
+        // Over a cap with a batching facilitator: settled before release, but in the shared
+        // transactions (a single one each would only slow the chain down further).
+        payment.shared = route.rule.settlement == SettlementMode::Deferred
+            && mode == SettlementMode::AfterResponse
+            && self.verifier.facilitator().batches();
         payment.reservation = reservation;
         let websocket = route.rule.websocket && !unlisted;
         Admission::Forward(Box::new(Forward {

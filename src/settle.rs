@@ -98,6 +98,9 @@ pub struct Payment {
     pub journal_id: Option<i64>,
     /// Deferred: the unsettled value it holds against the caps (given back when dropped).
     pub reservation: Option<crate::payments::deferred::Reservation>,
+    /// Settled through the facilitator's shared transactions (`settle_deferred`), still before
+    /// release: a deferred route's payment over a cap, with a batching facilitator.
+    pub shared: bool,
     state: PaymentState,
     hold: Option<Hold>,
 }
@@ -134,6 +137,7 @@ impl Payment {
             verified_at: crate::limiter::now_ms(),
             journal_id: None,
             reservation: None,
+            shared: false,
             state,
             hold: None,
         }
@@ -262,7 +266,11 @@ impl Settler {
         }
         let guard = payment.hold.take().map(Hold::consume);
         let v = &payment.verified;
-        let outcome = classify(self.facilitator.settle(&v.facilitator_body).await);
+        let outcome = classify(if payment.shared {
+            self.facilitator.settle_deferred(&v.facilitator_body).await
+        } else {
+            self.facilitator.settle(&v.facilitator_body).await
+        });
         if outcome.frees_authorization() {
             if let Some(g) = &guard {
                 g.forget(&v.key);

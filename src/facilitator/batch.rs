@@ -48,6 +48,8 @@ alloy::sol! {
 /// A batch's gas must stay under this share of the block gas limit (1/3): it fits a block
 /// with room for other transactions, so it is not held back waiting for an emptier one.
 const BLOCK_SHARE: u64 = 3;
+/// Gas of a batch beyond its payments' own (the transaction, the first cold accesses).
+const BATCH_OVERHEAD_GAS: u64 = 80_000;
 /// Assumed when the block gas limit cannot be read (a common limit; the share stays safe).
 const FALLBACK_BLOCK_GAS_LIMIT: u64 = 30_000_000;
 
@@ -324,9 +326,24 @@ impl Planner for OnChain<'_> {
         )
     }
 
+    /// The node's estimate for the first batch; then, from the gas per payment of the batches
+    /// mined (the largest seen), with a margin: `eth_estimateGas` runs the batch several times
+    /// on the node, which on a busy node costs more than the batch itself. A batch that runs out
+    /// of gas reverts whole (nothing settled): its payments are settled one by one and the next
+    /// batch is estimated by the node again.
     async fn estimate(&self, items: &[Item]) -> Estimate {
-        let tx = self.core.aggregate_request(self.chain, items);
         let cap = self.core.block_gas_limit(self.chain).await / BLOCK_SHARE;
+        let learned = self.chain.batch_gas.load(Ordering::Relaxed);
+        if learned > 0 {
+            let n = u64::try_from(items.len()).unwrap_or(u64::MAX);
+            let gas = BATCH_OVERHEAD_GAS.saturating_add(learned.saturating_mul(5) / 4 * n);
+            return if gas <= cap {
+                Estimate::Fits(gas)
+            } else {
+                Estimate::Split
+            };
+        }
+        let tx = self.core.aggregate_request(self.chain, items);
         match self
             .core
             .rpc(self.chain, self.chain.reader.estimate_gas(tx).into_future())
@@ -484,8 +501,12 @@ impl Core {
         };
         if !receipt.status() {
             tracing::warn!(tx = %hash, payments = group.len(), "batch transaction reverted: nothing settled; settling its payments one by one");
+            c.batch_gas.store(0, Ordering::Relaxed);
             return self.one_by_one(chain, group).await;
         }
+        let n = u64::try_from(group.len()).unwrap_or(u64::MAX).max(1);
+        c.batch_gas
+            .fetch_max(receipt.gas_used / n, Ordering::Relaxed);
         let logs = receipt.inner.logs();
         let mut out = Vec::with_capacity(group.len());
         let mut failed = 0usize;

@@ -118,6 +118,10 @@ pub struct Job {
 /// The deferred queue, the exposure book and the payers settled first.
 pub struct Deferred {
     config: DeferredConfig,
+    /// Settlements handed to a batching facilitator at once: four batches per signer (being
+    /// simulated, sent, mined, filling), so that the rest wait here, where `max_delay` sees
+    /// them.
+    batch_budget: usize,
     book: Arc<Mutex<Book>>,
     jobs: Mutex<VecDeque<Job>>,
     notify: Notify,
@@ -132,10 +136,12 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    /// An empty queue with `config`'s caps.
-    pub fn new(config: DeferredConfig) -> Self {
+    /// An empty queue with `config`'s caps; `batch_budget`: settlements handed to a batching
+    /// facilitator at once.
+    pub fn new(config: DeferredConfig, batch_budget: usize) -> Self {
         Deferred {
             config,
+            batch_budget: batch_budget.max(1),
             book: Arc::default(),
             jobs: Mutex::default(),
             notify: Notify::new(),
@@ -288,7 +294,7 @@ impl Payments {
     pub async fn run_deferred(self: Arc<Self>) {
         let facilitator = self.verifier.facilitator().clone();
         let limit = if facilitator.batches() {
-            4096
+            self.deferred().batch_budget
         } else {
             self.deferred().config.concurrency
         };
@@ -541,7 +547,7 @@ mod tests {
 
     #[test]
     fn caps_hold_and_come_back_when_reservations_drop() {
-        let d = Deferred::new(cfg());
+        let d = Deferred::new(cfg(), 1);
         let (a, b, c) = (
             Address::repeat_byte(1),
             Address::repeat_byte(2),
@@ -568,7 +574,7 @@ mod tests {
 
     #[test]
     fn threshold_expiry_flags_and_backlog_fall_back() {
-        let d = Deferred::new(cfg());
+        let d = Deferred::new(cfg(), 1);
         let a = Address::repeat_byte(1);
         assert_eq!(
             d.reserve(a, 101, FAR, Some(100), 0).unwrap_err(),
