@@ -23,7 +23,7 @@ use x402_gateway::config::{BatchConfig, EmbeddedConfig, Secret};
 use x402_gateway::facilitator::EmbeddedFacilitator;
 use x402_gateway::journal::reconcile::{Outcome, Reconciler};
 use x402_gateway::journal::{Entry, JournalState};
-use x402_gateway::protocol::{v2, ErrorReason, Network, PaymentPayload, SettleResponse};
+use x402_gateway::protocol::{ErrorReason, Network, PaymentPayload, SettleResponse};
 use x402_gateway::verify::{Facilitator, ReplayKey};
 
 alloy::sol! {
@@ -138,38 +138,8 @@ fn batching(max: usize, window: Duration) -> BatchConfig {
 /// A facilitator request for a freshly signed payment of `PRICE` from `payer` to `PAY_TO`, and
 /// its nonce.
 fn request(payer: &PrivateKeySigner) -> (String, B256) {
-    let requirements = v2::PaymentRequirements {
-        scheme: "exact".into(),
-        network: "eip155:84532".into(),
-        amount: PRICE.to_string(),
-        asset: USDC.into(),
-        pay_to: PAY_TO.into(),
-        max_timeout_seconds: 300,
-        extra: v2::Eip712Extra {
-            name: "USDC".into(),
-            version: "2".into(),
-        },
-    };
-    let required = v2::PaymentRequired {
-        x402_version: 2,
-        error: None,
-        resource: v2::ResourceInfo {
-            url: "http://x/y".into(),
-            description: String::new(),
-            mime_type: String::new(),
-        },
-        accepts: vec![requirements.clone()],
-    };
     let nonce = x402_gateway::client::random_nonce();
-    let header = x402_gateway::client::sign_v2(payer, &required, 0, now(), nonce).unwrap();
-    let payload =
-        String::from_utf8(x402_gateway::protocol::decode_header(header.as_bytes()).unwrap())
-            .unwrap();
-    let body = format!(
-        r#"{{"x402Version":2,"paymentPayload":{payload},"paymentRequirements":{}}}"#,
-        serde_json::to_string(&requirements).unwrap()
-    );
-    (body, nonce)
+    (facilitator_request(payer, &PRICE.to_string(), nonce), nonce)
 }
 
 /// Settles every body concurrently through `settle_deferred`; answers in order.

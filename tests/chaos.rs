@@ -380,26 +380,10 @@ async fn paid_requests_survive_seeded_chaos_on_a_real_chain() {
     let fac_config = dir.join("facilitator.toml");
     std::fs::write(
         &fac_config,
-        format!(
-            r#"
-[upstream]
-url = "http://127.0.0.1:9"
-[journal]
-enabled = false
-[facilitator]
-embedded = true
-rpc = {{ "eip155:84532" = "{rpc}" }}
-signer_keys = ["${{FACILITATOR_KEY}}"]
-settle_timeout = "3s"
-resolve_timeout = "3s"
-rpc_timeout = "2s"
-[payment]
-pay_to = "{PAYEE}"
-network = "base-sepolia"
-[[route]]
-path = "/x"
-price = "1000"
-"#
+        standalone_facilitator_config(
+            &rpc,
+            PAYEE,
+            "settle_timeout = \"3s\"\nresolve_timeout = \"3s\"\nrpc_timeout = \"2s\"",
         ),
     )
     .unwrap();

@@ -162,25 +162,7 @@ fn standalone(rpc: &str, port: u16, dir: &Path) -> KillOnDrop {
     let conf = dir.join("facilitator.toml");
     std::fs::write(
         &conf,
-        format!(
-            r#"
-[upstream]
-url = "http://127.0.0.1:9"
-[journal]
-enabled = false
-[facilitator]
-embedded = true
-rpc = {{ "eip155:84532" = "{rpc}" }}
-signer_keys = ["${{FACILITATOR_KEY}}"]
-settle_timeout = "30s"
-[payment]
-pay_to = "{PAY_TO}"
-network = "base-sepolia"
-[[route]]
-path = "/x"
-price = "1000"
-"#
-        ),
+        standalone_facilitator_config(rpc, PAY_TO, "settle_timeout = \"30s\""),
     )
     .unwrap();
     KillOnDrop(

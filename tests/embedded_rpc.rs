@@ -12,10 +12,9 @@ use std::time::Duration;
 use common::*;
 use x402_gateway::config::{EmbeddedConfig, Secret};
 use x402_gateway::facilitator::EmbeddedFacilitator;
-use x402_gateway::protocol::{v2, ErrorReason, Network};
+use x402_gateway::protocol::{ErrorReason, Network};
 use x402_gateway::verify::{Facilitator, FacilitatorError};
 
-const USDC: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
 /// Anvil dev key 0 (public test material).
 const SIGNER: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
@@ -92,43 +91,7 @@ async fn facilitator(rpc: &MockServer, settle_timeout: Duration) -> EmbeddedFaci
 
 /// A facilitator request for a freshly signed payment of 1000 to `PAY_TO`.
 fn request() -> String {
-    let requirements = v2::PaymentRequirements {
-        scheme: "exact".into(),
-        network: "eip155:84532".into(),
-        amount: "1000".into(),
-        asset: USDC.into(),
-        pay_to: PAY_TO.into(),
-        max_timeout_seconds: 300,
-        extra: v2::Eip712Extra {
-            name: "USDC".into(),
-            version: "2".into(),
-        },
-    };
-    let required = v2::PaymentRequired {
-        x402_version: 2,
-        error: None,
-        resource: v2::ResourceInfo {
-            url: "http://x/y".into(),
-            description: String::new(),
-            mime_type: String::new(),
-        },
-        accepts: vec![requirements.clone()],
-    };
-    let header = x402_gateway::client::sign_v2(
-        &payer(),
-        &required,
-        0,
-        now(),
-        x402_gateway::client::random_nonce(),
-    )
-    .unwrap();
-    let payload =
-        String::from_utf8(x402_gateway::protocol::decode_header(header.as_bytes()).unwrap())
-            .unwrap();
-    format!(
-        r#"{{"x402Version":2,"paymentPayload":{payload},"paymentRequirements":{}}}"#,
-        serde_json::to_string(&requirements).unwrap()
-    )
+    facilitator_request(&payer(), "1000", x402_gateway::client::random_nonce())
 }
 
 /// Runs `f`, which must finish well within `limit` (a stalled RPC used to hang it forever).

@@ -1080,3 +1080,60 @@ pub struct Stopped {
     /// What failed.
     pub errors: Vec<String>,
 }
+
+/// A facilitator request body (`/verify`, `/settle`) for a payment signed now by `payer`:
+/// `amount` atomic units of Base Sepolia USDC to `PAY_TO`, with `nonce`.
+pub fn facilitator_request(payer: &PrivateKeySigner, amount: &str, nonce: B256) -> String {
+    let requirements = v2::PaymentRequirements {
+        scheme: "exact".into(),
+        network: "eip155:84532".into(),
+        amount: amount.into(),
+        asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+        pay_to: PAY_TO.into(),
+        max_timeout_seconds: 300,
+        extra: v2::Eip712Extra {
+            name: "USDC".into(),
+            version: "2".into(),
+        },
+    };
+    let required = v2::PaymentRequired {
+        x402_version: 2,
+        error: None,
+        resource: v2::ResourceInfo {
+            url: "http://x/y".into(),
+            description: String::new(),
+            mime_type: String::new(),
+        },
+        accepts: vec![requirements.clone()],
+    };
+    let header = client::sign_v2(payer, &required, 0, now(), nonce).unwrap();
+    let payload = String::from_utf8(protocol::decode_header(header.as_bytes()).unwrap()).unwrap();
+    format!(
+        r#"{{"x402Version":2,"paymentPayload":{payload},"paymentRequirements":{}}}"#,
+        serde_json::to_string(&requirements).unwrap()
+    )
+}
+
+/// The config of `x402-gateway facilitator` (embedded on the chain at `rpc`, paying `pay_to`),
+/// with `extra` lines in its `[facilitator]`.
+pub fn standalone_facilitator_config(rpc: &str, pay_to: &str, extra: &str) -> String {
+    format!(
+        r#"
+[upstream]
+url = "http://127.0.0.1:9"
+[journal]
+enabled = false
+[facilitator]
+embedded = true
+rpc = {{ "eip155:84532" = "{rpc}" }}
+signer_keys = ["${{FACILITATOR_KEY}}"]
+{extra}
+[payment]
+pay_to = "{pay_to}"
+network = "base-sepolia"
+[[route]]
+path = "/x"
+price = "1000"
+"#
+    )
+}
