@@ -80,6 +80,7 @@ max_timeout_seconds = 300
 max_per_payer = "$10"
 max_total = "$10"
 max_delay = "10s"
+concurrency = 8
 [[route]]
 path = "/paid"
 price = "$0.001"
