@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local chain: anvil (from npm, project-local) with chain id 84532 and Circle's real USDC at the
+# Local chain: anvil (from npm, project-local; no states persisted to disk: a long benchmark
+# otherwise leaves gigabytes in ~/.foundry) with chain id 84532 and Circle's real USDC at the
 # Base Sepolia address, payer funded.
 #   scripts/chain.sh start [PORT]   start (or reuse) anvil and deploy/fund USDC; prints the RPC URL
 #   scripts/chain.sh stop  [PORT]   stop the anvil started for PORT
@@ -25,7 +26,7 @@ case "${1:-}" in
     ensure_node_tools
     mkdir -p "$STATE"
     if ! rpc_up; then
-      tools/node/node_modules/.bin/anvil --host 127.0.0.1 --port "$PORT" --chain-id 84532 \
+      tools/node/node_modules/.bin/anvil --host 127.0.0.1 --port "$PORT" --chain-id 84532 --max-persisted-states 0 \
         --silent > "$STATE/chain-$PORT.log" 2>&1 &
       echo $! > "$PIDFILE"
       for _ in $(seq 100); do rpc_up && break; sleep 0.1; done
