@@ -280,7 +280,7 @@ impl Payments {
             from_block: None,
             created_at: p.verified_at,
             updated_at: now,
-            released: *p.state() == PaymentState::Queued,
+            released: false,
         }
     }
 
@@ -735,18 +735,19 @@ impl Payments {
     }
 
     /// Queues a deferred payment (durably) before its answer is released. Returns the answer
-    /// instead when the journal cannot record it (nothing is released then).
+    /// instead when the journal cannot record it: nothing is released or settled then, and the
+    /// authorization is given back (as in the other modes), so the same header may be retried.
     async fn defer(
         &self,
         payment: &mut Payment,
         route: Option<&Routed>,
         resource_url: &str,
     ) -> Option<HeadAction> {
-        payment.queue();
         if let Some(j) = &self.journal {
             payment.journal_id = Some(j.next_id());
         }
         let mut e = Self::entry(payment, JournalState::Queued);
+        e.released = true;
         e.from_block = self.reconciler.cached_head(payment.verified.key.chain_id);
         if self
             .queue_owed(e, payment.reservation.take())
@@ -754,24 +755,14 @@ impl Payments {
             .is_err()
         {
             tracing::error!(payer = %payment.verified.payer, "journal unwritable: deferred payment not released");
-            // Used from the guard's point of view, and never settled: the same header gets
-            // the same answer; the client signs a new payment once the journal is back.
-            let mut p = Payment::restored(
-                payment.verified.clone(),
-                payment.mode,
-                PaymentState::Released {
-                    reason: ErrorReason::JournalUnavailable,
-                },
-                payment.route.clone(),
-                payment.resource.clone(),
-            );
-            std::mem::swap(payment, &mut p);
+            payment.release(ErrorReason::JournalUnavailable);
             return Some(HeadAction::Replace(self.settlement_answer(
                 payment,
                 route,
                 resource_url,
             )));
         }
+        payment.queue();
         None
     }
 
