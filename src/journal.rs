@@ -530,6 +530,21 @@ impl Journal {
         );
     }
 
+    /// Moves a payment to `state` (queued), noting a block at or before which nothing of it was
+    /// sent (`from_block`, where log searches start).
+    pub fn transition_at(&self, id: i64, state: JournalState, from_block: Option<u64>) {
+        self.send(
+            Op::Transition {
+                id,
+                state,
+                transaction: None,
+                reason: None,
+                from_block,
+            },
+            None,
+        );
+    }
+
     /// Moves a payment to `state` and waits until it is durable (used for `settling`, before
     /// `/settle`).
     ///

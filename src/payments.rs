@@ -196,9 +196,12 @@ impl Payments {
             metrics,
             deferred: deferred::Deferred::new(
                 config.deferred.clone(),
-                config.facilitator.embedded.as_ref().map_or(1, |e| {
-                    e.batch.max.saturating_mul(e.signer_keys.len().max(1)) * 4
-                }),
+                match &config.facilitator.embedded {
+                    Some(e) if verifier.facilitator().batches() => {
+                        e.batch.max.saturating_mul(e.signer_keys.len().max(1)) * 4
+                    }
+                    _ => config.deferred.concurrency,
+                },
             ),
             recovered: std::sync::atomic::AtomicBool::new(journal.is_none()),
             handover: std::sync::Mutex::new(None),

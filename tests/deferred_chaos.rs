@@ -261,6 +261,18 @@ async fn crash_and_recover(remote: bool) {
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     drop(first);
+    // `settling` is written without waiting for it: a crash may leave a payment whose
+    // settlement was sent recorded `queued`. Rewind some so: recovery settles them again, and
+    // the chain (one transfer per EIP-3009 nonce) must keep them charged once.
+    let rewound = rusqlite::Connection::open(&journal_path)
+        .unwrap()
+        .execute(
+            "UPDATE payments SET state = 'queued' WHERE id IN \
+             (SELECT id FROM payments WHERE state = 'settling' ORDER BY id LIMIT 3)",
+            [],
+        )
+        .unwrap();
+    assert!(rewound > 0);
 
     let used = Filter::new()
         .address(USDC.parse::<Address>().unwrap())

@@ -9,12 +9,17 @@
 //! Rules (money safety):
 //! - A payment is deferred only within the caps of `[payment.deferred]`, for a payer with no
 //!   unpaid or troubled deferred payment, at or below the route's `settle_first_above`, while the
-//!   queue is not behind (`max_delay`), and with an authorization valid long enough to be
-//!   settled. Otherwise it is settled before release (`after_response`); a cap never refuses.
-//! - `queued` is durable in the journal before the answer is released; `settling` is durable
-//!   before the facilitator is called. A crash loses nothing: recovery queues `queued` rows
-//!   again, and reads `settling`/`unknown` ones from the chain (settling again those still unused:
-//!   the EIP-3009 nonce admits one transfer, so a second attempt can never charge twice).
+//!   queue can start it within half of `max_delay` (its length over the measured settlement
+//!   rate: settlements in flight ÷ their mean duration), and with an authorization valid long
+//!   enough to be settled. Otherwise it is settled before release (`after_response`); a cap
+//!   never refuses. The queue therefore holds what it can settle in time: under sustained
+//!   overload the settlement lag stays bounded and the excess is settled first.
+//! - `queued` is durable in the journal before the answer is released. `settling` is written
+//!   when the facilitator is called, without waiting for it: a `queued` row may therefore have
+//!   been sent already. A crash loses nothing: recovery settles `queued` rows again, and reads
+//!   `settling`/`unknown` ones from the chain first (settling again those still unused). The
+//!   EIP-3009 nonce admits one transfer, so a second attempt can never charge twice, and its
+//!   refusal is checked against the chain (below).
 //! - A settlement the facilitator did not receive is retried with backoff until shortly before
 //!   the authorization expires. A failure verdict is checked against the chain (another attempt
 //!   may have settled it); a payment whose fate is open is read again in the background, like
@@ -24,7 +29,7 @@
 //! embedded facilitator's `settle_deferred`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,10 +123,13 @@ pub struct Job {
 /// The deferred queue, the exposure book and the payers settled first.
 pub struct Deferred {
     config: DeferredConfig,
-    /// Settlements handed to a batching facilitator at once: four batches per signer (being
-    /// simulated, sent, mined, filling), so that the rest wait here, where `max_delay` sees
-    /// them.
-    batch_budget: usize,
+    /// Settlements in flight at once: `concurrency` for a facilitator settling one by one; for a
+    /// batching one four batches per signer (being simulated, sent, mined, filling), so that the
+    /// rest wait here, where `max_delay` sees them.
+    limit: usize,
+    /// Mean duration of one settlement attempt, in µs (moving average; a first guess of 1 s
+    /// until one is measured). With `limit` it gives the rate the queue is settled at.
+    attempt_us: AtomicU64,
     book: Arc<Mutex<Book>>,
     jobs: Mutex<VecDeque<Job>>,
     notify: Notify,
@@ -136,12 +144,12 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    /// An empty queue with `config`'s caps; `batch_budget`: settlements handed to a batching
-    /// facilitator at once.
-    pub fn new(config: DeferredConfig, batch_budget: usize) -> Self {
+    /// An empty queue with `config`'s caps; `limit`: settlements in flight at once.
+    pub fn new(config: DeferredConfig, limit: usize) -> Self {
         Deferred {
             config,
-            batch_budget: batch_budget.max(1),
+            limit: limit.max(1),
+            attempt_us: AtomicU64::new(FIRST_ATTEMPT_US),
             book: Arc::default(),
             jobs: Mutex::default(),
             notify: Notify::new(),
@@ -185,10 +193,7 @@ impl Deferred {
         if self.is_flagged(payer) {
             return Err(Fallback::Unpaid);
         }
-        if lock(&self.jobs)
-            .front()
-            .is_some_and(|j| now_ms.saturating_sub(j.queued_ms) >= delay / 2)
-        {
+        if self.behind(now_ms, delay) {
             return Err(Fallback::Behind);
         }
         let mut b = lock(&self.book);
@@ -207,6 +212,34 @@ impl Deferred {
             payer,
             micro,
         })
+    }
+
+    /// Whether a payment queued at `now_ms` might not start within half of `max_delay`
+    /// (`delay`, ms): the oldest has waited that long already, or the queue ahead of it is
+    /// longer than the measured rate settles in that time.
+    fn behind(&self, now_ms: u64, delay: u64) -> bool {
+        let jobs = lock(&self.jobs);
+        if jobs
+            .front()
+            .is_some_and(|j| now_ms.saturating_sub(j.queued_ms) >= delay / 2)
+        {
+            return true;
+        }
+        let ahead = jobs.len() as u64 + 1;
+        drop(jobs);
+        let attempt_us = self.attempt_us.load(Ordering::Relaxed);
+        let wait_us = ahead.saturating_mul(attempt_us) / self.limit as u64;
+        wait_us >= delay.saturating_mul(1000) / 2
+    }
+
+    /// Takes one settlement attempt's duration into the moving average (weight 1/8).
+    pub fn record_attempt(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .attempt_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
     }
 
     /// Reserves without checking the caps (recovery: the answer went out already).
@@ -278,6 +311,9 @@ pub fn micro_dollars(amount: U256, decimals: u8) -> u128 {
     u128::try_from(v).unwrap_or(u128::MAX)
 }
 
+/// The assumed duration of a settlement attempt before one is measured.
+const FIRST_ATTEMPT_US: u64 = 1_000_000;
+
 /// Backoff of a settlement the facilitator did not receive: 1 s doubling to 30 s.
 fn backoff(attempts: u32) -> Duration {
     Duration::from_millis((1000u64 << attempts.min(5)).min(30_000))
@@ -292,13 +328,7 @@ impl Payments {
     /// Settles owed deferred payments as they are queued, forever: many at once when the
     /// facilitator batches them, `[payment.deferred] concurrency` at a time otherwise.
     pub async fn run_deferred(self: Arc<Self>) {
-        let facilitator = self.verifier.facilitator().clone();
-        let limit = if facilitator.batches() {
-            self.deferred().batch_budget
-        } else {
-            self.deferred().config.concurrency
-        };
-        let permits = Arc::new(Semaphore::new(limit));
+        let permits = Arc::new(Semaphore::new(self.deferred().limit));
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
@@ -315,20 +345,17 @@ impl Payments {
 
     /// One attempt at an owed settlement.
     async fn settle_owed(&self, mut job: Job) {
+        let started = std::time::Instant::now();
         let e = &job.entry;
         if let Some(j) = &self.journal {
             let from = self.reconciler.cached_head(e.key.chain_id);
-            if j.transition_durable(e.id, JournalState::Settling, from)
-                .await
-                .is_err()
-            {
-                tracing::error!(payer = %e.key.from, "journal unwritable: deferred settlement postponed");
-                self.retry_owed(job, ErrorReason::JournalUnavailable).await;
-                return;
-            }
+            j.transition_at(e.id, JournalState::Settling, from);
         }
         let facilitator = self.verifier.facilitator().clone();
         let outcome = classify(facilitator.settle_deferred(&e.request).await);
+        if !matches!(outcome, Settled::NotSent { .. }) {
+            self.deferred().record_attempt(started.elapsed());
+        }
         match outcome {
             Settled::Yes { transaction } => self.owed_settled(&job.entry, transaction),
             Settled::NotSent { reason } => {
@@ -592,6 +619,33 @@ mod tests {
         assert_eq!(d.reserve(a, 1, FAR, None, 0).unwrap_err(), Fallback::Unpaid);
         d.set_unpaid(HashSet::new());
         assert!(d.reserve(a, 1, FAR, None, 0).is_ok());
+    }
+
+    #[test]
+    fn a_queue_longer_than_its_measured_rate_settles_in_time_falls_back() {
+        // Two in flight at once, 1 s each (the first guess): 2 per second; max_delay 5 s, so a
+        // payment must start within 2.5 s: at most 4 ahead of it.
+        let d = Deferred::new(cfg(), 2);
+        let a = Address::repeat_byte(1);
+        let now = 1_000_000;
+        for _ in 0..4 {
+            assert!(d.reserve(a, 1, FAR, None, now).is_ok());
+            d.push(super::super::pending::tests::entry("/p"), None, now);
+        }
+        assert_eq!(
+            d.reserve(a, 1, FAR, None, now).unwrap_err(),
+            Fallback::Behind
+        );
+        // Attempts measured at 100 ms: 20 per second, the same queue starts in time.
+        for _ in 0..64 {
+            d.record_attempt(Duration::from_millis(100));
+        }
+        assert!(d.reserve(a, 1, FAR, None, now).is_ok());
+        // The oldest has waited half of max_delay: behind, whatever the rate.
+        assert_eq!(
+            d.reserve(a, 1, FAR, None, now + 2_500).unwrap_err(),
+            Fallback::Behind
+        );
     }
 
     #[test]

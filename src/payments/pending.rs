@@ -142,12 +142,13 @@ impl Pending {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::journal::JournalState;
     use alloy::primitives::{Address, B256, U256};
 
-    fn entry(route: &str) -> Entry {
+    /// A journal entry for `route` (shared with the deferred queue's tests).
+    pub(crate) fn entry(route: &str) -> Entry {
         Entry {
             id: 1,
             key: ReplayKey {
