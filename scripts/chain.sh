@@ -36,7 +36,13 @@ case "${1:-}" in
     echo "$RPC"
     ;;
   stop)
-    if [ -f "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null || true; rm -f "$PIDFILE"; fi
+    # Waits for it to exit (a start right after must not find the old chain still answering).
+    if [ -f "$PIDFILE" ]; then
+      pid="$(cat "$PIDFILE")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$PIDFILE"
+    fi
     ;;
   *)
     echo "usage: $0 start|stop [PORT]" >&2; exit 2 ;;
