@@ -974,8 +974,9 @@ pub struct Recovery {
 impl Payments {
     /// Reconciles what the journal left open (a crash, a restart) before serving: `settling`
     /// and `unknown` payments are read from the chain (never submitted again without reading
-    /// their on-chain state), settled ones become redeemable, and every authorization used and
-    /// still valid is refused as a replay again.
+    /// their on-chain state), deferred `queued` ones are queued again (one may have been sent:
+    /// its second attempt's refusal is read from the chain), settled ones become redeemable,
+    /// and every authorization used and still valid is refused as a replay again.
     ///
     /// # Errors
     /// The journal cannot be read.

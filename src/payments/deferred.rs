@@ -215,8 +215,10 @@ impl Deferred {
     }
 
     /// Whether a payment queued at `now_ms` might not start within half of `max_delay`
-    /// (`delay`, ms): the oldest has waited that long already, or the queue ahead of it is
-    /// longer than the measured rate settles in that time.
+    /// (`delay`, ms): the oldest has waited that long already, or more settlements must finish
+    /// before it gets a place than the measured rate finishes in that time. With a free place
+    /// it starts at once, however slow the last attempts were (so a slow spell never keeps
+    /// deferral off: the next attempts measure the rate again).
     fn behind(&self, now_ms: u64, delay: u64) -> bool {
         let jobs = lock(&self.jobs);
         if jobs
@@ -225,8 +227,10 @@ impl Deferred {
         {
             return true;
         }
-        let ahead = jobs.len() as u64 + 1;
+        let taken = jobs.len() + self.busy.load(Ordering::SeqCst);
         drop(jobs);
+        // Settlements to finish before this one gets a place.
+        let ahead = (taken + 1).saturating_sub(self.limit) as u64;
         let attempt_us = self.attempt_us.load(Ordering::Relaxed);
         let wait_us = ahead.saturating_mul(attempt_us) / self.limit as u64;
         wait_us >= delay.saturating_mul(1000) / 2
@@ -348,7 +352,11 @@ impl Payments {
         let started = std::time::Instant::now();
         let e = &job.entry;
         if let Some(j) = &self.journal {
-            let from = self.reconciler.cached_head(e.key.chain_id);
+            // The block noted when it was queued stays: an earlier attempt (before a crash) may
+            // have been mined since, and the chain's logs are searched from there.
+            let from = e
+                .from_block
+                .or_else(|| self.reconciler.cached_head(e.key.chain_id));
             j.transition_at(e.id, JournalState::Settling, from);
         }
         let facilitator = self.verifier.facilitator().clone();
@@ -623,12 +631,12 @@ mod tests {
 
     #[test]
     fn a_queue_longer_than_its_measured_rate_settles_in_time_falls_back() {
-        // Two in flight at once, 1 s each (the first guess): 2 per second; max_delay 5 s, so a
-        // payment must start within 2.5 s: at most 4 ahead of it.
+        // Two places, 1 s per attempt (the first guess): 2 per second; max_delay 5 s, so a
+        // payment must get a place within 2.5 s: at most 4 to finish before it, 6 queued.
         let d = Deferred::new(cfg(), 2);
         let a = Address::repeat_byte(1);
         let now = 1_000_000;
-        for _ in 0..4 {
+        for _ in 0..6 {
             assert!(d.reserve(a, 1, FAR, None, now).is_ok());
             d.push(super::super::pending::tests::entry("/p"), None, now);
         }
@@ -644,6 +652,20 @@ mod tests {
         // The oldest has waited half of max_delay: behind, whatever the rate.
         assert_eq!(
             d.reserve(a, 1, FAR, None, now + 2_500).unwrap_err(),
+            Fallback::Behind
+        );
+        // Attempts that took 30 s (timeouts) with a place free: deferred all the same, or the
+        // average could never be measured again.
+        let d = Deferred::new(cfg(), 2);
+        for _ in 0..64 {
+            d.record_attempt(Duration::from_secs(30));
+        }
+        for _ in 0..2 {
+            assert!(d.reserve(a, 1, FAR, None, now).is_ok());
+            d.push(super::super::pending::tests::entry("/p"), None, now);
+        }
+        assert_eq!(
+            d.reserve(a, 1, FAR, None, now).unwrap_err(),
             Fallback::Behind
         );
     }
