@@ -633,17 +633,21 @@ mod tests {
     fn a_queue_longer_than_its_measured_rate_settles_in_time_falls_back() {
         // Two places, 1 s per attempt (the first guess): 2 per second; max_delay 5 s, so a
         // payment must get a place within 2.5 s: at most 4 to finish before it, 6 queued.
-        let d = Deferred::new(cfg(), 2);
         let a = Address::repeat_byte(1);
         let now = 1_000_000;
-        for _ in 0..6 {
-            assert!(d.reserve(a, 1, FAR, None, now).is_ok());
-            d.push(super::super::pending::tests::entry("/p"), None, now);
-        }
-        assert_eq!(
-            d.reserve(a, 1, FAR, None, now).unwrap_err(),
-            Fallback::Behind
-        );
+        // Defers `n` payments, then finds the queue behind.
+        let fill = |d: &Deferred, n: usize| {
+            for _ in 0..n {
+                assert!(d.reserve(a, 1, FAR, None, now).is_ok());
+                d.push(super::super::pending::tests::entry("/p"), None, now);
+            }
+            assert_eq!(
+                d.reserve(a, 1, FAR, None, now).unwrap_err(),
+                Fallback::Behind
+            );
+        };
+        let d = Deferred::new(cfg(), 2);
+        fill(&d, 6);
         // Attempts measured at 100 ms: 20 per second, the same queue starts in time.
         for _ in 0..64 {
             d.record_attempt(Duration::from_millis(100));
@@ -660,14 +664,7 @@ mod tests {
         for _ in 0..64 {
             d.record_attempt(Duration::from_secs(30));
         }
-        for _ in 0..2 {
-            assert!(d.reserve(a, 1, FAR, None, now).is_ok());
-            d.push(super::super::pending::tests::entry("/p"), None, now);
-        }
-        assert_eq!(
-            d.reserve(a, 1, FAR, None, now).unwrap_err(),
-            Fallback::Behind
-        );
+        fill(&d, 2);
     }
 
     #[test]
