@@ -178,6 +178,19 @@ enum Op {
     MaxPages(u64),
 }
 
+impl Op {
+    /// A move to `state` with nothing but the block its log searches start from.
+    fn transition_at(id: i64, state: JournalState, from_block: Option<u64>) -> Op {
+        Op::Transition {
+            id,
+            state,
+            transaction: None,
+            reason: None,
+            from_block,
+        }
+    }
+}
+
 struct Cmd {
     op: Op,
     ack: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -533,16 +546,7 @@ impl Journal {
     /// Moves a payment to `state` (queued), noting a block at or before which nothing of it was
     /// sent (`from_block`, where log searches start).
     pub fn transition_at(&self, id: i64, state: JournalState, from_block: Option<u64>) {
-        self.send(
-            Op::Transition {
-                id,
-                state,
-                transaction: None,
-                reason: None,
-                from_block,
-            },
-            None,
-        );
+        self.send(Op::transition_at(id, state, from_block), None);
     }
 
     /// Moves a payment to `state` and waits until it is durable (used for `settling`, before
@@ -556,14 +560,7 @@ impl Journal {
         state: JournalState,
         from_block: Option<u64>,
     ) -> Result<(), JournalError> {
-        self.durable(Op::Transition {
-            id,
-            state,
-            transaction: None,
-            reason: None,
-            from_block,
-        })
-        .await
+        self.durable(Op::transition_at(id, state, from_block)).await
     }
 
     /// Waits until everything queued so far is durable.
