@@ -187,7 +187,10 @@ async fn valid_before_beyond_max_timeout_is_refused_locally() {
     let resp = http().get(gw.url("/paid/x")).send().await.unwrap();
     let required = decode_required(&resp);
     let now = now();
-    for valid_before in [now + 300 + 61, now + 10 * 365 * 86_400] {
+    // The gateway reads its own clock after ours; a margin of whole seconds past the
+    // bound (maxTimeoutSeconds 300 + 60 s slack) keeps a tick between the two reads
+    // from turning "too long" into "just within".
+    for valid_before in [now + 300 + 60 + 30, now + 10 * 365 * 86_400] {
         let window = Window {
             valid_after: now - 600,
             valid_before,
