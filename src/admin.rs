@@ -216,9 +216,13 @@ mod tests {
     fn supported_freshness_is_measured_from_the_last_read() {
         let h = Health::new(Duration::from_secs(60));
         assert_eq!(h.supported_age(now_ms()), None);
+        let before = now_ms();
         h.supported_ok();
-        let age = h.supported_age(now_ms() + 5_000).unwrap();
-        assert!(age >= Duration::from_secs(5) && age < Duration::from_secs(6));
+        let after = now_ms();
+        // Measured from the read, which happened between `before` and `after`.
+        let age = h.supported_age(after + 5_000).unwrap();
+        assert!(age >= Duration::from_secs(5));
+        assert!(age <= Duration::from_millis(5_000 + after - before));
         assert!(!h.is_draining());
         h.drain();
         assert!(h.is_draining());

@@ -23,8 +23,10 @@
 //! them; an auth service cannot).
 //!
 //! The auth service never sees the upstream's status, so a payment is settled before the
-//! request is allowed, whatever the route's `settlement` says, and recorded as delivered; one
-//! settled after `[auth] timeout` (the proxy has likely given up) stays redeemable instead.
+//! request is allowed (`after_response` and `before_upstream` alike) and recorded as delivered;
+//! one settled after `[auth] timeout` (the proxy has likely given up) stays redeemable instead.
+//! A `deferred` route's payment is queued when the request is allowed, and the `200` says so
+//! with `X-PAYMENT-STATUS: queued` for the proxy to copy.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,7 +43,7 @@ use pingora::protocols::http::ServerSession;
 use crate::config::{AuthConfig, Cidr, Config};
 use crate::error::Answer;
 use crate::payments::{Admission, HeadAction, Incoming, Payments, Routed};
-use crate::protocol::{ErrorReason, PAYMENT_SIGNATURE, X_PAYMENT};
+use crate::protocol::{ErrorReason, PAYMENT_SIGNATURE, X_PAYMENT, X_PAYMENT_STATUS};
 use crate::proxy::{respond, InFlight};
 use crate::settle::Payment;
 use crate::telemetry::{self, RequestIds, TRACEPARENT, X_REQUEST_ID};
@@ -207,8 +209,14 @@ fn upgrade_allowed(headers: &HeaderMap, websocket_route: bool) -> bool {
 /// What the proxy is told.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Forward the request; copy this receipt header into the response.
-    Allow(Option<(HeaderName, String)>),
+    /// Forward the request; copy the receipt header (and, for a queued payment,
+    /// `X-PAYMENT-STATUS: queued`) into the response.
+    Allow {
+        /// The receipt header of a paid request.
+        receipt: Option<(HeaderName, String)>,
+        /// The payment is queued for deferred settlement, not settled yet.
+        queued: bool,
+    },
     /// Return this answer instead.
     Deny(Answer),
 }
@@ -307,7 +315,10 @@ impl AuthApp {
             Admission::Forward(f) => {
                 log.route = f.route;
                 match f.payment {
-                    None => Verdict::Allow(None),
+                    None => Verdict::Allow {
+                        receipt: None,
+                        queued: false,
+                    },
                     Some(mut p) => {
                         // Allowed means served as far as the gateway can know: settle first.
                         let deadline = started + self.config.timeout;
@@ -317,7 +328,9 @@ impl AuthApp {
                             .await;
                         log.payment = Some(p);
                         match action {
-                            HeadAction::Pass { receipt, .. } => Verdict::Allow(receipt),
+                            HeadAction::Pass {
+                                receipt, queued, ..
+                            } => Verdict::Allow { receipt, queued },
                             HeadAction::Replace(answer) => Verdict::Deny(answer),
                             // `settle_for_auth` never answers an interim.
                             HeadAction::Interim => Verdict::Deny(Answer::empty(500)),
@@ -369,7 +382,7 @@ impl AuthApp {
         {
             Verdict::Deny(a) => a,
             // Unpriced after all (a reload): nginx forwards nothing on this path; say so.
-            Verdict::Allow(_) => Answer::text(409, "the route changed: retry the request\n"),
+            Verdict::Allow { .. } => Answer::text(409, "the route changed: retry the request\n"),
         }
     }
 
@@ -456,12 +469,16 @@ impl ServeHttp for AuthApp {
             .decide(&original, &req.headers, client_ip, &mut log)
             .await
         {
-            Verdict::Allow(receipt) => {
+            Verdict::Allow { receipt, queued } => {
                 let mut r = bare(200);
                 if let Some((name, value)) = receipt {
                     if let Ok(v) = HeaderValue::from_str(&value) {
                         r.headers_mut().insert(name, v);
                     }
+                }
+                if queued {
+                    r.headers_mut()
+                        .insert(X_PAYMENT_STATUS, HeaderValue::from_static("queued"));
                 }
                 (r, 200)
             }

@@ -401,6 +401,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn run(path: &std::path::Path, listen: Option<String>, upgrade: bool) -> ExitCode {
+    let stamp = x402_gateway::reload::stamp(path);
     let mut c = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -469,6 +470,7 @@ fn run(path: &std::path::Path, listen: Option<String>, upgrade: bool) -> ExitCod
         as_read,
         supported,
         upgrade,
+        stamp,
     };
     let server = match build_server(&c, source, gateway, client) {
         Ok(s) => s,

@@ -195,6 +195,9 @@ pub struct Source {
     pub supported: SupportedResponse,
     /// Started with `run --upgrade`: the listening sockets come from the running instance.
     pub upgrade: bool,
+    /// The file's [`stamp`] taken before it was read: the watcher compares against this, so
+    /// an edit made while the gateway was starting is still seen.
+    pub stamp: Option<(SystemTime, u64)>,
 }
 
 /// Re-reads the configuration file and swaps the price table.
@@ -211,6 +214,8 @@ pub struct Reloader {
     certs: Option<Arc<CertStore>>,
     /// The named upstreams that run (routes may name only these until a restart).
     running_upstreams: Vec<String>,
+    /// The file's stamp when it was read at start.
+    stamp: Option<(SystemTime, u64)>,
 }
 
 impl Reloader {
@@ -236,6 +241,7 @@ impl Reloader {
             metrics,
             certs: None,
             running_upstreams,
+            stamp: source.stamp,
         }
     }
 
@@ -331,7 +337,7 @@ impl Reloader {
 }
 
 /// What identifies a version of the file: its modification time and length.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+pub fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -362,7 +368,9 @@ impl BackgroundService for ConfigWatcher {
         };
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
         let path = self.reloader.path.clone();
-        let mut seen = stamp(&path);
+        tracing::info!(signal = hup.is_some(), watch = self.watch, path = %path.display(), "config reload armed");
+        // As read at start: an edit made since then is a change to apply.
+        let mut seen = self.reloader.stamp;
         loop {
             let by_signal = tokio::select! {
                 _ = shutdown.changed() => return,

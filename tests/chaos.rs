@@ -317,6 +317,35 @@ fn settling(journal_path: &Path) -> usize {
         .map_or(0, |v| v.len())
 }
 
+/// The authorizations of `payers` used on chain: (payer, nonce) → the transaction. Panics if
+/// one was used twice.
+async fn authorizations_used(
+    provider: &impl Provider,
+    payers: &BTreeSet<Address>,
+) -> HashMap<(Address, B256), String> {
+    let logs = provider
+        .get_logs(
+            &Filter::new()
+                .address(USDC.parse::<Address>().unwrap())
+                .event_signature(AuthorizationUsed::SIGNATURE_HASH)
+                .from_block(0),
+        )
+        .await
+        .unwrap();
+    let mut used = HashMap::new();
+    for l in &logs {
+        let d = l.log_decode::<AuthorizationUsed>().unwrap();
+        if payers.contains(&d.inner.data.authorizer) {
+            let prev = used.insert(
+                (d.inner.data.authorizer, d.inner.data.nonce),
+                l.transaction_hash.unwrap().to_string(),
+            );
+            assert!(prev.is_none(), "an authorization used twice on chain");
+        }
+    }
+    used
+}
+
 // === The run ===
 
 struct Counts {
@@ -629,48 +658,41 @@ price = "free"
     gw.start();
     wait_up(&format!("http://127.0.0.1:{gw_port}/health")).await;
     let r = journal::open_reader(&journal_path).unwrap();
+    let payers: BTreeSet<Address> = PAYER_KEYS
+        .iter()
+        .map(|k| k.parse::<PrivateKeySigner>().unwrap().address())
+        .collect();
+    // Waits until every authorization used on chain is recorded delivered or redeemable. A
+    // payment never sent may stay `unknown` until its authorization expires (nothing can
+    // prove it will not be mined before): only the ones on chain are waited for. Recovery
+    // backs off (1, 2, 4, 8 s) and each RPC may take its timeout: up to a minute.
     let started = Instant::now();
     loop {
-        let open = journal::query(
-            &r,
-            &journal::Filter {
-                states: vec![JournalState::Unknown, JournalState::Settling],
-                ..journal::Filter::default()
-            },
-        )
-        .unwrap();
-        if open.is_empty() || started.elapsed() > Duration::from_secs(20) {
+        let used = authorizations_used(&provider, &payers).await;
+        let recorded: HashMap<(Address, B256), JournalState> =
+            journal::query(&r, &journal::Filter::default())
+                .unwrap()
+                .into_iter()
+                .map(|e| ((e.key.from, e.key.nonce), e.state))
+                .collect();
+        let open = used
+            .keys()
+            .filter(|k| {
+                !matches!(
+                    recorded.get(*k),
+                    Some(JournalState::Delivered | JournalState::Settled)
+                )
+            })
+            .count();
+        if open == 0 || started.elapsed() > Duration::from_secs(60) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // === The proof ===
-    let logs = provider
-        .get_logs(
-            &Filter::new()
-                .address(USDC.parse::<Address>().unwrap())
-                .event_signature(AuthorizationUsed::SIGNATURE_HASH)
-                .from_block(0),
-        )
-        .await
-        .unwrap();
-    let payers: BTreeSet<Address> = PAYER_KEYS
-        .iter()
-        .map(|k| k.parse::<PrivateKeySigner>().unwrap().address())
-        .collect();
     // (payer, nonce) settled on chain → its transaction.
-    let mut on_chain: HashMap<(Address, B256), String> = HashMap::new();
-    for l in &logs {
-        let d = l.log_decode::<AuthorizationUsed>().unwrap();
-        if payers.contains(&d.inner.data.authorizer) {
-            let prev = on_chain.insert(
-                (d.inner.data.authorizer, d.inner.data.nonce),
-                l.transaction_hash.unwrap().to_string(),
-            );
-            assert!(prev.is_none(), "an authorization used twice on chain");
-        }
-    }
+    let on_chain = authorizations_used(&provider, &payers).await;
     let entries = journal::query(&r, &journal::Filter::default()).unwrap();
     let by_key: HashMap<(Address, B256), &journal::Entry> = entries
         .iter()

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use x402_gateway::journal::{self, JournalState};
+use x402_gateway::journal::JournalState;
 
 const ROUTES: &str = r#"
 [payment.deferred]
@@ -34,46 +34,24 @@ price = "$0.001"
 settlement = "deferred"
 "#;
 
-async fn gateway() -> TestGateway {
-    TestGateway::start_with(ROUTES, "").await
-}
+/// A settlement the tests hold up to prove the answer did not wait for it.
+const HELD: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Waits (on the journal's state, not a fixed time) until `n` payments are in `state`.
-async fn until_journal(gw: &TestGateway, state: JournalState, n: usize) {
-    let path = gw.payments.journal().unwrap().path().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        gw.payments.journal().unwrap().flush().await.unwrap();
-        let conn = journal::open_reader(&path).unwrap();
-        let got = journal::query(
-            &conn,
-            &journal::Filter {
-                states: vec![state],
-                ..journal::Filter::default()
-            },
-        )
-        .unwrap()
-        .len();
-        if got >= n {
-            assert_eq!(got, n, "more {state:?} payments than expected");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{got} of {n} payments {state:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn gateway() -> TestGateway {
+    // Longer than a held settlement (the default test gateway gives up after 2 s).
+    TestGateway::start_with(ROUTES, "settle_timeout = \"10s\"").await
 }
 
 #[tokio::test]
 async fn a_deferred_answer_is_released_queued_and_settled_in_the_background() {
     let gw = gateway().await;
-    gw.facilitator
-        .set_settle(SettleScript::Slow(Duration::from_millis(300)));
+    gw.facilitator.set_settle(SettleScript::Slow(HELD));
     let header = pay_v2(&gw, "/paid").await;
     let started = Instant::now();
     let resp = gw.send("/paid", &header).await;
     assert_eq!(resp.status(), 200);
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < HELD,
         "the answer waited for the settlement"
     );
     assert_eq!(resp.headers()["x-payment-status"], "queued");
@@ -91,7 +69,7 @@ async fn a_deferred_answer_is_released_queued_and_settled_in_the_background() {
         "the upstream's body"
     );
     // Settled afterwards, once, from the journal; recorded delivered with the transaction.
-    until_journal(&gw, JournalState::Delivered, 1).await;
+    gw.until_journal(JournalState::Delivered, 1).await;
     assert_eq!(gw.facilitator.settle_calls(), 1);
     assert_eq!(gw.payments.deferred().owed(), 0);
     assert_eq!(gw.payments.deferred().exposure(), (0, 0));
@@ -148,7 +126,7 @@ async fn over_a_cap_or_a_threshold_the_request_is_settled_first_never_refused() 
             format!(r#"x402_deferred_fallbacks_total{{reason="{reason}",route="{route}"}} 1"#);
         assert!(metrics.contains(&line), "{line} not in {metrics}");
     }
-    until_journal(&gw, JournalState::Delivered, 3).await;
+    gw.until_journal(JournalState::Delivered, 3).await;
     assert_eq!(gw.payments.deferred().exposure(), (0, 0));
 }
 
@@ -175,7 +153,7 @@ async fn a_payer_whose_deferred_payment_failed_is_settled_first() {
         assert!(Instant::now() < deadline, "never settled");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    until_journal(&gw, JournalState::Unknown, 1).await;
+    gw.until_journal(JournalState::Unknown, 1).await;
     gw.facilitator.set_settle(SettleScript::Success);
     let h = pay_v2(&gw, "/paid").await;
     let resp = gw.send("/paid", &h).await;

@@ -106,7 +106,7 @@ impl Binary {
     }
 
     async fn hup_and_wait(&self, result: &str, n: usize) {
-        sighup(self.process.0.id());
+        sighup(self.process.0.id(), &self.log).await;
         wait_reloads(self.admin, result, n, &self.log).await;
     }
 }

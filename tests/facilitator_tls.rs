@@ -90,8 +90,15 @@ fn certificates(dir: &Path) {
     );
 }
 
+/// What the test facilitator counts: connections, requests, and connections it closed.
+struct Counts {
+    conns: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
 /// Serves fixed facilitator answers over TLS; counts connections and requests.
-async fn tls_facilitator(dir: &Path) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+async fn tls_facilitator(dir: &Path) -> (u16, Counts) {
     x402_gateway::verify::facilitator::install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
         .unwrap()
@@ -105,12 +112,20 @@ async fn tls_facilitator(dir: &Path) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, r) = (conns.clone(), requests.clone());
+    let counts = Counts {
+        conns: Arc::new(AtomicUsize::new(0)),
+        requests: Arc::new(AtomicUsize::new(0)),
+        closed: Arc::new(AtomicUsize::new(0)),
+    };
+    let (c, r, closed) = (
+        counts.conns.clone(),
+        counts.requests.clone(),
+        counts.closed.clone(),
+    );
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, r) = (acceptor.clone(), r.clone());
+            let (acceptor, r, closed) = (acceptor.clone(), r.clone(), closed.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -162,13 +177,14 @@ async fn tls_facilitator(dir: &Path) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>
                     if close {
                         // An idle close as servers do it: close_notify, then FIN.
                         let _ = tls.shutdown().await;
+                        closed.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                 }
             });
         }
     });
-    (port, conns, requests)
+    (port, counts)
 }
 
 #[test]
@@ -187,7 +203,14 @@ fn verify_and_settle_over_https_on_one_kept_alive_connection() {
 }
 
 async fn over_https(dir: &Path) {
-    let (port, conns, requests) = tls_facilitator(dir).await;
+    let (
+        port,
+        Counts {
+            conns,
+            requests,
+            closed,
+        },
+    ) = tls_facilitator(dir).await;
 
     let url = format!("https://localhost:{port}/facilitator");
     let text = format!(
@@ -212,7 +235,10 @@ async fn over_https(dir: &Path) {
     // The server closes the connection after answering: the next call (a settle, which is
     // never re-sent) must not go out on the closed connection.
     assert!(client.verify("\"close\"").await.unwrap().is_valid);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Once the server has sent close_notify and FIN (loopback delivers them at once).
+    while closed.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert!(client.settle("{}").await.unwrap().is_success());
     assert_eq!(
         conns.load(Ordering::SeqCst),

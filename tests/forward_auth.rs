@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use x402_gateway::auth::AuthApp;
+use x402_gateway::journal::JournalState;
 
 struct Auth {
     gw: TestGateway,
@@ -24,12 +25,11 @@ struct Auth {
 
 impl Auth {
     async fn start() -> Auth {
-        Self::start_with_timeout(Duration::from_secs(25)).await
+        Self::serve(TestGateway::start().await, Duration::from_secs(25)).await
     }
 
-    /// With `[auth] timeout` set to `timeout`.
-    async fn start_with_timeout(timeout: Duration) -> Auth {
-        let gw = TestGateway::start().await;
+    /// The auth service of `gw`'s table, payments and journal.
+    async fn serve(gw: TestGateway, timeout: Duration) -> Auth {
         let mut config = gw.config.clone();
         config.auth.timeout = timeout;
         let app = AuthApp::new(
@@ -124,6 +124,41 @@ async fn caddy_and_traefik_get_the_challenge_then_allow_after_settlement() {
         metrics.contains(r#"x402_payments_total{network="eip155:84532",outcome="settled",reason="",route="/weather/*"} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_deferred_payment_is_allowed_queued_and_settled_afterwards() {
+    let routes = "[[route]]\npath = \"/paid\"\nprice = \"$0.001\"\nsettlement = \"deferred\"\n";
+    let gw = TestGateway::start_with(routes, "settle_timeout = \"10s\"").await;
+    let a = Auth::serve(gw, Duration::from_secs(25)).await;
+    // A settlement slower than the test's patience: the answer cannot have waited for it.
+    a.gw.facilitator
+        .set_settle(SettleScript::Slow(Duration::from_secs(3)));
+    for (style, n) in [("forward", 1), ("nginx", 2)] {
+        let payment = a.payment("/paid").await;
+        let r = if style == "nginx" {
+            a.nginx("GET", "/paid", Some(&payment)).await
+        } else {
+            a.forward("GET", "/paid", Some(&payment)).await
+        };
+        assert_eq!(r.status(), 200, "{style}");
+        assert_eq!(r.headers()["x-payment-status"], "queued", "{style}");
+        let receipt = decode_receipt(&r, "payment-response");
+        assert_eq!(receipt.success, Some(true), "{style}");
+        assert_eq!(
+            receipt.transaction.as_deref(),
+            Some(""),
+            "{style}: allowed before any transaction"
+        );
+        // Settled in the background, once.
+        a.gw.until_journal(JournalState::Delivered, n).await;
+        assert_eq!(a.gw.facilitator.settle_calls(), n, "{style}");
+        // The same payment again is a replay: never allowed twice.
+        let again = a.forward("GET", "/paid", Some(&payment)).await;
+        assert_eq!(again.status(), 402, "{style}");
+    }
+    assert_eq!(a.gw.payments.deferred().owed(), 0);
+    assert_eq!(a.gw.counts().2, 0, "the auth service never forwards");
 }
 
 #[tokio::test]
@@ -292,9 +327,12 @@ async fn preflights_and_upgrades_are_never_allowed_through() {
 /// without a second settlement.
 #[tokio::test]
 async fn a_settlement_past_the_deadline_stays_redeemable() {
-    let a = Auth::start_with_timeout(Duration::from_millis(100)).await;
+    // The settlement outlasts `[auth] timeout` by far; the redemption below (a signature
+    // check and a journal read, no settlement) has the same 1 s to answer in.
+    let gw = TestGateway::start_with(ROUTES, "settle_timeout = \"10s\"").await;
+    let a = Auth::serve(gw, Duration::from_secs(1)).await;
     a.gw.facilitator
-        .set_settle(SettleScript::Slow(Duration::from_millis(400)));
+        .set_settle(SettleScript::Slow(Duration::from_secs(3)));
     let payment = a.payment("/weather/lima").await;
     let r = a.forward("GET", "/weather/lima", Some(&payment)).await;
     assert_eq!(r.status(), 503, "settled too late to count as delivered");

@@ -620,7 +620,8 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
             .header("payment-signature", p)
             .send(),
     );
-    // Verified and forwarded: the upstream holds its answer 4 s while the funds move.
+    // Verified and forwarded: the upstream holds its answer (`SLOW_UPSTREAM`) while the funds
+    // move.
     while env.upstream.count_path("/paid/slow") == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -970,7 +971,7 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
 
         // Free (unmatched) paths pass without a receipt; a client's own receipt header neither
         // reaches the API nor comes back.
-        let forged = "eyJzdWNjZXNzIjp0cnVlfQ==";
+        let forged = FORGED_RECEIPT;
         let path = format!("/free/{kind}");
         let r = http()
             .get(format!("{base}{path}"))
@@ -1012,5 +1013,55 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
             "{label}: the replay reached the API"
         );
         env.paid_once(before).await;
+    }
+
+    // A deferred route behind each proxy: allowed with the queued receipt and
+    // `X-PAYMENT-STATUS: queued`, both copied to the client and to the API, and the API's own
+    // headers of those names dropped; settled in the background, exactly once.
+    let deferred_port = free_port();
+    let auth = format!("[auth]\nlisten = \"127.0.0.1:{deferred_port}\"\n");
+    let (_, _gwd) = env
+        .gateway_sections(
+            "forward-auth-deferred",
+            &facilitator,
+            "20s",
+            &auth,
+            "settlement = \"deferred\"",
+        )
+        .await;
+    for kind in ["nginx", "caddy"] {
+        let (base, _proxy) = example_proxy(&env, kind, deferred_port).await;
+        let label = format!("{kind} forward-auth, deferred");
+        // The API answers this path with a receipt and a status of its own.
+        let path = format!("/paid/{kind}-deferred/forged-receipt");
+        let required = decode_required(&http().get(format!("{base}{path}")).send().await.unwrap());
+        let payment = sign_fresh(&payer(), &required);
+        let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
+        let r = paid_get(&base, &path, &payment).await;
+        assert_eq!(r.status(), 200, "{label}");
+        let only = |name: &str| {
+            let values: Vec<_> = r.headers().get_all(name).iter().collect();
+            assert_eq!(values.len(), 1, "{label}: {name}: {values:?}");
+            values[0].to_str().unwrap().to_owned()
+        };
+        assert_eq!(only("x-payment-status"), "queued", "{label}");
+        let receipt = only("payment-response");
+        assert_ne!(receipt, FORGED_RECEIPT, "{label}: the API's receipt");
+        let decoded = decode_receipt(&r, "payment-response");
+        assert_eq!(decoded.success, Some(true), "{label}");
+        assert_eq!(decoded.transaction.as_deref(), Some(""), "{label}: queued");
+        let seen = env.upstream.last().unwrap();
+        assert_eq!(seen.target, path);
+        assert_eq!(seen.header("x-payment-status"), Some("queued"), "{label}");
+        assert_eq!(seen.header("payment-response"), Some(receipt.as_str()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env.balance(PAYEE).await == payee0 {
+            assert!(Instant::now() < deadline, "{label}: never settled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        env.paid_once((payer0, payee0)).await;
+        let again = paid_get(&base, &path, &payment).await;
+        assert_eq!(again.status(), 402, "{label}: replay");
+        assert_eq!(env.upstream.count_path(&path), 1, "{label}: served once");
     }
 }

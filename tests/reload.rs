@@ -75,8 +75,8 @@ impl Running {
         format!("http://127.0.0.1:{}{p}", self.port)
     }
 
-    fn hup(&self) {
-        sighup(self.process.0.id());
+    async fn hup(&self) {
+        sighup(self.process.0.id(), &self.log).await;
     }
 
     fn log(&self) -> String {
@@ -106,7 +106,7 @@ async fn a_price_change_under_load_fails_no_request_and_a_bad_file_changes_nothi
     let clients = PayingClients::start(4, &gw.url(""), false, true);
     clients.until_served(40).await;
     gw.write(gw.port, &gw.upstream, "$0.002");
-    gw.hup();
+    gw.hup().await;
     gw.wait_reloads("applied", 1).await;
     clients.until_served(clients.served() + 40).await;
     let got = clients.stop().await;
@@ -131,7 +131,7 @@ async fn a_price_change_under_load_fails_no_request_and_a_bad_file_changes_nothi
 
     // A file that does not validate: every problem logged, the running table kept.
     gw.write(gw.port, "ftp://x", "$-1");
-    gw.hup();
+    gw.hup().await;
     gw.wait_reloads("rejected", 1).await;
     assert_eq!(gw.asked().await, "2000");
     let text = gw.log();
@@ -143,7 +143,7 @@ async fn a_price_change_under_load_fails_no_request_and_a_bad_file_changes_nothi
     );
     // Listen addresses apply at the next start: reported, kept.
     gw.write(free_port(), &gw.upstream, "$0.002");
-    gw.hup();
+    gw.hup().await;
     gw.wait_reloads("applied", 2).await;
     assert!(gw.log().contains("section=\"[server]\""), "{}", gw.log());
     assert_eq!(gw.asked().await, "2000");

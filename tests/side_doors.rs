@@ -126,6 +126,27 @@ async fn interim_answers_never_settle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_own_receipt_or_payment_status_never_reaches_a_payer() {
+    let gw = gateway("").await;
+    // Settled: the gateway's receipt, not the API's; no `queued` either.
+    let payment = pay_v2(&gw, "/paid/forged-receipt").await;
+    let resp = gw.send("/paid/forged-receipt", &payment).await;
+    assert_eq!(resp.status(), 200);
+    let receipt = decode_receipt(&resp, "payment-response");
+    assert_eq!(receipt.transaction.as_deref(), Some(TX_HASH));
+    assert!(resp.headers().get("x-payment-response").is_none());
+    assert!(resp.headers().get("x-payment-status").is_none());
+    // Not settled (the API failed): nothing that says "paid" at all.
+    let payment = pay_v2(&gw, "/status/500/forged-receipt").await;
+    let resp = gw.send("/status/500/forged-receipt", &payment).await;
+    assert_eq!(resp.status(), 500);
+    for name in ["payment-response", "x-payment-response", "x-payment-status"] {
+        assert!(resp.headers().get(name).is_none(), "{name}");
+    }
+    assert_eq!(gw.facilitator.settle_calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_overrides_and_lower_case_methods_do_not_pass_free() {
     let gw = gateway("").await;
     for (method, target, headers) in [

@@ -43,7 +43,9 @@ async fn an_upgrade_under_load_hands_over_without_failing_requests() {
     let _ = std::fs::remove_file(&sock);
     let new = spawn_gateway(&config, &["--upgrade"], &new_log);
     let mut waiting = false;
-    for _ in 0..200 {
+    // Up to 30 s: the new process recovers the journal before it asks for the sockets, while
+    // the old one and the clients keep both cores busy.
+    for _ in 0..1200 {
         if sock.exists() {
             waiting = true;
             break;
@@ -80,9 +82,9 @@ async fn an_upgrade_under_load_hands_over_without_failing_requests() {
     );
     // What can still fail: a connection the old process accepted in the instant before it
     // stopped, closed (by Pingora's shutdown) before its request was read. Never an error
-    // answer, never more than a couple per hand-over.
+    // answer, never more than one per client (each has one connection) per hand-over.
     assert!(
-        errors.len() <= 2
+        errors.len() <= 4
             && errors
                 .iter()
                 .all(|e| e.contains("connection closed before message completed")),

@@ -488,6 +488,6 @@ async fn a_reload_moves_a_route_to_a_running_upstream_and_refuses_a_new_one() {
 
 /// Sends SIGHUP and waits (up to 10 s) for the first reload counted as `result`.
 async fn hup_and_wait(pid: u32, admin: u16, log: &std::path::Path, result: &str) {
-    sighup(pid);
+    sighup(pid, log).await;
     wait_reloads(admin, result, 1, log).await;
 }

@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use crate::error::Answer;
-use crate::protocol::{PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
+use crate::protocol::{PAYMENT_RESPONSE, X_PAYMENT_RESPONSE, X_PAYMENT_STATUS};
 
 /// Headers a browser client must be allowed to read.
 pub const EXPOSE_HEADERS: &str =
@@ -173,8 +173,10 @@ pub fn make_private(h: &mut ResponseHeader) -> Result<()> {
     Ok(())
 }
 
-/// Both receipt header names, for stripping any an upstream might set itself.
-pub const RECEIPT_HEADERS: [HeaderName; 2] = [PAYMENT_RESPONSE, X_PAYMENT_RESPONSE];
+/// The headers that say what became of a payment (both receipts and `X-PAYMENT-STATUS`), for
+/// stripping any an upstream might set itself on a paid answer: only the gateway says them.
+pub const RECEIPT_HEADERS: [HeaderName; 3] =
+    [PAYMENT_RESPONSE, X_PAYMENT_RESPONSE, X_PAYMENT_STATUS];
 
 /// Whether an upstream response carries no body at all.
 pub fn ends_at_header(r: &ResponseHeader) -> bool {

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use alloy::signers::local::PrivateKeySigner;
@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use x402_gateway::config::Config;
+use x402_gateway::journal::{self, JournalState};
 use x402_gateway::protocol::{self, v1, v2};
 use x402_gateway::verify::{Facilitator, FacilitatorClient};
 use x402_gateway::{build_gateway, client, fetch_supported};
@@ -273,6 +274,12 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin, W: tokio::io::AsyncWri
 
 // === Mock upstream ===
 
+/// How long the mock upstream holds an answer to a path containing `slow`.
+pub const SLOW_UPSTREAM: Duration = Duration::from_secs(15);
+
+/// A receipt no facilitator wrote: base64 of `{"success":true}`.
+pub const FORGED_RECEIPT: &str = "eyJzdWNjZXNzIjp0cnVlfQ==";
+
 /// An upstream API: `/status/NNN` answers NNN; everything else 200 with a JSON echo.
 pub async fn mock_upstream() -> MockServer {
     mock_upstream_tls(None).await
@@ -299,13 +306,22 @@ pub async fn mock_upstream_tls(acceptor: Option<tokio_rustls::TlsAcceptor>) -> M
                 resp.body.clear();
             }
             if req.target.contains("slow") {
-                resp = resp.delayed(Duration::from_millis(4000));
+                // Long enough for a test to move a chain's funds meanwhile (a Node process
+                // start and a mined transaction, on a loaded machine).
+                resp = resp.delayed(SLOW_UPSTREAM);
             }
             if req.target.contains("cacheable") {
                 resp = resp.with_header("cache-control", "public, max-age=60");
             }
             if req.target.contains("hints") {
                 resp.interim.push(103);
+            }
+            if req.target.contains("forged-receipt") {
+                // An API that says on its own that the request was paid (or queued).
+                for name in ["payment-response", "x-payment-response"] {
+                    resp = resp.with_header(name, FORGED_RECEIPT);
+                }
+                resp = resp.with_header("x-payment-status", "queued");
             }
             resp
         },
@@ -472,6 +488,31 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
+    /// Waits (on the journal's state, not a fixed time) until `n` payments are in `state`.
+    pub async fn until_journal(&self, state: JournalState, n: usize) {
+        let path = self.payments.journal().unwrap().path().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.payments.journal().unwrap().flush().await.unwrap();
+            let conn = journal::open_reader(&path).unwrap();
+            let got = journal::query(
+                &conn,
+                &journal::Filter {
+                    states: vec![state],
+                    ..journal::Filter::default()
+                },
+            )
+            .unwrap()
+            .len();
+            if got >= n {
+                assert_eq!(got, n, "more {state:?} payments than expected");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{got} of {n} payments {state:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn start() -> TestGateway {
         Self::start_with(ROUTES, "").await
     }
@@ -501,11 +542,18 @@ impl TestGateway {
         sections: &str,
     ) -> TestGateway {
         let facilitator = MockFacilitator::start().await;
-        let resolve = if facilitator_extra.contains("resolve_timeout") {
-            ""
-        } else {
-            "resolve_timeout = \"1s\""
+        // Defaults a test may set itself in `facilitator_extra`.
+        let default = |key: &str, value: &str| {
+            if facilitator_extra.contains(key) {
+                String::new()
+            } else {
+                format!("{key} = \"{value}\"")
+            }
         };
+        let (resolve, settle_timeout) = (
+            default("resolve_timeout", "1s"),
+            default("settle_timeout", "2s"),
+        );
         let journal = if sections.contains("[journal]") {
             String::new()
         } else {
@@ -524,7 +572,7 @@ read_timeout = "5s"
 [facilitator]
 url = "{}"
 timeout = "2s"
-settle_timeout = "2s"
+{settle_timeout}
 {resolve}
 {facilitator_extra}
 [payment]
@@ -916,8 +964,21 @@ pub async fn reload_count(admin: u16, result: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Sends SIGHUP to process `pid`.
-pub fn sighup(pid: u32) {
+/// Sends SIGHUP to process `pid` once its `log` says reloading is armed (before that, SIGHUP's
+/// default action would end the process).
+pub async fn sighup(pid: u32, log: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("config reload armed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload never armed; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -941,15 +1002,16 @@ pub async fn wait_reloads(admin: u16, result: &str, n: usize, log: &std::path::P
     );
 }
 
-/// GETs `url` once something listens there (up to 5 s).
+/// GETs `url` once something listens there (up to 30 s: a start may recover a journal
+/// against a chain first).
 pub async fn get_when_up(url: &str) -> reqwest::Response {
-    for _ in 0..100 {
+    for _ in 0..600 {
         if let Ok(r) = http().get(url).send().await {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{url} did not answer within 5 s");
+    panic!("{url} did not answer within 30 s");
 }
 
 /// An error with its causes, for messages that say what failed on the wire.
