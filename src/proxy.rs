@@ -11,6 +11,7 @@
 //! | `upstream_request_filter` | settle (the upstream connection is up; nothing sent yet), then strip credentials, overrides, upgrades, forwarding headers; set injected headers | strip and inject, no settlement |
 //! | `response_filter`         | 1xx: pass; attach receipt             | 1xx: pass; final status < 400: settle, then receipt or our answer; ≥ 400: release unsettled |
 //! | `response_body_filter`    | pass                                  | after a failed settlement: swallow the upstream body, emit ours |
+//! | `response_trailer_filter` | drop the upstream's receipt trailers | same; after a failed settlement: ours as the last body chunk, no trailers |
 //! | `fail_to_proxy`           | our pending answer, or 502 with any receipt | release, 502                              |
 //! | `logging`                 | metrics and the access line; the payment's hold is dropped here at the latest ||
 //!
@@ -540,6 +541,27 @@ impl ProxyHttp for Gateway {
             *body = end_of_stream.then(|| replacement.clone());
         }
         ctx.response_done |= end_of_stream;
+        Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        ctx.response_done = true;
+        if let Some(replacement) = &ctx.replacement {
+            // The upstream's body ended with trailers, not with an end-of-stream chunk: our
+            // answer goes out here, as the last body chunk, and none of its trailers.
+            return Ok(Some(replacement.clone()));
+        }
+        if ctx.payment.is_some() {
+            // As in `response_filter`: only the gateway says what became of a payment.
+            for h in &respond::RECEIPT_HEADERS {
+                trailers.remove(h);
+            }
+        }
         Ok(None)
     }
 

@@ -286,12 +286,43 @@ async fn serve_h2<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: S
             .unwrap();
         let body = format!("{{\"h2\":true,\"path\":\"{path}\"}}");
         if let Ok(mut send) = respond.send_response(resp, false) {
-            let _ = send.send_data(Bytes::from(body), true);
+            if path.contains("trailers") {
+                // An API that says in trailers that the request was paid (or queued).
+                let _ = send.send_data(Bytes::from(body), false);
+                let mut trailers = http::HeaderMap::new();
+                for name in PAYMENT_OUTCOME_HEADERS {
+                    let value = if name == "x-payment-status" {
+                        "queued"
+                    } else {
+                        FORGED_RECEIPT
+                    };
+                    trailers.insert(name, http::HeaderValue::from_static(value));
+                }
+                trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+                let _ = send.send_trailers(trailers);
+            } else {
+                let _ = send.send_data(Bytes::from(body), true);
+            }
         }
     }
 }
 
 const UPSTREAM_ROUTES: &str = "[[route]]\npath = \"/paid/**\"\nprice = \"$0.001\"\n[[route]]\npath = \"/reports/**\"\nprice = \"$0.05\"\nsettlement = \"before_upstream\"\n";
+
+/// The in-process gateway (with the whole tables `sections`) in front of an h2c upstream.
+async fn behind_h2c_upstream(sections: &str) -> (TestGateway, Seen) {
+    let (addr, seen) = h2_upstream(None).await;
+    let gw = TestGateway::start_custom(
+        mock_upstream().await,
+        &format!("http://{addr}"),
+        "h2c = true",
+        UPSTREAM_ROUTES,
+        "",
+        sections,
+    )
+    .await;
+    (gw, seen)
+}
 
 async fn paid_through(gw: &TestGateway, path: &str) -> serde_json::Value {
     let payment = pay_v2(gw, path).await;
@@ -303,16 +334,7 @@ async fn paid_through(gw: &TestGateway, path: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upstream_gets_http2_and_both_settlement_modes_work() {
-    let (addr, seen) = h2_upstream(None).await;
-    let gw = TestGateway::start_custom(
-        mock_upstream().await,
-        &format!("http://{addr}"),
-        "h2c = true",
-        UPSTREAM_ROUTES,
-        "",
-        "",
-    )
-    .await;
+    let (gw, seen) = behind_h2c_upstream("").await;
     for path in ["/paid/a", "/reports/b"] {
         let body = paid_through(&gw, path).await;
         assert_eq!(body["h2"], true);
@@ -323,6 +345,65 @@ async fn an_h2c_upstream_gets_http2_and_both_settlement_modes_work() {
     assert!(seen
         .iter()
         .all(|(_, h)| !h.contains_key("payment-signature") && h.contains_key("x-forwarded-for")));
+    assert_eq!(gw.facilitator.settle_calls(), 2);
+}
+
+/// GETs `path` of `gw` over prior-knowledge HTTP/2 (with `payment`); returns the status, the
+/// body and the trailers.
+async fn h2_get(
+    gw: &TestGateway,
+    path: &str,
+    payment: Option<&str>,
+) -> (u16, Vec<u8>, http::HeaderMap) {
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("http://{}{path}", gw.addr));
+    if let Some(p) = payment {
+        req = req.header("payment-signature", p);
+    }
+    let (answer, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    let (parts, mut body) = answer.await.unwrap().into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    (parts.status.as_u16(), bytes, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_payment_trailers_never_reach_a_payer() {
+    let (gw, _) = behind_h2c_upstream("[server]\nh2c = true\n").await;
+    // Trailers do come through: a free path gets the upstream's, all of them.
+    let (status, _, trailers) = h2_get(&gw, "/free/trailers", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert_eq!(trailers["x-payment-status"], "queued");
+    // Paid: the upstream's other trailers, none of those that say what became of a payment.
+    let payment = pay_v2(&gw, "/paid/trailers").await;
+    let (status, body, trailers) = h2_get(&gw, "/paid/trailers", Some(&payment)).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"h2\":true"));
+    assert_eq!(trailers["x-checksum"], "abc");
+    for name in PAYMENT_OUTCOME_HEADERS {
+        assert!(!trailers.contains_key(name), "{name}: {trailers:?}");
+    }
+    // Not settled: the gateway's answer, and no trailer of the upstream's at all.
+    gw.facilitator
+        .set_settle(SettleScript::Fail("insufficient_funds"));
+    let payment = pay_v2(&gw, "/paid/trailers").await;
+    let (status, body, trailers) = h2_get(&gw, "/paid/trailers", Some(&payment)).await;
+    assert_eq!(status, 402);
+    // Ours whole (the upstream's body ended with its trailers, not an end-of-stream chunk).
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("x402Version") && !body.contains("\"h2\""),
+        "{body}"
+    );
+    assert!(trailers.is_empty(), "{trailers:?}");
     assert_eq!(gw.facilitator.settle_calls(), 2);
 }
 

@@ -101,6 +101,10 @@ async fn caddy_and_traefik_get_the_challenge_then_allow_after_settlement() {
     let receipt = decode_receipt(&r, "payment-response");
     assert_eq!(receipt.success, Some(true));
     assert_eq!(receipt.transaction.as_deref(), Some(TX_HASH));
+    assert!(
+        r.headers().get("x-payment-status").is_none(),
+        "settled, not queued"
+    );
     assert!(r.headers().contains_key("x-request-id"));
     let (verify, settle, upstream) = a.gw.counts();
     assert_eq!(settle, 1, "settled before allowing");

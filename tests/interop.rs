@@ -969,42 +969,61 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
             "{label}: unpaid reached the API"
         );
 
-        // Free (unmatched) paths pass without a receipt; a client's own receipt header neither
-        // reaches the API nor comes back.
-        let forged = FORGED_RECEIPT;
+        // Free (unmatched) paths pass without a receipt; a client's own receipt and status
+        // headers neither reach the API nor come back, and none appears in their place.
         let path = format!("/free/{kind}");
         let r = http()
             .get(format!("{base}{path}"))
-            .header("payment-response", forged)
+            .header("payment-response", FORGED_RECEIPT)
+            .header("x-payment-response", FORGED_RECEIPT)
+            .header("x-payment-status", "queued")
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{label}: free path");
-        assert!(
-            !r.headers().contains_key("payment-response"),
-            "{label}: receipt on a free path"
-        );
         let seen = env.upstream.last().unwrap();
         assert_eq!(seen.target, path);
-        assert_ne!(
-            seen.header("payment-response"),
-            Some(forged),
-            "{label}: a forged receipt reached the API"
-        );
+        for name in PAYMENT_OUTCOME_HEADERS {
+            assert!(
+                r.headers().get(name).is_none(),
+                "{label}: {name} on a free path"
+            );
+            assert_eq!(
+                seen.header(name),
+                None,
+                "{label}: the API got a {name} the gateway did not send"
+            );
+        }
 
         all_clients_pay(&env, &base, &label).await;
 
-        // A replay through the proxy: served once, refused after, paid once.
+        // A replay through the proxy: served once, refused after, paid once. The client's
+        // own `queued` status goes nowhere: this route settled.
         let path = format!("/paid/{kind}-replay");
         let required = decode_required(&http().get(format!("{base}{path}")).send().await.unwrap());
         let payment = sign_fresh(&payer(), &required);
         let before = (env.balance(PAYER).await, env.balance(PAYEE).await);
-        let first = paid_get(&base, &path, &payment).await;
+        let first = http()
+            .get(format!("{base}{path}"))
+            .header("payment-signature", &payment)
+            .header("x-payment-status", "queued")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(first.status(), 200, "{label}: paid");
         assert_eq!(
             decode_receipt(&first, "payment-response").success,
             Some(true)
         );
+        let seen = env.upstream.last().unwrap();
+        assert_eq!(seen.target, path);
+        assert_eq!(seen.header("x-payment-status"), None, "{label}: to the API");
+        assert_eq!(
+            seen.header("x-payment-response"),
+            None,
+            "{label}: v1 receipt"
+        );
+        assert!(first.headers().get("x-payment-status").is_none(), "{label}");
         let again = paid_get(&base, &path, &payment).await;
         assert_eq!(again.status(), 402, "{label}: replay");
         assert_eq!(
@@ -1047,6 +1066,10 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         assert_eq!(only("x-payment-status"), "queued", "{label}");
         let receipt = only("payment-response");
         assert_ne!(receipt, FORGED_RECEIPT, "{label}: the API's receipt");
+        assert!(
+            r.headers().get("x-payment-response").is_none(),
+            "{label}: the API's v1 receipt"
+        );
         let decoded = decode_receipt(&r, "payment-response");
         assert_eq!(decoded.success, Some(true), "{label}");
         assert_eq!(decoded.transaction.as_deref(), Some(""), "{label}: queued");
@@ -1054,6 +1077,7 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         assert_eq!(seen.target, path);
         assert_eq!(seen.header("x-payment-status"), Some("queued"), "{label}");
         assert_eq!(seen.header("payment-response"), Some(receipt.as_str()));
+        assert_eq!(seen.header("x-payment-response"), None, "{label}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while env.balance(PAYEE).await == payee0 {
             assert!(Instant::now() < deadline, "{label}: never settled");

@@ -140,7 +140,7 @@ async fn an_upstreams_own_receipt_or_payment_status_never_reaches_a_payer() {
     let payment = pay_v2(&gw, "/status/500/forged-receipt").await;
     let resp = gw.send("/status/500/forged-receipt", &payment).await;
     assert_eq!(resp.status(), 500);
-    for name in ["payment-response", "x-payment-response", "x-payment-status"] {
+    for name in PAYMENT_OUTCOME_HEADERS {
         assert!(resp.headers().get(name).is_none(), "{name}");
     }
     assert_eq!(gw.facilitator.settle_calls(), 1);

@@ -274,6 +274,10 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin, W: tokio::io::AsyncWri
 
 // === Mock upstream ===
 
+/// The headers that say what became of a payment; only the gateway may set them.
+pub const PAYMENT_OUTCOME_HEADERS: [&str; 3] =
+    ["payment-response", "x-payment-response", "x-payment-status"];
+
 /// How long the mock upstream holds an answer to a path containing `slow`.
 pub const SLOW_UPSTREAM: Duration = Duration::from_secs(15);
 
@@ -318,10 +322,14 @@ pub async fn mock_upstream_tls(acceptor: Option<tokio_rustls::TlsAcceptor>) -> M
             }
             if req.target.contains("forged-receipt") {
                 // An API that says on its own that the request was paid (or queued).
-                for name in ["payment-response", "x-payment-response"] {
-                    resp = resp.with_header(name, FORGED_RECEIPT);
+                for name in PAYMENT_OUTCOME_HEADERS {
+                    let value = if name == "x-payment-status" {
+                        "queued"
+                    } else {
+                        FORGED_RECEIPT
+                    };
+                    resp = resp.with_header(name, value);
                 }
-                resp = resp.with_header("x-payment-status", "queued");
             }
             resp
         },
@@ -602,7 +610,11 @@ network = "base-sepolia"
         tokio::spawn(payments.clone().run_deferred());
 
         let conf = Arc::new(ServerConf::default());
-        let proxy = pingora::proxy::http_proxy(&conf, gateway);
+        let mut proxy = pingora::proxy::http_proxy(&conf, gateway);
+        // As the binary does: prior-knowledge HTTP/2 when `[server] h2c`.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = config.server.h2c;
+        proxy.server_options = Some(options);
         let (addr, shutdown) = serve_app(Arc::new(proxy)).await;
         TestGateway {
             addr,
