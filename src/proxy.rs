@@ -465,7 +465,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         if ctx.payment.is_some() {
-            for h in &respond::RECEIPT_HEADERS {
+            for h in &respond::PAYMENT_OUTCOME_HEADERS {
                 response.remove_header(h);
             }
         }
@@ -558,7 +558,7 @@ impl ProxyHttp for Gateway {
         }
         if ctx.payment.is_some() {
             // As in `response_filter`: only the gateway says what became of a payment.
-            for h in &respond::RECEIPT_HEADERS {
+            for h in &respond::PAYMENT_OUTCOME_HEADERS {
                 trailers.remove(h);
             }
         }

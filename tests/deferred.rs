@@ -35,7 +35,7 @@ settlement = "deferred"
 "#;
 
 /// A settlement the tests hold up to prove the answer did not wait for it.
-const HELD: std::time::Duration = std::time::Duration::from_secs(3);
+const HELD: Duration = Duration::from_secs(3);
 
 async fn gateway() -> TestGateway {
     // Longer than a held settlement (the default test gateway gives up after 2 s).

@@ -972,14 +972,11 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         // Free (unmatched) paths pass without a receipt; a client's own receipt and status
         // headers neither reach the API nor come back, and none appears in their place.
         let path = format!("/free/{kind}");
-        let r = http()
-            .get(format!("{base}{path}"))
-            .header("payment-response", FORGED_RECEIPT)
-            .header("x-payment-response", FORGED_RECEIPT)
-            .header("x-payment-status", "queued")
-            .send()
-            .await
-            .unwrap();
+        let mut forged = http().get(format!("{base}{path}"));
+        for (name, value) in FORGED_OUTCOME {
+            forged = forged.header(name, value);
+        }
+        let r = forged.send().await.unwrap();
         assert_eq!(r.status(), 200, "{label}: free path");
         let seen = env.upstream.last().unwrap();
         assert_eq!(seen.target, path);

@@ -175,7 +175,7 @@ pub fn make_private(h: &mut ResponseHeader) -> Result<()> {
 
 /// The headers that say what became of a payment (both receipts and `X-PAYMENT-STATUS`), for
 /// stripping any an upstream might set itself on a paid answer: only the gateway says them.
-pub const RECEIPT_HEADERS: [HeaderName; 3] =
+pub const PAYMENT_OUTCOME_HEADERS: [HeaderName; 3] =
     [PAYMENT_RESPONSE, X_PAYMENT_RESPONSE, X_PAYMENT_STATUS];
 
 /// Whether an upstream response carries no body at all.

@@ -284,6 +284,13 @@ pub const SLOW_UPSTREAM: Duration = Duration::from_secs(15);
 /// A receipt no facilitator wrote: base64 of `{"success":true}`.
 pub const FORGED_RECEIPT: &str = "eyJzdWNjZXNzIjp0cnVlfQ==";
 
+/// Each of [`PAYMENT_OUTCOME_HEADERS`] as someone other than the gateway would forge it.
+pub const FORGED_OUTCOME: [(&str, &str); 3] = [
+    ("payment-response", FORGED_RECEIPT),
+    ("x-payment-response", FORGED_RECEIPT),
+    ("x-payment-status", "queued"),
+];
+
 /// An upstream API: `/status/NNN` answers NNN; everything else 200 with a JSON echo.
 pub async fn mock_upstream() -> MockServer {
     mock_upstream_tls(None).await
@@ -322,12 +329,7 @@ pub async fn mock_upstream_tls(acceptor: Option<tokio_rustls::TlsAcceptor>) -> M
             }
             if req.target.contains("forged-receipt") {
                 // An API that says on its own that the request was paid (or queued).
-                for name in PAYMENT_OUTCOME_HEADERS {
-                    let value = if name == "x-payment-status" {
-                        "queued"
-                    } else {
-                        FORGED_RECEIPT
-                    };
+                for (name, value) in FORGED_OUTCOME {
                     resp = resp.with_header(name, value);
                 }
             }
@@ -979,13 +981,13 @@ pub async fn reload_count(admin: u16, result: &str) -> usize {
 /// Sends SIGHUP to process `pid` once its `log` says reloading is armed (before that, SIGHUP's
 /// default action would end the process).
 pub async fn sighup(pid: u32, log: &std::path::Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(log)
         .unwrap_or_default()
         .contains("config reload armed")
     {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "reload never armed; log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
