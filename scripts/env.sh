@@ -1,7 +1,9 @@
 # Shared settings for the scripts (sourced, not run).
-# Build outputs live outside the checkout so repeat runs on one machine are fast; a fresh
-# machine builds from scratch.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/x402-gateway/target}"
+# Build outputs (and tools built from crates.io for the benchmark) live outside the checkout,
+# under X402_CACHE, so repeat runs on one machine are fast; a fresh machine builds from scratch
+# (scripts/fresh-check.sh rehearses exactly that).
+export X402_CACHE="${X402_CACHE:-$HOME/.cache/x402-gateway}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$X402_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Pingora needs cmake (zlib-ng); everything else is pure Rust or built by cc.
@@ -14,6 +16,13 @@ ensure_build_tools() {
       sudo apt-get update -qq >/dev/null && sudo apt-get install -y -qq cmake >/dev/null
     fi
   fi
+}
+
+# Every crate of Cargo.lock (dev-dependencies and every target's included) into the registry
+# cache, so that the steps that run offline afterwards (the Dockerfile's dependency layer in
+# deploy-check) never depend on what an earlier `cargo test` on this machine happened to fetch.
+fetch_crates() {
+  cargo fetch --locked --quiet
 }
 
 # Installs Debian packages without starting their services (policy-rc.d says no meanwhile).

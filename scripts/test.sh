@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 ensure_build_tools
+# Every crate of the lock file first: later steps (deploy-check) read the registry offline.
+fetch_crates
 ensure_node_tools
 ensure_python_tools
 ensure_rust_client

@@ -38,6 +38,8 @@ import e2e  # noqa: E402  (the end-to-end rows' instruments, next to this file)
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benches" / "load"
 WORK = ROOT / ".local" / "bench"
+# Outside the checkout, as scripts/env.sh sets it: the target dir and crates.io tools.
+X402_CACHE = Path(os.environ.get("X402_CACHE", Path.home() / ".cache/x402-gateway"))
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- BEGIN GENERATED (benches/load/run.sh) -->", "<!-- END GENERATED -->"
 E2E_BEGIN = "<!-- BEGIN GENERATED END-TO-END (benches/load/run.sh) -->"
@@ -65,7 +67,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def target_dir() -> Path:
-    return Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/x402-gateway/target"))
+    return Path(os.environ.get("CARGO_TARGET_DIR", X402_CACHE / "target"))
 
 
 @dataclass
@@ -181,7 +183,7 @@ SIGNER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # FACILITATOR_KEY's accou
 # keccak256("AuthorizationUsed(address,bytes32)"): EIP-3009's event, one per settled payment.
 AUTHORIZATION_USED = "0x98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5"
 X402_RS_VERSION = "0.12.5"
-X402_RS = Path.home() / ".cache/x402-gateway/x402-rs-0.12.5/bin/x402-rs"
+X402_RS = X402_CACHE / "x402-rs-0.12.5/bin/x402-rs"
 # Journal states of a payment whose settlement is done (either way); anything else is open.
 JOURNAL_DONE = ("settled", "delivered", "failed")
 

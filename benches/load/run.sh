@@ -24,7 +24,7 @@ echo "building the x402-axum peer (release, own lock file)..." >&2
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/axum-peer" \
   cargo build --release --locked --quiet --manifest-path benches/load/peers/axum/Cargo.toml
 # The end-to-end table's x402-rs facilitator (crates.io binary), cached outside the checkout.
-X402_RS_ROOT="$HOME/.cache/x402-gateway/x402-rs-0.12.5"
+X402_RS_ROOT="$X402_CACHE/x402-rs-0.12.5"
 if [ ! -x "$X402_RS_ROOT/bin/x402-rs" ]; then
   echo "installing the x402-rs 0.12.5 facilitator into $X402_RS_ROOT (once; ~10 min)..." >&2
   # Its own temporary build directory (removed afterwards), not the gateway's target dir.
