@@ -99,7 +99,6 @@ if [ -n "$quick" ]; then
     ensure_node_tools
     ensure_python_tools
     ensure_deploy_tools
-    fetch_crates
     scripts/deploy-check.sh --layer-only
   )
   run_step "installers-and-offline" quick_steps
