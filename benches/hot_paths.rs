@@ -12,10 +12,14 @@ use alloy::signers::local::PrivateKeySigner;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use x402_gateway::client;
+use x402_gateway::clock::unix_now;
 use x402_gateway::config::Config;
+use x402_gateway::ledger::guard::ReplayGuard;
+use x402_gateway::ledger::ReplayKey;
 use x402_gateway::pricing::PriceTable;
 use x402_gateway::protocol::{self, PaymentPayload, VerifyResponse};
-use x402_gateway::verify::{local, unix_now, ReplayGuard, ReplayKey, VerdictCache};
+use x402_gateway::scheme::Authorized;
+use x402_gateway::verify::VerdictCache;
 
 fn config(routes: usize) -> Config {
     let mut text = String::new();
@@ -64,10 +68,14 @@ fn benches(c: &mut Criterion) {
         b.iter(|| PaymentPayload::from_header(black_box(payment.as_bytes())).unwrap())
     });
     let option = &route.rule.options[0];
+    let separator = challenge.options[0].domain_separator;
     c.bench_function("local_verify_decode_hash_recover", |b| {
         b.iter(|| {
             let p = PaymentPayload::from_header(black_box(payment.as_bytes())).unwrap();
-            local::check_payment(&p, option, unix_now()).unwrap()
+            Authorized::decode(&p)
+                .unwrap()
+                .check(option, &separator, unix_now())
+                .unwrap()
         })
     });
 

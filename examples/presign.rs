@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use alloy::signers::local::PrivateKeySigner;
 use x402_gateway::client::{self, Window};
+use x402_gateway::clock::unix_now;
 use x402_gateway::protocol::{self, v2};
-use x402_gateway::verify::unix_now;
 
 struct Args {
     challenge: String,

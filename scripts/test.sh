@@ -18,7 +18,9 @@ cargo build --release --locked
 # deploy/: every file checked (Dockerfile, compose, Kubernetes, systemd), every shipped
 # gateway.toml through `check`, and the image's runtime emulated without Docker.
 scripts/deploy-check.sh
-cargo test --locked --all-targets
+# Every test, the ones that need a real chain, Node.js, Python, nginx or Caddy included (cargo
+# feature `e2e`; a bare `cargo test` runs the others).
+cargo test --locked --all-targets --features e2e
 # The optional OTLP span export (cargo feature `otlp`), against a collector stand-in.
 cargo test --locked --features otlp --test otlp
 # Every parser under libFuzzer for a bounded 10 s each (the corpora were replayed by cargo test).

@@ -20,6 +20,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::limiter::now_ms;
 use crate::payments::Payments;
+pub use crate::probe::{readiness, text, Check};
 use crate::proxy::pool::Upstreams;
 
 /// How long `/readyz` waits for the upstream to accept a connection.
@@ -66,9 +67,6 @@ impl Health {
         }
     }
 }
-
-/// One `/readyz` check: its name and what failed (`None`: it passed).
-pub type Check = (String, Option<String>);
 
 /// `/metrics`, `/livez` and `/readyz` of a gateway.
 pub struct AdminApp {
@@ -132,38 +130,6 @@ impl AdminApp {
     }
 }
 
-/// A plain answer that no cache keeps.
-pub fn text(status: StatusCode, content_type: &str, body: String) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body.into_bytes())
-        .unwrap_or_default()
-}
-
-/// The `/readyz` answer: 200 when every check passed, else 503; a line per check.
-pub fn readiness(checks: &[Check]) -> (StatusCode, String) {
-    let mut body = String::new();
-    let mut ready = true;
-    for (name, failed) in checks {
-        match failed {
-            None => body.push_str(&format!("ok   {name}\n")),
-            Some(why) => {
-                ready = false;
-                body.push_str(&format!("fail {name}: {why}\n"));
-            }
-        }
-    }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body)
-}
-
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
@@ -174,7 +140,7 @@ impl ServeHttp for AdminApp {
         }
         match s.req_header().uri.path() {
             "/metrics" => {
-                let pending = self.payments.verifier().replay().len();
+                let pending = self.payments.ledger().claims().0;
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

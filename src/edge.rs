@@ -18,6 +18,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ListenerTls;
 
+/// Installs ring as the process-wide rustls crypto provider (rustls needs exactly one; ring is
+/// the one compiled in). Call before building any `reqwest::Client` or TLS listener; later calls
+/// do nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Why a certificate and key cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

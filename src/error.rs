@@ -67,12 +67,34 @@ pub enum GatewayError {
     /// which makes clients pay again).
     #[error("settlement pending")]
     SettlementPending,
-    /// Another request is delivering this (settled) payment right now.
+    /// Another request is settling or delivering this payment right now.
     #[error("payment in progress")]
     InProgress,
+    /// The payment's answer went out already (delivered, or released on credit): it is not
+    /// served again, and a `402` would make the client pay a second time.
+    #[error("payment already redeemed")]
+    AlreadyRedeemed,
     /// The journal cannot be written: nothing is settled.
     #[error("journal unavailable")]
     JournalUnavailable,
+    /// Forward-auth: no endpoint at the sub-request's path.
+    #[error("no such forward-auth endpoint")]
+    NoSuchEndpoint,
+    /// Forward-auth: the sub-request does not say what the original request was.
+    #[error("forward-auth request without the original request")]
+    ProxyMisconfigured,
+    /// An upgrade the route does not allow (forward-auth cannot strip it: it refuses).
+    #[error("upgrade not allowed")]
+    UpgradeNotAllowed,
+    /// Forward-auth: a preflight on a priced path (a 2xx would mean "forward it").
+    #[error("preflight at the proxy")]
+    PreflightAtProxy,
+    /// Forward-auth: the verdict on this payment was lost; ask again with the same payment.
+    #[error("retry with the same payment")]
+    RetrySamePayment,
+    /// Forward-auth: the route changed between the proxy's two sub-requests.
+    #[error("route changed")]
+    RouteChanged,
 }
 
 impl From<VerifyError> for GatewayError {
@@ -83,8 +105,6 @@ impl From<VerifyError> for GatewayError {
             VerifyError::Rejected(PaymentRejection::InFlight) => GatewayError::InProgress,
             VerifyError::Rejected(r) => GatewayError::Rejected(r),
             VerifyError::Unavailable(f) => GatewayError::FacilitatorUnavailable(f),
-            VerifyError::Busy => GatewayError::Busy,
-            VerifyError::Used(_) => GatewayError::Rejected(PaymentRejection::AlreadyUsed),
         }
     }
 }
@@ -103,8 +123,13 @@ impl GatewayError {
             | GatewayError::Busy
             | GatewayError::SettlementPending
             | GatewayError::InProgress
-            | GatewayError::JournalUnavailable => 503,
+            | GatewayError::JournalUnavailable
+            | GatewayError::RetrySamePayment => 503,
             GatewayError::Upstream => 502,
+            GatewayError::NoSuchEndpoint => 404,
+            GatewayError::ProxyMisconfigured | GatewayError::UpgradeNotAllowed => 400,
+            GatewayError::PreflightAtProxy => 403,
+            GatewayError::RouteChanged | GatewayError::AlreadyRedeemed => 409,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::RequestTooLarge => 413,
@@ -128,7 +153,14 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => ErrorReason::HeadersTooLarge,
             GatewayError::SettlementPending => ErrorReason::SettlementPending,
             GatewayError::InProgress => ErrorReason::PaymentInProgress,
+            GatewayError::AlreadyRedeemed => ErrorReason::PaymentAlreadyRedeemed,
             GatewayError::JournalUnavailable => ErrorReason::JournalUnavailable,
+            GatewayError::NoSuchEndpoint => ErrorReason::NoSuchEndpoint,
+            GatewayError::ProxyMisconfigured => ErrorReason::ProxyMisconfigured,
+            GatewayError::UpgradeNotAllowed => ErrorReason::UpgradeNotAllowed,
+            GatewayError::PreflightAtProxy => ErrorReason::PreflightAtProxy,
+            GatewayError::RetrySamePayment => ErrorReason::RetrySamePayment,
+            GatewayError::RouteChanged => ErrorReason::RouteChanged,
         }
     }
 
@@ -141,6 +173,7 @@ impl GatewayError {
             | GatewayError::SettlementPending
             | GatewayError::JournalUnavailable => Some(5),
             GatewayError::Busy | GatewayError::InProgress => Some(2),
+            GatewayError::RetrySamePayment => Some(1),
             GatewayError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }

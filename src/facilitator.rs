@@ -31,7 +31,7 @@
 
 mod batch;
 pub mod check;
-pub mod receipt;
+mod send;
 pub mod server;
 
 use std::future::{Future, IntoFuture};
@@ -45,24 +45,19 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::SolCall;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
+use crate::clock::unix_now;
+pub use crate::config::secret::{redact, redacted_url};
 use crate::config::{BatchConfig, EmbeddedConfig, Secret};
 use crate::protocol::{
-    ErrorReason, Network, PaymentPayload, SettleResponse, SupportedKind, SupportedResponse,
-    VerifyResponse,
+    ErrorReason, Network, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
 };
-use crate::verify::{unix_now, Facilitator, FacilitatorError, SignerBalance};
+use crate::scheme::exact::{self, onchain};
+use crate::verify::{Facilitator, FacilitatorError, SignerBalance};
 use check::{invalid, Invalid, Parsed};
-
-alloy::sol! {
-    function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
-    function balanceOf(address account) external view returns (uint256);
-    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
-    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature) external;
-}
+use onchain::{revert_reason, transfer_input};
 
 /// Why the embedded facilitator cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -123,35 +118,6 @@ impl Chain {
     }
 }
 
-/// Replaces `url` (and its path and query, where API keys live) in `text`.
-pub fn redact(text: &str, url: &str) -> String {
-    if url.is_empty() {
-        return text.to_owned();
-    }
-    let mut out = text.replace(url, &redacted_url(url));
-    // Error texts may carry the URL re-serialised (with a trailing slash) or its key alone.
-    if let Some((_, path)) = url.split_once("://").and_then(|(_, r)| r.split_once('/')) {
-        if path.len() >= 8 {
-            out = out.replace(path, "[redacted]");
-        }
-    }
-    out
-}
-
-/// `scheme://host[:port]/[redacted]`: enough to tell endpoints apart, nothing secret.
-pub fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[redacted]".into();
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if rest.len() > authority.len() {
-        format!("{scheme}://{authority}/[redacted]")
-    } else {
-        format!("{scheme}://{authority}")
-    }
-}
-
 /// A facilitator that settles on chain itself.
 pub struct EmbeddedFacilitator {
     core: Arc<Core>,
@@ -180,36 +146,13 @@ struct Checked<'a> {
     parsed: Parsed,
 }
 
-/// Maps a revert or RPC error text of `transferWithAuthorization` to a reference reason.
-fn revert_reason(message: &str) -> ErrorReason {
-    let m = message.to_ascii_lowercase();
-    if m.contains("authorization is used") || m.contains("used or canceled") {
-        ErrorReason::NonceAlreadyUsed
-    } else if m.contains("exceeds balance") {
-        ErrorReason::InsufficientBalance
-    } else if m.contains("invalid signature") {
-        ErrorReason::InvalidSignature
-    } else if m.contains("not yet valid") {
-        ErrorReason::ValidAfter
-    } else if m.contains("authorization is expired") {
-        ErrorReason::ValidBefore
-    } else {
-        ErrorReason::SimulationFailed
+/// Whether a JSON-RPC error answer is a revert (a verdict on the call), not an outage: code 3
+/// ("execution reverted", geth and anvil), or a message that says it reverted.
+fn is_revert(code: i64, message: &str) -> bool {
+    code == 3 || {
+        let m = message.to_ascii_lowercase();
+        m.contains("revert") || m.contains("invalid opcode") || m.contains("out of gas")
     }
-}
-
-/// Whether a node refused a raw transaction for a nonce already used (by another sender of the
-/// same key): nothing was sent.
-fn nonce_too_low(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("nonce too low") || m.contains("nonce has already been used")
-}
-
-/// Whether a node's refusal of a raw transaction means it has the transaction already (so it
-/// *was* sent).
-fn already_known(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("already known") || m.contains("known transaction") || m.contains("already imported")
 }
 
 // === impl EmbeddedFacilitator ===
@@ -348,6 +291,12 @@ impl Core {
     ) -> Result<T, RpcFailure> {
         match tokio::time::timeout(self.rpc_timeout, call).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e))
+                if e.as_error_resp()
+                    .is_some_and(|p| is_revert(p.code, &p.message)) =>
+            {
+                Err(RpcFailure::Reverted(chain.error(e)))
+            }
             Ok(Err(e)) if e.as_error_resp().is_some() => Err(RpcFailure::Refused(chain.error(e))),
             Ok(Err(e)) => Err(RpcFailure::Transport(chain.error(e))),
             Err(_) => Err(RpcFailure::Timeout),
@@ -402,7 +351,7 @@ impl Core {
         parsed: Parsed,
         simulate: bool,
     ) -> Result<Result<Checked<'c>, Invalid>, FacilitatorError> {
-        let a = parsed.payload.payload.authorization.clone();
+        let a = parsed.exact.authorization.clone();
         let with = |mut i: Invalid| {
             i.payer = Some(a.from);
             i.network = parsed.network_name.clone();
@@ -411,29 +360,21 @@ impl Core {
         let state = self.read(
             chain,
             parsed.asset,
-            authorizationStateCall {
-                authorizer: a.from,
-                nonce: a.nonce,
-            }
-            .abi_encode(),
+            onchain::authorization_state_input(a.from, a.nonce),
         );
-        let balance = self.read(
-            chain,
-            parsed.asset,
-            balanceOfCall { account: a.from }.abi_encode(),
-        );
+        let balance = self.read(chain, parsed.asset, onchain::balance_of_input(a.from));
         let (state, balance) = tokio::join!(state, balance);
         let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
-        let used = authorizationStateCall::abi_decode_returns(&state.map_err(not_sent)?)
-            .map_err(|e| FacilitatorError::ChainNotSent(e.to_string()))?;
+        let used = onchain::decode_authorization_state(&state.map_err(not_sent)?)
+            .map_err(FacilitatorError::ChainNotSent)?;
         if used {
             return Ok(Err(with(invalid(
                 ErrorReason::NonceAlreadyUsed,
                 "this authorization was already used on chain",
             ))));
         }
-        let balance: U256 = balanceOfCall::abi_decode_returns(&balance.map_err(not_sent)?)
-            .map_err(|e| FacilitatorError::ChainNotSent(e.to_string()))?;
+        let balance: U256 = onchain::decode_balance(&balance.map_err(not_sent)?)
+            .map_err(FacilitatorError::ChainNotSent)?;
         if balance < a.value {
             return Ok(Err(with(invalid(
                 ErrorReason::InsufficientBalance,
@@ -441,213 +382,22 @@ impl Core {
             ))));
         }
         if simulate {
-            let tx = transfer_request(chain.signers[0].address, parsed.asset, &parsed.payload);
+            let tx = transfer_request(chain.signers[0].address, parsed.asset, &parsed.exact);
             match self
                 .rpc(chain, chain.reader.call(tx).latest().into_future())
                 .await
             {
                 Ok(_) => {}
-                Err(RpcFailure::Refused(text)) => {
+                Err(RpcFailure::Reverted(text)) => {
                     return Ok(Err(with(invalid(revert_reason(&text), text))));
                 }
-                // A transport failure is an outage, not a verdict.
+                // Anything but a revert (a transport failure, a node's error answer) is an
+                // outage, not a verdict.
                 Err(e) => return Err(not_sent(e)),
             }
         }
         Ok(Ok(Checked { chain, parsed }))
     }
-
-    /// Signs and sends the transfer, then waits for its receipt: success only from our own
-    /// mined receipt with status 1.
-    async fn submit(&self, c: &Checked<'_>) -> Result<SettleResponse, FacilitatorError> {
-        let p = &c.parsed;
-        let a = &p.payload.payload.authorization;
-        let payer = Some(a.from.to_checksum(None));
-        let done = |success: bool, reason: Option<ErrorReason>, tx: String| SettleResponse {
-            success: Some(success),
-            error_reason: reason.map(|r| r.as_str().to_owned()),
-            error_message: None,
-            payer: payer.clone(),
-            transaction: Some(tx),
-            network: Some(p.network_name.clone()),
-        };
-        let chain = c.chain;
-        let signer = chain.signer();
-        let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
-        let tx = transfer_request(signer.address, p.asset, &p.payload);
-        let gas = match self
-            .rpc(chain, chain.reader.estimate_gas(tx.clone()).into_future())
-            .await
-        {
-            Ok(g) => g,
-            Err(RpcFailure::Refused(text)) => {
-                return Ok(done(false, Some(revert_reason(&text)), String::new()));
-            }
-            Err(e) => return Err(not_sent(e)),
-        };
-        let hash = match self
-            .sign_and_send(chain, signer, tx, gas.saturating_mul(12) / 10)
-            .await?
-        {
-            Sent::Sent(hash) => hash,
-            Sent::Lost(hash) => {
-                return Ok(done(
-                    false,
-                    Some(ErrorReason::SettlementPending),
-                    hash.to_string(),
-                ))
-            }
-        };
-        match self.wait_receipt(chain, hash).await {
-            Some(r) if r.status() => Ok(done(true, None, hash.to_string())),
-            Some(_) => Ok(done(
-                false,
-                Some(ErrorReason::TransactionFailed),
-                hash.to_string(),
-            )),
-            None => {
-                tracing::warn!(tx = %hash, timeout = ?self.receipt_timeout, "no receipt in time; settlement pending");
-                Ok(done(
-                    false,
-                    Some(ErrorReason::SettlementPending),
-                    hash.to_string(),
-                ))
-            }
-        }
-    }
-
-    /// Prices `tx` (EIP-1559 fees), signs it with `signer` at its next nonce and sends it. The
-    /// signer's nonce lock is held for the send only: the next transaction of this signer can
-    /// go out before this one is mined.
-    ///
-    /// # Errors
-    /// [`FacilitatorError::ChainNotSent`]: nothing was sent.
-    async fn sign_and_send(
-        &self,
-        chain: &Chain,
-        signer: &Signer,
-        tx: TransactionRequest,
-        gas_limit: u64,
-    ) -> Result<Sent, FacilitatorError> {
-        let not_sent = |e: RpcFailure| FacilitatorError::ChainNotSent(e.to_string());
-        let fees = self
-            .rpc(chain, chain.reader.estimate_eip1559_fees())
-            .await
-            .map_err(not_sent)?;
-        let tx = tx
-            .with_chain_id(chain.network.chain_id())
-            .with_gas_limit(gas_limit)
-            .with_max_fee_per_gas(fees.max_fee_per_gas)
-            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
-        let mut next = signer.nonce.lock().await;
-        // A nonce another sender of this key used meanwhile is refused ("nonce too low"):
-        // nothing was sent, so the pending count is read again and the send retried, once.
-        let mut resync_left = 1;
-        loop {
-            let nonce = match *next {
-                Some(n) => n,
-                None => self
-                    .rpc(
-                        chain,
-                        chain
-                            .reader
-                            .get_transaction_count(signer.address)
-                            .pending()
-                            .into_future(),
-                    )
-                    .await
-                    .map_err(not_sent)?,
-            };
-            let envelope = tx
-                .clone()
-                .with_nonce(nonce)
-                .build(&signer.wallet)
-                .await
-                .map_err(|e| FacilitatorError::ChainNotSent(format!("signing failed: {e}")))?;
-            let hash: B256 = *envelope.tx_hash();
-            let raw = envelope.encoded_2718();
-            match self
-                .rpc(chain, chain.reader.send_raw_transaction(&raw))
-                .await
-            {
-                Ok(_) => *next = Some(nonce + 1),
-                Err(RpcFailure::Refused(text)) if already_known(&text) => {
-                    *next = Some(nonce + 1);
-                }
-                Err(RpcFailure::Refused(text)) if nonce_too_low(&text) && resync_left > 0 => {
-                    resync_left -= 1;
-                    *next = None;
-                    tracing::info!(signer = %signer.address, "settlement nonce was used by another sender; resynchronising and sending again");
-                    continue;
-                }
-                Err(RpcFailure::Refused(text)) => {
-                    // The node refused it: nothing was sent. Resynchronise the nonce.
-                    *next = None;
-                    tracing::warn!(error = %text, signer = %signer.address, "settlement transaction refused by the node");
-                    return Err(FacilitatorError::ChainNotSent(text));
-                }
-                Err(e @ (RpcFailure::Timeout | RpcFailure::Transport(_))) => {
-                    // The answer was lost: the transaction may be in the mempool. Its hash is
-                    // known; the outcome is unknown.
-                    *next = None;
-                    tracing::warn!(tx = %hash, signer = %signer.address, error = %e, "no answer to the settlement send; outcome unknown");
-                    return Ok(Sent::Lost(hash));
-                }
-            }
-            break Ok(Sent::Sent(hash));
-        }
-    }
-
-    /// Settles one request that passed the local checks: the on-chain checks, then one
-    /// `transferWithAuthorization` transaction.
-    async fn settle_parsed(&self, chain: usize, parsed: Parsed) -> Answer {
-        match self
-            .check_parsed(&self.chains[chain], parsed, false)
-            .await?
-        {
-            Ok(c) => self.submit(&c).await,
-            Err(i) => Ok(refused(i)),
-        }
-    }
-
-    /// Polls for a transaction's receipt until `receipt_timeout`: 10 ms after sending, doubling
-    /// up to 500 ms. A local chain mines at once and answers on the first polls; a real chain's
-    /// block time is met within half a second; nothing is polled while no settlement waits
-    /// (alloy's block watcher polls every 250 ms even on a local chain, which capped
-    /// settlements at about four per second per waiting request). Each poll has the RPC
-    /// timeout.
-    async fn wait_receipt(
-        &self,
-        chain: &Chain,
-        hash: B256,
-    ) -> Option<alloy::rpc::types::TransactionReceipt> {
-        let deadline = tokio::time::Instant::now() + self.receipt_timeout;
-        let mut delay = Duration::from_millis(10);
-        loop {
-            match self
-                .rpc(chain, chain.reader.get_transaction_receipt(hash))
-                .await
-            {
-                Ok(Some(receipt)) => return Some(receipt),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, tx = %hash, "receipt not readable yet"),
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            tokio::time::sleep(delay.min(left)).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
-    }
-}
-
-/// What became of a signed transaction.
-enum Sent {
-    /// The node took it.
-    Sent(B256),
-    /// The send's answer was lost: it may be in a mempool. Its outcome is unknown.
-    Lost(B256),
 }
 
 /// The answer to a request refused by a check: a definitive failure, nothing sent.
@@ -667,7 +417,10 @@ fn refused(i: Invalid) -> SettleResponse {
 enum RpcFailure {
     /// No answer within `rpc_timeout`.
     Timeout,
-    /// The node answered with a JSON-RPC error (a revert, a refused transaction); redacted.
+    /// The call reverted (execution reverted: the transfer would fail); redacted.
+    Reverted(String),
+    /// The node answered with another JSON-RPC error (a refused transaction, a rate limit, an
+    /// internal error): no verdict on the payment; redacted.
     Refused(String),
     /// The call failed in transport (it may or may not have reached the node); redacted.
     Transport(String),
@@ -677,49 +430,19 @@ impl std::fmt::Display for RpcFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RpcFailure::Timeout => f.write_str("RPC call timed out"),
-            RpcFailure::Refused(e) | RpcFailure::Transport(e) => f.write_str(e),
+            RpcFailure::Reverted(e) | RpcFailure::Refused(e) | RpcFailure::Transport(e) => {
+                f.write_str(e)
+            }
         }
     }
 }
 
 /// `transferWithAuthorization` from `from` (the submitting signer).
-fn transfer_request(from: Address, asset: Address, p: &PaymentPayload) -> TransactionRequest {
+fn transfer_request(from: Address, asset: Address, p: &exact::Payload) -> TransactionRequest {
     TransactionRequest::default()
         .with_from(from)
         .with_to(asset)
         .with_input(Bytes::from(transfer_input(p)))
-}
-
-/// The call data of `transferWithAuthorization`, picking the overload by signature length.
-fn transfer_input(p: &PaymentPayload) -> Vec<u8> {
-    let a = &p.payload.authorization;
-    let sig = &p.payload.signature;
-    let (valid_after, valid_before) = (U256::from(a.valid_after), U256::from(a.valid_before));
-    if sig.len() == 65 {
-        transferWithAuthorization_0Call {
-            from: a.from,
-            to: a.to,
-            value: a.value,
-            validAfter: valid_after,
-            validBefore: valid_before,
-            nonce: a.nonce,
-            v: sig[64],
-            r: B256::from_slice(&sig[..32]),
-            s: B256::from_slice(&sig[32..64]),
-        }
-        .abi_encode()
-    } else {
-        transferWithAuthorization_1Call {
-            from: a.from,
-            to: a.to,
-            value: a.value,
-            validAfter: valid_after,
-            validBefore: valid_before,
-            nonce: a.nonce,
-            signature: sig.clone(),
-        }
-        .abi_encode()
-    }
 }
 
 #[async_trait]
@@ -730,14 +453,7 @@ impl Facilitator for EmbeddedFacilitator {
                 is_valid: true,
                 invalid_reason: None,
                 invalid_message: None,
-                payer: Some(
-                    c.parsed
-                        .payload
-                        .payload
-                        .authorization
-                        .from
-                        .to_checksum(None),
-                ),
+                payer: Some(c.parsed.exact.authorization.from.to_checksum(None)),
             },
             Err(i) => VerifyResponse {
                 is_valid: false,
@@ -779,7 +495,9 @@ impl Facilitator for EmbeddedFacilitator {
                     Err(RpcFailure::Timeout) => {
                         Err(format!("no answer within {:?}", self.core.rpc_timeout))
                     }
-                    Err(RpcFailure::Refused(e) | RpcFailure::Transport(e)) => Err(e),
+                    Err(
+                        RpcFailure::Reverted(e) | RpcFailure::Refused(e) | RpcFailure::Transport(e),
+                    ) => Err(e),
                 };
                 out.push(SignerBalance {
                     network: c.network.caip2().to_owned(),
@@ -796,13 +514,13 @@ impl Facilitator for EmbeddedFacilitator {
         for c in &self.core.chains {
             kinds.push(SupportedKind {
                 x402_version: 2,
-                scheme: "exact".into(),
+                scheme: crate::scheme::exact::NAME.into(),
                 network: c.network.caip2().into(),
             });
             if let Some(name) = c.network.v1_name() {
                 kinds.push(SupportedKind {
                     x402_version: 1,
-                    scheme: "exact".into(),
+                    scheme: crate::scheme::exact::NAME.into(),
                     network: name.into(),
                 });
             }
@@ -814,26 +532,6 @@ impl Facilitator for EmbeddedFacilitator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reverts_map_to_reference_reasons() {
-        assert_eq!(
-            revert_reason("execution reverted: FiatTokenV2: authorization is used or canceled"),
-            ErrorReason::NonceAlreadyUsed
-        );
-        assert_eq!(
-            revert_reason("execution reverted: ERC20: transfer amount exceeds balance"),
-            ErrorReason::InsufficientBalance
-        );
-        assert_eq!(
-            revert_reason("execution reverted: FiatTokenV2: invalid signature"),
-            ErrorReason::InvalidSignature
-        );
-        assert_eq!(
-            revert_reason("something else"),
-            ErrorReason::SimulationFailed
-        );
-    }
 
     #[test]
     fn rpc_urls_are_redacted_from_error_texts() {

@@ -12,6 +12,7 @@ use http::Method;
 use crate::config::Config;
 use crate::pricing::{Lookup, PriceTable};
 use crate::protocol::PaymentPayload;
+use crate::scheme::Authorized;
 
 /// `PAYMENT-SIGNATURE` / `X-PAYMENT` decoding (v1 and v2): a payload that decodes re-encodes
 /// to canonical JSON that decodes to the same payment.
@@ -19,38 +20,19 @@ pub fn payment_header(data: &[u8]) {
     let Ok(p) = PaymentPayload::from_header(data) else {
         return;
     };
-    let json = p.to_canonical_json();
+    let Ok(decoded) = Authorized::decode(&p) else {
+        return;
+    };
+    let json = p.to_canonical_json(&decoded.canonical_json());
     let again = PaymentPayload::from_json(json.as_bytes())
         .unwrap_or_else(|e| panic!("canonical JSON does not decode: {e}: {json}"));
     assert_eq!(again.version, p.version);
-    assert_eq!(again.payload, p.payload);
+    assert_eq!(Authorized::decode(&again).ok(), Some(decoded));
     assert_eq!(again.network, p.network);
 }
 
-/// A minimal configuration (upstream, facilitator, `[payment]` on Base Sepolia) with these
-/// `[[route]]` tables: for tests, property tests, fuzz targets and benchmarks.
-///
-/// # Panics
-/// When the routes are invalid.
-pub fn test_config(routes: &str) -> Config {
-    let text = format!(
-        r#"
-[upstream]
-url = "http://127.0.0.1:3000"
-[facilitator]
-url = "http://127.0.0.1:9000"
-[payment]
-pay_to = "0x7d5c4a0e4b1a5e3f9a1e2b6c8d0f3a5b7c9e1d24"
-network = "base-sepolia"
-{routes}"#
-    );
-    Config::from_toml(&text, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The price table of [`test_config`] (every option offered to v1 clients too).
-pub fn test_table(routes: &str) -> PriceTable {
-    PriceTable::new(test_config(routes).routes, &|_| true)
-}
+pub use crate::config::test_config;
+pub use crate::pricing::test_table;
 
 /// The price table of the route-lookup target.
 pub fn fuzz_table() -> &'static PriceTable {
@@ -155,8 +137,8 @@ pub fn facilitator_request(data: &[u8]) {
     });
     let _ = policy.admit(data);
     if let Ok(p) = crate::facilitator::check::parse_request(data, 1_800_000_000) {
-        assert_eq!(p.payload.payload.authorization.to, p.pay_to);
-        assert_eq!(p.payload.payload.authorization.value, p.amount);
+        assert_eq!(p.exact.authorization.to, p.pay_to);
+        assert_eq!(p.exact.authorization.value, p.amount);
     }
 }
 

@@ -99,7 +99,7 @@ pub(crate) enum By {
 fn since_ms(s: &str) -> Result<u64, String> {
     if let Ok(d) = humantime::parse_duration(s) {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        return Ok(journal::now_ms().saturating_sub(ms));
+        return Ok(x402_gateway::clock::now_ms().saturating_sub(ms));
     }
     let text = if s.len() == 10 {
         format!("{s}T00:00:00Z")
@@ -225,7 +225,7 @@ pub(crate) async fn run(a: JournalArgs, config: &Config) -> Result<bool, String>
             }
             Ok(true)
         }
-        JournalCommand::Reconcile => reconcile(config, &reader).await,
+        JournalCommand::Reconcile => reconcile(&a.config, &reader).await,
         JournalCommand::Unpaid => {
             let payers = journal::unpaid_payers(&reader).map_err(|e| e.to_string())?;
             if payers.is_empty() {
@@ -394,7 +394,14 @@ fn report(rows: &[Entry], by: By, config: &Config) {
     }
 }
 
-async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<bool, String> {
+/// Reads every settling or unknown payment's outcome and records it, one writer per payment: a
+/// payment a running gateway owns is left to it (only read from the chain, when an RPC is
+/// configured, and recorded only if nothing changed meanwhile); any other is taken over first,
+/// then read (and, without a chain RPC, settled again through the facilitator: the nonce admits
+/// one transfer).
+async fn reconcile(path: &Path, reader: &rusqlite::Connection) -> Result<bool, String> {
+    // The facilitator and the chain RPCs need their secrets: the strict load.
+    let config = Config::load(path).map_err(|e| e.to_string())?;
     let open = journal::query(
         reader,
         &Filter {
@@ -407,53 +414,75 @@ async fn reconcile(config: &Config, reader: &rusqlite::Connection) -> Result<boo
         outln!("nothing to reconcile: no settling or unknown payment");
         return Ok(true);
     }
-    let facilitator = x402_gateway::connect_facilitator(config)
+    let facilitator = x402_gateway::connect_facilitator(&config)
         .await
         .map_err(|e| e.to_string())?;
     let reconciler =
-        Arc::new(x402_gateway::reconciler(config, facilitator).map_err(|e| e.to_string())?);
+        Arc::new(x402_gateway::reconciler(&config, facilitator).map_err(|e| e.to_string())?);
     let journal = Journal::open(&config.journal).map_err(|e| e.to_string())?;
-    let (mut settled, mut failed, mut still) = (0, 0, 0);
+    let live =
+        journal::live_writers(reader, x402_gateway::clock::now_ms()).map_err(|e| e.to_string())?;
+    let (mut settled, mut failed, mut still, mut left) = (0, 0, 0, 0);
     for e in &open {
-        let o = reconciler.read(e).await;
         let who = format!("{}/{}", e.key.from.to_checksum(None), e.key.nonce);
-        match &o {
+        let owner = journal::owner_of(reader, e.id).map_err(|e| e.to_string())?;
+        let running = live
+            .iter()
+            .find(|(tag, _)| Some(*tag) == owner && *tag != journal.tag());
+        let o = match running {
+            Some((_, pid)) if !reconciler.reads_chain(e.key.chain_id) => {
+                left += 1;
+                outln!("left      {who}: the running gateway (pid {pid}) settles it; configure [chain] rpc to read it from here");
+                continue;
+            }
+            Some(_) => reconciler.read(e).await,
+            None => {
+                if !journal.take_over(e.id).await.map_err(|e| e.to_string())? {
+                    left += 1;
+                    outln!("left      {who}: another running process took it over");
+                    continue;
+                }
+                reconciler.read(e).await
+            }
+        };
+        let (state, transaction, reason) = match &o {
             Outcome::Settled { transaction } if e.released => {
                 // Deferred: its answer went out before settlement.
                 settled += 1;
-                journal.transition(
-                    e.id,
-                    JournalState::Delivered,
-                    Some(transaction.clone()),
-                    None,
-                );
                 outln!("settled   {who} in {transaction} (deferred, delivered already)");
+                (JournalState::Delivered, Some(transaction.clone()), None)
             }
             Outcome::Settled { transaction } => {
                 settled += 1;
-                journal.transition(e.id, JournalState::Settled, Some(transaction.clone()), None);
                 outln!(
                     "settled   {who} in {transaction} (redeemable with the same payment header)"
                 );
+                (JournalState::Settled, Some(transaction.clone()), None)
             }
             Outcome::Failed { reason } => {
                 failed += 1;
-                journal.transition(e.id, JournalState::Failed, None, Some(reason.clone()));
                 outln!("failed    {who}: {reason}");
+                (JournalState::Failed, None, Some(reason.clone()))
             }
             Outcome::Open => {
                 still += 1;
-                journal.transition(e.id, JournalState::Unknown, None, None);
                 outln!("unknown   {who}: not readable yet");
+                (JournalState::Unknown, None, None)
             }
-        }
+        };
+        // Recorded only if nothing moved it meanwhile (its owner may be settling it).
+        journal
+            .transition_if(e.id, e.state, state, transaction, reason)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    journal.flush().await.map_err(|e| e.to_string())?;
-    outln!("{settled} settled, {failed} failed, {still} still unknown");
+    journal.close().await.map_err(|e| e.to_string())?;
+    outln!("{settled} settled, {failed} failed, {still} still unknown, {left} left to a running gateway");
     Ok(still == 0)
 }
 
-/// Loads the config of `path` for the journal command.
+/// Loads the config of `path` for the journal command: without its secrets (reading the
+/// journal needs none; `reconcile` loads it again, strictly).
 pub(crate) fn load(path: &Path) -> Result<Config, String> {
-    Config::load(path).map_err(|e| e.to_string())
+    Config::load_for_reading(path).map_err(|e| e.to_string())
 }

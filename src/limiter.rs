@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Rate;
 
@@ -51,11 +50,9 @@ pub struct RateLimiter {
     hasher: std::collections::hash_map::RandomState,
 }
 
-/// Milliseconds since the epoch.
+/// Milliseconds since the epoch (the system clock; buckets are given the time by the caller).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::now_ms()
 }
 
 impl RateLimiter {

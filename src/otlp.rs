@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
@@ -64,8 +64,8 @@ impl TraceContext {
     /// Continues the client's valid `traceparent`, or starts a trace (sampled).
     pub fn continue_or_start(traceparent: Option<&HeaderValue>) -> Option<TraceContext> {
         let span_id = random::<8>()?;
-        let start = SystemTime::now();
-        let parsed = crate::telemetry::trace_id(traceparent).and_then(|trace| {
+        let start = crate::clock::system_time();
+        let parsed = crate::traceparent::trace_id(traceparent).and_then(|trace| {
             let v = traceparent?.to_str().ok()?;
             let mut parts = v.split('-').skip(2);
             let parent = unhex::<8>(parts.next()?)?;
@@ -225,7 +225,7 @@ fn run(endpoint: &str, service: &str, rx: &Receiver<Span>) {
         tracing::warn!("OTLP export: no runtime; spans are dropped");
         return;
     };
-    crate::verify::facilitator::install_crypto_provider();
+    crate::edge::install_crypto_provider();
     // reqwest's client and its timers belong to this thread's runtime.
     let _runtime = rt.enter();
     let client = match reqwest::Client::builder()
@@ -240,9 +240,9 @@ fn run(endpoint: &str, service: &str, rx: &Receiver<Span>) {
     };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        let until = Instant::now() + EVERY;
+        let until = crate::clock::instant() + EVERY;
         while batch.len() < BATCH {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            match rx.recv_timeout(until.saturating_duration_since(crate::clock::instant())) {
                 Ok(s) => batch.push(s),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
@@ -310,7 +310,7 @@ mod tests {
             &[Span {
                 ctx,
                 name: "GET /weather/*".into(),
-                end: SystemTime::now(),
+                end: crate::clock::system_time(),
                 attributes: vec![
                     ("http.route", Value::Str("/weather/*".into())),
                     ("http.response.status_code", Value::Int(402)),

@@ -82,7 +82,7 @@ fn choose<'a>(
 ) -> Result<Choice, String> {
     let mut reasons = Vec::new();
     for (index, (scheme, network, asset, amount)) in options.enumerate() {
-        if scheme != "exact" {
+        if scheme != x402_gateway::scheme::exact::NAME {
             reasons.push(format!("option {index}: scheme {scheme}"));
             continue;
         }
@@ -138,7 +138,7 @@ pub(crate) async fn run(a: PayArgs) -> Result<bool, String> {
     }
     let header = first.headers().get(protocol::PAYMENT_REQUIRED).cloned();
     let body = first.bytes().await.map_err(|e| e.to_string())?;
-    let now = verify::unix_now();
+    let now = x402_gateway::clock::unix_now();
     let nonce = client::random_nonce();
     let (name, value, describe) = match (header, a.v1) {
         (Some(h), false) => {

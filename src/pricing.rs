@@ -9,13 +9,15 @@
 //! - a path with a malformed escape matches the *strictest* priced route (highest price);
 //! - `HEAD` falls under routes that list `GET` (routers answer `HEAD` with the `GET` handler);
 //! - a method that no route lists, on a path a priced route covers, is [`Lookup::Unlisted`]:
-//!   the caller rejects, charges or passes it per `[server] unlisted_methods`.
+//!   the caller rejects, charges or passes it per `[server] unlisted_methods`; so is a request
+//!   any of whose method readings (an override) no route lists there, whatever the others.
 //!
 //! Does not own: which method readings a request has, `OPTIONS` preflights, verification.
 
 pub mod challenge;
 pub mod matcher;
 pub mod path;
+mod supported;
 
 use alloy::primitives::U256;
 use http::{HeaderValue, Method};
@@ -24,6 +26,7 @@ use crate::config::{PaymentOption, RouteRule};
 pub use challenge::Challenge;
 use matcher::Matcher;
 use path::Readings;
+pub use supported::{kinds, price_table, unsupported_options};
 
 /// What a request falls under.
 #[derive(Debug)]
@@ -126,12 +129,14 @@ impl PriceTable {
             let r = &self.routes[i].rule;
             r.allows(m) || (m == Method::HEAD && r.allows(&Method::GET))
         };
-        // The primary (method, path) reading decides, unless it is free and another is priced.
+        // The primary (method, path) reading decides, unless it is free and another is priced,
+        // or another method reading is one no route lists: every reading counts (a proxy in
+        // front forwards the override, and the upstream may act on it).
         let primary_method = methods.first().unwrap_or(&Method::GET);
         let primary = readings
             .primary()
             .and_then(|p| self.matcher.lookup(p, &|i| allows(primary_method, i)));
-        if let Some(i) = primary.filter(|&i| priced(i)) {
+        if let Some(i) = primary.filter(|&i| priced(i) && methods.len() == 1) {
             return Lookup::Route(&self.routes[i]);
         }
         // Which priced route covers any reading, whatever the method: none (the common free
@@ -153,14 +158,25 @@ impl PriceTable {
                 }
             }
         }
-        if let Some(i) = best {
-            return Lookup::Route(&self.routes[i]);
+        // (A lower-case token's reading is its upper-case one, which is among the readings.)
+        let unlisted = methods
+            .iter()
+            .filter(|m| !m.as_str().bytes().any(|b| b.is_ascii_lowercase()))
+            .any(|m| {
+                readings
+                    .iter()
+                    .all(|p| self.matcher.lookup(p, &|i| allows(m, i)).is_none())
+            });
+        if !unlisted {
+            if let Some(i) = best {
+                return Lookup::Route(&self.routes[i]);
+            }
+            // Nothing priced for any method reading, and a free route lists the method.
+            if let Some(i) = primary {
+                return Lookup::FreeOnPricedPath(&self.routes[i]);
+            }
         }
-        // Nothing priced for any method reading. A free route that lists the method applies;
-        // otherwise the method is unlisted on a priced path.
-        if let Some(i) = primary {
-            return Lookup::FreeOnPricedPath(&self.routes[i]);
-        }
+        let covering = best.unwrap_or(covering);
         let mut listed: Vec<Method> = Vec::new();
         for p in readings.iter() {
             self.matcher.each(p, &mut |i| {
@@ -211,6 +227,12 @@ fn strictness(r: &RouteRule) -> U256 {
         o.amount
             .saturating_mul(U256::from(10u8).pow(U256::from(36u8.saturating_sub(o.asset.decimals))))
     })
+}
+
+#[doc(hidden)]
+/// The price table of [`crate::config::test_config`] (every option offered to v1 clients too).
+pub fn test_table(routes: &str) -> PriceTable {
+    PriceTable::new(crate::config::test_config(routes).routes, &|_| true)
 }
 
 #[cfg(test)]

@@ -9,13 +9,12 @@
 //! Spec references: `x402-specification-v1.md`, `x402-specification-v2.md`,
 //! `transports-v1/http.md`, `transports-v2/http.md` (see `docs/` of the x402 repository).
 
-pub mod evm;
 pub mod network;
 pub mod reason;
 pub mod v1;
 pub mod v2;
 
-use alloy::primitives::{Address, Bytes as EvmBytes, B256, U256};
+use alloy::primitives::{Address, U256};
 use base64::Engine as _;
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
@@ -134,49 +133,6 @@ impl Serialize for X402Version {
     }
 }
 
-/// An EIP-3009 `TransferWithAuthorization` as it travels in the `exact` EVM payload.
-///
-/// JSON example (all integers are decimal strings on the wire):
-/// `{"from":"0x857b…","to":"0x2096…","value":"10000","validAfter":"1740672089","validBefore":"1740672154","nonce":"0xf374…"}`
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Authorization {
-    /// The payer.
-    pub from: Address,
-    /// The payee; must equal the requirement's `payTo`.
-    pub to: Address,
-    /// Atomic units; must equal the requirement's amount.
-    pub value: U256,
-    /// Unix seconds; the authorization is not valid before this.
-    pub valid_after: u64,
-    /// Unix seconds; the authorization is not valid at or after this.
-    pub valid_before: u64,
-    /// 32 random bytes chosen by the payer; unique per authorization on chain.
-    pub nonce: B256,
-}
-
-impl Authorization {
-    /// The wire form: checksummed addresses, integers as decimal strings (the spec's spelling).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "from": self.from.to_checksum(None),
-            "to": self.to.to_checksum(None),
-            "value": self.value.to_string(),
-            "validAfter": self.valid_after.to_string(),
-            "validBefore": self.valid_before.to_string(),
-            "nonce": self.nonce.to_string(),
-        })
-    }
-}
-
-/// The `exact` EVM payload: a signature over an [`Authorization`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExactEvmPayload {
-    /// 65 bytes for an EOA; longer for smart wallets (EIP-1271 / ERC-6492).
-    pub signature: EvmBytes,
-    /// The signed authorization.
-    pub authorization: Authorization,
-}
-
 /// A decoded payment header of either version, with the parts the gateway needs typed and the
 /// parts it only passes on (`resource`, `extensions`) kept as raw JSON.
 #[derive(Clone, Debug)]
@@ -193,8 +149,9 @@ pub struct PaymentPayload {
     pub pay_to: Option<String>,
     /// v2 only: the `accepted.amount` the client chose.
     pub amount: Option<String>,
-    /// The signed payload.
-    pub payload: ExactEvmPayload,
+    /// The scheme's own payload object (`payload`), as sent: the scheme reads it
+    /// (`scheme::Authorized::decode`).
+    pub payload: Box<RawValue>,
     /// v2: the whole `accepted` object, echoed to the facilitator unchanged.
     pub accepted: Option<Box<RawValue>>,
     /// v2: `resource`, passed on unchanged.
@@ -215,7 +172,8 @@ struct WirePayload<'a> {
     resource: Option<&'a RawValue>,
     #[serde(borrow)]
     extensions: Option<&'a RawValue>,
-    payload: WireExactEvm,
+    #[serde(borrow)]
+    payload: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -229,46 +187,6 @@ struct WireAccepted {
     pay_to: Option<String>,
     #[serde(default)]
     amount: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireExactEvm {
-    signature: String,
-    authorization: WireAuthorization,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireAuthorization {
-    from: String,
-    to: String,
-    value: IntOrString,
-    valid_after: IntOrString,
-    valid_before: IntOrString,
-    nonce: String,
-}
-
-/// Integers arrive as decimal strings per spec; some clients send JSON numbers or `0x` hex
-/// strings (crates.io `x402-reqwest` sends `value` as hex). Both are read; the signature binds
-/// the numeric value, so the spelling cannot change what is paid.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IntOrString {
-    Int(u64),
-    Str(String),
-}
-
-impl IntOrString {
-    fn to_u256(&self) -> Option<U256> {
-        match self {
-            IntOrString::Int(n) => Some(U256::from(*n)),
-            IntOrString::Str(s) => parse_uint(s),
-        }
-    }
-
-    fn to_u64(&self) -> Option<u64> {
-        self.to_u256().and_then(|v| u64::try_from(v).ok())
-    }
 }
 
 /// Parses a non-negative integer written in decimal, or in hex with a `0x` prefix.
@@ -289,22 +207,6 @@ pub fn parse_uint(s: &str) -> Option<U256> {
 pub fn parse_address(s: &str) -> Option<Address> {
     let hex = s.strip_prefix("0x")?;
     if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-fn parse_b256(s: &str) -> Option<B256> {
-    let hex = s.strip_prefix("0x")?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-fn parse_hex_bytes(s: &str) -> Option<EvmBytes> {
-    let hex = s.strip_prefix("0x")?;
-    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     s.parse().ok()
@@ -359,35 +261,8 @@ impl PaymentPayload {
                 )
             }
         };
-        let a = &wire.payload.authorization;
-        let authorization = Authorization {
-            from: parse_address(&a.from).ok_or(field(
-                "payload.authorization.from",
-                "not a 20-byte hex address",
-            ))?,
-            to: parse_address(&a.to).ok_or(field(
-                "payload.authorization.to",
-                "not a 20-byte hex address",
-            ))?,
-            value: a.value.to_u256().ok_or(field(
-                "payload.authorization.value",
-                "not a non-negative integer",
-            ))?,
-            valid_after: a.valid_after.to_u64().ok_or(field(
-                "payload.authorization.validAfter",
-                "not an integer of unix seconds",
-            ))?,
-            valid_before: a.valid_before.to_u64().ok_or(field(
-                "payload.authorization.validBefore",
-                "not an integer of unix seconds",
-            ))?,
-            nonce: parse_b256(&a.nonce)
-                .ok_or(field("payload.authorization.nonce", "not 32 bytes of hex"))?,
-        };
-        let signature = parse_hex_bytes(&wire.payload.signature)
-            .ok_or(field("payload.signature", "not 0x-prefixed hex"))?;
-        if signature.len() < 65 {
-            return Err(field("payload.signature", "shorter than 65 bytes"));
+        if !wire.payload.get().trim_start().starts_with('{') {
+            return Err(field("payload", "not an object"));
         }
         Ok(PaymentPayload {
             version,
@@ -396,10 +271,7 @@ impl PaymentPayload {
             asset,
             pay_to,
             amount,
-            payload: ExactEvmPayload {
-                signature,
-                authorization,
-            },
+            payload: wire.payload.to_owned(),
             accepted,
             resource: wire.resource.map(RawValue::to_owned),
             extensions: wire.extensions.map(RawValue::to_owned),
@@ -407,12 +279,11 @@ impl PaymentPayload {
     }
 
     /// The canonical JSON of this payload, as sent to the facilitator: the client's own fields,
-    /// with every integer written as a decimal string (the spec's form), whatever spelling the
-    /// client used.
-    pub fn to_canonical_json(&self) -> String {
+    /// with the scheme's payload object in its canonical form (`payload_json`, from the
+    /// scheme: every integer a decimal string, whatever spelling the client used).
+    pub fn to_canonical_json(&self, payload_json: &str) -> String {
         use std::fmt::Write;
-        let a = &self.payload.authorization;
-        let mut out = String::with_capacity(1024);
+        let mut out = String::with_capacity(512 + payload_json.len());
         let _ = write!(out, r#"{{"x402Version":{}"#, self.version.number());
         match self.version {
             X402Version::V1 => {
@@ -434,17 +305,7 @@ impl PaymentPayload {
                 }
             }
         }
-        let _ = write!(
-            out,
-            r#","payload":{{"signature":"{}","authorization":{{"from":"{}","to":"{}","value":"{}","validAfter":"{}","validBefore":"{}","nonce":"{}"}}}}}}"#,
-            self.payload.signature,
-            a.from.to_checksum(None),
-            a.to.to_checksum(None),
-            a.value,
-            a.valid_after,
-            a.valid_before,
-            a.nonce,
-        );
+        let _ = write!(out, r#","payload":{payload_json}}}"#);
         out
     }
 }
@@ -576,4 +437,4 @@ pub fn json_string(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -300,8 +300,8 @@ impl Reloader {
                 self.supported.lock().map(|s| s.clone()).unwrap_or_default()
             }
         };
-        let kinds = crate::kinds(&supported);
-        let missing = crate::unsupported_options(&new, &kinds);
+        let kinds = crate::pricing::kinds(&supported);
+        let missing = crate::pricing::unsupported_options(&new, &kinds);
         if !missing.is_empty() {
             return Err(ReloadError::Unsupported(missing));
         }
@@ -329,8 +329,10 @@ impl Reloader {
             restart_needed: restart_needed(&current, &new),
             certificate_changed,
         };
-        self.table
-            .store(Arc::new(crate::price_table(new.routes.clone(), &kinds)));
+        self.table.store(Arc::new(crate::pricing::price_table(
+            new.routes.clone(),
+            &kinds,
+        )));
         current.routes = new.routes;
         Ok(report)
     }
@@ -342,7 +344,11 @@ pub fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Reloads on SIGHUP, and (`watch`) when the file changes (checked every `every`).
+/// How long a changed file must stay unchanged before the watch applies it.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Reloads on SIGHUP, and (`watch`) when the file changes (checked every `every`) and then
+/// stays unchanged for [`SETTLE`].
 pub struct ConfigWatcher {
     /// The reloader.
     pub reloader: Arc<Reloader>,
@@ -371,6 +377,10 @@ impl BackgroundService for ConfigWatcher {
         tracing::info!(signal = hup.is_some(), watch = self.watch, path = %path.display(), "config reload armed");
         // As read at start: an edit made since then is a change to apply.
         let mut seen = self.reloader.stamp;
+        // A change seen by the watch, and since when the file has looked like that: applied
+        // once it has not changed for `SETTLE`, so that a file being written (a prefix of it
+        // is often valid TOML, with fewer routes) is never applied half-written.
+        let mut changed: Option<(Option<(SystemTime, u64)>, crate::clock::Instant)> = None;
         loop {
             let by_signal = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -378,9 +388,22 @@ impl BackgroundService for ConfigWatcher {
                 () = tokio::time::sleep(self.every), if self.watch => false,
             };
             let now = stamp(&path);
-            if !by_signal && now == seen {
-                continue;
+            if !by_signal {
+                if now == seen {
+                    changed = None;
+                    continue;
+                }
+                match changed {
+                    Some((s, since)) if s == now && since.elapsed() >= SETTLE => {}
+                    Some((s, _)) if s == now => continue,
+                    _ => {
+                        tracing::info!(path = %path.display(), settle = ?SETTLE, "configuration file changed: applied once it stops changing");
+                        changed = Some((now, crate::clock::instant()));
+                        continue;
+                    }
+                }
             }
+            changed = None;
             seen = now;
             crate::notify::notify("RELOADING=1");
             let _ = self.reloader.reload().await;

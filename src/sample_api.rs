@@ -11,8 +11,8 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
+use crate::clock::unix_now;
 use crate::facilitator::server::{json, read_body};
-use crate::verify::unix_now;
 
 /// The demo's upstream: an ordinary JSON API that knows nothing about payments.
 /// `GET /weather/{city}`, `GET /health`; anything else 404.

@@ -17,8 +17,6 @@ use http::HeaderValue;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
-use crate::payments::Finished;
-use crate::settle::Payment;
 
 /// The request id header, sent upstream and back to the client.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -75,25 +73,7 @@ fn is_sane_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
-/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros).
-pub fn trace_id(traceparent: Option<&HeaderValue>) -> Option<&str> {
-    let v = traceparent?.to_str().ok()?;
-    let mut parts = v.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && (version != "00" || parts.next().is_none())
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some(trace)
-}
+pub use crate::traceparent::trace_id;
 
 /// A request's trace context while spans are exported (see [`crate::otlp`]).
 #[cfg(feature = "otlp")]
@@ -180,7 +160,7 @@ impl Tracer {
         exporter.export(Span {
             ctx: *t,
             name: format!("{} {}", info.method, info.route),
-            end: std::time::SystemTime::now(),
+            end: crate::clock::system_time(),
             attributes,
             error: info.status >= 500 || info.status == 0,
         });
@@ -232,10 +212,34 @@ pub struct Access<'a> {
     pub upstream: Option<Duration>,
     /// Verifying and settling the payment (facilitator calls or local checks).
     pub facilitator: Option<Duration>,
-    /// Route, payment outcome and reason.
+    /// Route, payment outcome and reason, and the payment.
     pub finished: Finished<'a>,
+}
+
+/// How a finished request went, as metrics and the access log see it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Finished<'a> {
+    /// The route's label (its path pattern), or `(unmatched)`.
+    pub route: &'a str,
+    /// The payment outcome: a settlement state, `redeemed`, `rejected`, or empty.
+    pub outcome: &'a str,
+    /// Why the payment failed or was refused, or empty.
+    pub reason: &'a str,
     /// The payment, if one was verified.
-    pub payment: Option<&'a Payment>,
+    pub payment: Option<PaidLine<'a>>,
+}
+
+/// The access-log fields of a payment.
+#[derive(Clone, Copy, Debug)]
+pub struct PaidLine<'a> {
+    /// The payer.
+    pub payer: alloy::primitives::Address,
+    /// Atomic amount.
+    pub amount: alloy::primitives::U256,
+    /// The network, in the payment version's naming.
+    pub network: &'a str,
+    /// The transaction, once known.
+    pub transaction: &'a str,
 }
 
 fn millis(d: Option<Duration>) -> f64 {
@@ -244,7 +248,7 @@ fn millis(d: Option<Duration>) -> f64 {
 
 /// Writes the access line of a request.
 pub fn access(a: &Access<'_>) {
-    let p = a.payment;
+    let p = a.finished.payment;
     tracing::info!(
         target: "x402_gateway::access",
         request_id = a.request_id,
@@ -258,10 +262,10 @@ pub fn access(a: &Access<'_>) {
         facilitator_ms = millis(a.facilitator),
         outcome = a.finished.outcome,
         reason = a.finished.reason,
-        payer = p.map_or(String::new(), |p| p.verified.payer.to_string()),
-        amount = p.map_or(String::new(), |p| p.verified.amount.to_string()),
-        network = p.map_or("", |p| p.verified.network.as_str()),
-        transaction = p.and_then(Payment::transaction).unwrap_or(""),
+        payer = p.map_or(String::new(), |p| p.payer.to_string()),
+        amount = p.map_or(String::new(), |p| p.amount.to_string()),
+        network = p.map_or("", |p| p.network),
+        transaction = p.map_or("", |p| p.transaction),
         "request"
     );
 }

@@ -1,31 +1,32 @@
-//! Payment verification: local fast path → replay guard → verdict cache → facilitator
-//! (skipped in `local` mode when the signature was recovered locally).
+//! Payment verification: the local fast path, then the facilitator's verdict (skipped in
+//! `local` mode when the signature was recovered locally), with a verdict cache.
 //!
-//! Owns: [`Verifier`], which turns a payment header for a route into a [`Verified`] payment (an
-//! authorization now held in flight) or a [`VerifyError`]. Local rejections never reach the
-//! facilitator; a facilitator verdict is cached by payload digest; an outage releases the
-//! authorization and is reported as [`VerifyError::Unavailable`].
-//! Does not own: settlement (`settle`) or HTTP responses (`proxy`).
+//! Owns: [`Verifier`], which turns a decoded payment for a route into a [`Verified`] payment
+//! ([`Verifier::check`]: pure, no I/O) and asks the facilitator's `/verify` when it must
+//! ([`Verifier::facilitator_verdict`]). Local rejections never reach the facilitator; a
+//! facilitator verdict is cached by payload digest; an outage is [`VerifyError::Unavailable`],
+//! never a verdict.
+//! Does not own: who holds an authorization (`ledger`), settlement (`settle`) or HTTP answers.
 
 pub mod cache;
 pub mod facilitator;
 pub mod http1;
 pub mod local;
-pub mod replay;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy::primitives::{keccak256, Address, U256};
 
 use crate::config::{PaymentOption, VerificationConfig, VerificationMode};
+use crate::flow::ReplayKey;
 use crate::metrics::Metrics;
 use crate::pricing::PricedRoute;
-use crate::protocol::{ErrorReason, PaymentPayload, X402Version};
+use crate::protocol::{ErrorReason, PaymentPayload, SupportedResponse, X402Version};
+use crate::scheme::Authorized;
 pub use cache::VerdictCache;
 pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError, SignerBalance};
 pub use local::{PaymentRejection, SignatureCheck};
-pub use replay::{Held, Hold, ReplayGuard, ReplayKey};
 
 /// Why a payment did not verify.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +37,9 @@ pub enum VerifyError {
     /// The facilitator could not give a verdict; the client gets a 503 and may retry.
     #[error("facilitator unavailable")]
     Unavailable(#[source] FacilitatorError),
-    /// The replay guard is full of live authorizations; the client gets a 503 and may retry.
-    #[error("too many pending payments")]
-    Busy,
-    /// A valid payment whose authorization was used already (served, or its settlement
-    /// attempted): a replay, or a retry of a payment whose outcome was unknown, which the
-    /// caller may redeem.
-    #[error("this authorization has already been used")]
-    Used(Box<Verified>),
 }
 
-/// A payment that passed verification and is held in flight by the replay guard until it is
-/// settled, marked used, or released.
+/// A payment that passed the local checks.
 #[derive(Clone, Debug)]
 pub struct Verified {
     /// Protocol version of the payment.
@@ -72,35 +64,34 @@ pub struct Verified {
     pub caip2: String,
 }
 
-/// Current unix time in seconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// A payment the local checks passed, and whether the facilitator must still be asked.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The payment.
+    pub verified: Verified,
+    /// The facilitator's `/verify` must be asked (facilitator mode, or a signature only the
+    /// chain can check).
+    pub ask_facilitator: bool,
 }
 
 /// The verification pipeline, shared by all requests.
 pub struct Verifier {
     facilitator: Arc<dyn Facilitator>,
     cache: VerdictCache,
-    replay: Arc<ReplayGuard>,
     mode: VerificationMode,
     metrics: Arc<Metrics>,
 }
 
 impl Verifier {
-    /// A verifier asking `facilitator`, holding at most `max_pending` authorizations in its
-    /// replay guard; verdict-cache hits and misses go to `metrics`.
+    /// A verifier asking `facilitator`; verdict-cache hits and misses go to `metrics`.
     pub fn new(
         facilitator: Arc<dyn Facilitator>,
         config: &VerificationConfig,
-        max_pending: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Verifier {
             facilitator,
             cache: VerdictCache::new(config.cache_capacity, config.cache_ttl),
-            replay: Arc::new(ReplayGuard::new(max_pending)),
             mode: config.mode,
             metrics,
         }
@@ -111,36 +102,34 @@ impl Verifier {
         &self.facilitator
     }
 
-    /// The replay guard.
-    pub fn replay(&self) -> &Arc<ReplayGuard> {
-        &self.replay
-    }
-
-    /// Verifies a payment header (raw base64 bytes) for a priced route. `resource_url` is the
-    /// URL of this request, used in v1 requirements. A verified payment comes with its
-    /// [`Hold`] on the replay guard; any failure gives the authorization back.
+    /// The local checks of a decoded payment for a priced route at `now` (unix s).
+    /// `resource_url` is the URL of this request, used in v1 requirements.
     ///
     /// # Errors
-    /// [`VerifyError::Rejected`] with a specific reason, [`VerifyError::Unavailable`] or
-    /// [`VerifyError::Busy`].
-    pub async fn verify(
+    /// [`PaymentRejection`] with a specific reason.
+    pub fn check(
         &self,
         route: &PricedRoute,
-        header: &[u8],
+        payload: &PaymentPayload,
         resource_url: &str,
-    ) -> Result<(Verified, Hold), VerifyError> {
-        let now = unix_now();
-        let payload = PaymentPayload::from_header(header)
-            .map_err(|e| PaymentRejection::InvalidPayload(e.to_string()))?;
+        now: u64,
+    ) -> Result<Checked, PaymentRejection> {
         let Some(challenge) = route.challenge.as_ref() else {
-            return Err(PaymentRejection::NoMatchingRequirements(payload.network).into());
+            return Err(PaymentRejection::NoMatchingRequirements(
+                payload.network.clone(),
+            ));
         };
-        let index = local::select_option(&route.rule.options, &challenge.options, &payload)?;
+        let authorized = Authorized::decode(payload)?;
+        let index = local::select_option(
+            &route.rule.options,
+            &challenge.options,
+            payload,
+            &authorized,
+        )?;
         let option: &PaymentOption = &route.rule.options[index];
-        let (payer, signature) = local::check_payment(&payload, option, now)?;
-        let auth = &payload.payload.authorization;
-
-        let canonical = payload.to_canonical_json();
+        let domain = &challenge.options[index].domain_separator;
+        let signature = authorized.check(option, domain, now)?;
+        let canonical = payload.to_canonical_json(&authorized.canonical_json());
         let requirements = match payload.version {
             X402Version::V2 => challenge.options[index].v2_requirements.clone(),
             X402Version::V1 => challenge.options[index]
@@ -154,49 +143,36 @@ impl Verifier {
             payload.version.number()
         )
         .into();
-        let key = ReplayKey {
-            chain_id: option.network.chain_id(),
-            asset: option.asset.address,
-            from: auth.from,
-            nonce: auth.nonce,
-        };
         let verified = Verified {
             version: payload.version,
             option: index,
-            payer,
-            amount: auth.value,
+            payer: authorized.payer(),
+            amount: authorized.pays().1,
             network: match payload.version {
                 X402Version::V1 => option.network.v1_name().unwrap_or_default().to_owned(),
                 X402Version::V2 => option.network.caip2().to_owned(),
             },
             facilitator_body,
-            key: key.clone(),
-            valid_before: auth.valid_before,
+            key: authorized.key(option),
+            valid_before: authorized.valid_before(),
             pay_to: option.pay_to,
             caip2: option.network.caip2().to_owned(),
         };
-        match self.replay.acquire(key.clone(), auth.valid_before, now) {
-            Ok(()) => {}
-            Err(Held::InFlight) => return Err(PaymentRejection::InFlight.into()),
-            Err(Held::Used) => return Err(VerifyError::Used(Box::new(verified))),
-            Err(Held::Full) => return Err(VerifyError::Busy),
-        }
-        // From here every early return drops the hold, which gives the authorization back.
-        let hold = Hold::new(self.replay.clone(), key, auth.valid_before);
-
         // Local mode: a signature recovered to `from` is the whole verdict; settlement (always
         // before release) is the facilitator's say.
         let ask_facilitator =
             self.mode == VerificationMode::Facilitator || signature == SignatureCheck::Deferred;
-        if ask_facilitator {
-            self.facilitator_verdict(&verified.facilitator_body, auth.valid_before, now)
-                .await?;
-        }
-        Ok((verified, hold))
+        Ok(Checked {
+            verified,
+            ask_facilitator,
+        })
     }
 
     /// Asks the facilitator's `/verify` (or the verdict cache).
-    async fn facilitator_verdict(
+    ///
+    /// # Errors
+    /// [`VerifyError::Rejected`] (its verdict) or [`VerifyError::Unavailable`].
+    pub async fn facilitator_verdict(
         &self,
         facilitator_body: &str,
         valid_before: u64,
@@ -229,5 +205,30 @@ impl Verifier {
             .into());
         }
         Ok(())
+    }
+}
+
+/// Fetches `/supported`, retrying `attempts` times with a growing pause (the facilitator may
+/// be starting up, or rate-limiting).
+///
+/// # Errors
+/// The last failure.
+pub async fn fetch_supported(
+    f: &dyn Facilitator,
+    attempts: u32,
+) -> Result<SupportedResponse, FacilitatorError> {
+    let mut delay = Duration::from_millis(250);
+    let mut n = 0;
+    loop {
+        match f.supported().await {
+            Ok(s) => return Ok(s),
+            Err(e) if n + 1 >= attempts => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "facilitator /supported failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+                n += 1;
+            }
+        }
     }
 }

@@ -7,14 +7,14 @@
 
 mod common;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 /// The access line of request `id` in `log`, once it is written (up to 5 s).
 async fn access_line(log: &Path, id: &str) -> String {
     let needle = format!("request_id=\"{id}\"");
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(l) = text

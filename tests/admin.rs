@@ -53,7 +53,7 @@ async fn metrics_count_what_the_gateway_did_and_readyz_checks_every_part() {
         x402_gateway::client::random_nonce(),
     )
     .unwrap();
-    for expected in [200, 402] {
+    for expected in [200, 409] {
         let r = http()
             .get(gw("/paid/a"))
             .header("payment-signature", &payment)
@@ -94,7 +94,11 @@ async fn metrics_count_what_the_gateway_did_and_readyz_checks_every_part() {
     };
     has(
         r#"x402_requests_total{method="GET",route="/paid/**",status="402"}"#,
-        2.0,
+        1.0,
+    );
+    has(
+        r#"x402_requests_total{method="GET",route="/paid/**",status="409"}"#,
+        1.0,
     );
     has(
         r#"x402_requests_total{method="GET",route="/paid/**",status="200"}"#,
@@ -108,13 +112,13 @@ async fn metrics_count_what_the_gateway_did_and_readyz_checks_every_part() {
         r#"x402_requests_total{method="GET",route="(unmatched)",status="200"}"#,
         1.0,
     );
-    has(r#"x402_challenges_total{route="/paid/**"}"#, 2.0);
+    has(r#"x402_challenges_total{route="/paid/**"}"#, 1.0);
     has(
         r#"x402_payments_total{network="eip155:84532",outcome="settled",reason="",route="/paid/**"}"#,
         1.0,
     );
     has(
-        r#"x402_payments_total{network="",outcome="rejected",reason="invalid_exact_evm_nonce_already_used",route="/paid/**"}"#,
+        r#"x402_payments_total{network="",outcome="rejected",reason="payment_already_redeemed",route="/paid/**"}"#,
         1.0,
     );
     // $0.001 in USDC's 6 decimals.

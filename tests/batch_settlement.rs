@@ -23,8 +23,9 @@ use x402_gateway::config::{BatchConfig, EmbeddedConfig, Secret};
 use x402_gateway::facilitator::EmbeddedFacilitator;
 use x402_gateway::journal::reconcile::{Outcome, Reconciler};
 use x402_gateway::journal::{Entry, JournalState};
+use x402_gateway::ledger::ReplayKey;
 use x402_gateway::protocol::{ErrorReason, Network, PaymentPayload, SettleResponse};
-use x402_gateway::verify::{Facilitator, ReplayKey};
+use x402_gateway::verify::Facilitator;
 
 alloy::sol! {
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
@@ -462,7 +463,9 @@ async fn a_payment_front_run_after_simulation_fails_alone_from_its_missing_log()
     until_pending(p, signer.address(), base, 1).await;
     let v: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
     let payload = PaymentPayload::from_json(v["paymentPayload"].to_string().as_bytes()).unwrap();
-    let a = &payload.payload.authorization;
+    let x402_gateway::scheme::Authorized::Exact(payload) =
+        x402_gateway::scheme::Authorized::decode(&payload).unwrap();
+    let a = &payload.authorization;
     let input = transferWithAuthorizationCall {
         from: a.from,
         to: a.to,
@@ -470,7 +473,7 @@ async fn a_payment_front_run_after_simulation_fails_alone_from_its_missing_log()
         validAfter: U256::from(a.valid_after),
         validBefore: U256::from(a.valid_before),
         nonce: a.nonce,
-        signature: payload.payload.signature.clone(),
+        signature: payload.signature.clone(),
     }
     .abi_encode();
     let gwei = 1_000_000_000u128;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
 use alloy::providers::{Provider, ProviderBuilder};
@@ -177,7 +177,7 @@ impl Drop for Proc {
 }
 
 async fn wait_up(url: &str) {
-    let start = Instant::now();
+    let start = x402_gateway::clock::instant();
     loop {
         if reqwest::Client::new()
             .get(url)
@@ -209,6 +209,9 @@ struct Logical {
     served_nonce: Option<B256>,
     /// Served after at least one retry of the same payment (a redemption or a repeat).
     retried: bool,
+    /// Told `409 payment_already_redeemed`: its answer went out and was cut (a crash between
+    /// the durable delivery and the client): given up, never paid again.
+    answer_lost: bool,
 }
 
 #[derive(Default)]
@@ -216,8 +219,9 @@ struct Records {
     requests: Mutex<Vec<Logical>>,
 }
 
-/// A documented client: signs a payment, retries it on anything but a 402, signs a new one on
-/// a 402. Runs until `stop`; gives a logical request up after `patience`.
+/// A documented client: signs a payment, retries it on anything but a 402 or a 409, signs a new
+/// one on a 402, gives up on a 409 (that payment's answer was given). Runs until `stop`; gives a
+/// logical request up after `patience`.
 async fn client(
     base: Arc<Mutex<String>>,
     key: &'static str,
@@ -237,7 +241,7 @@ async fn client(
             payer: signer.address(),
             ..Logical::default()
         };
-        let started = Instant::now();
+        let started = x402_gateway::clock::instant();
         let mut payment: Option<String> = None;
         let mut attempts_with_payment = 0;
         while started.elapsed() < patience {
@@ -262,9 +266,9 @@ async fn client(
                     x402_gateway::client::random_nonce(),
                 )
                 .unwrap();
-                let decoded =
-                    x402_gateway::protocol::PaymentPayload::from_header(h.as_bytes()).unwrap();
-                logical.nonces.push(decoded.payload.authorization.nonce);
+                logical
+                    .nonces
+                    .push(exact_payload(h.as_bytes()).authorization.nonce);
                 attempts_with_payment = 0;
                 h
             });
@@ -289,9 +293,16 @@ async fn client(
                     // Not paid (or not payable): pay again, with a new authorization.
                     payment = None;
                 }
+                Ok(r) if r.status() == 409 => {
+                    // Paid, and its answer went out: never pay again for it.
+                    let body = r.text().await.unwrap_or_default();
+                    assert!(body.contains("payment_already_redeemed"), "409: {body}");
+                    logical.answer_lost = true;
+                    break;
+                }
                 _ => {
                     // 503 (pending, busy, journal), 502, 429, a broken connection: retry the
-                    // same payment, as the README tells client authors.
+                    // same payment, as docs/money-safety.md tells client authors.
                     tokio::time::sleep(Duration::from_millis(150)).await;
                 }
             }
@@ -355,6 +366,7 @@ struct Counts {
     settled: usize,
     delivered: usize,
     redeemed: usize,
+    answers_lost: usize,
     lost: usize,
     double: usize,
     served_unpaid: usize,
@@ -527,7 +539,7 @@ price = "free"
                 ))
             })
             .collect();
-        let end = Instant::now() + Duration::from_secs(phase_secs);
+        let end = x402_gateway::clock::instant() + Duration::from_secs(phase_secs);
         let gw = Arc::new(tokio::sync::Mutex::new(gw));
         // The kill driver: SIGKILL and restart the gateway every 0.7–2 s; every other time
         // right after a settlement was journaled (`settling`), i.e. while it is in flight.
@@ -536,13 +548,13 @@ price = "free"
             let mut rng = Rng(rng.next() | 1);
             tokio::spawn(async move {
                 let (mut kills, mut during) = (0usize, 0usize);
-                while Instant::now() < end {
+                while x402_gateway::clock::instant() < end {
                     tokio::time::sleep(Duration::from_millis(rng.range(700, 2000))).await;
                     let wait_for_settling = rng.next() % 2 == 0;
                     let mut in_settle = false;
                     if wait_for_settling {
-                        let until = Instant::now() + Duration::from_millis(1500);
-                        while Instant::now() < until && !in_settle {
+                        let until = x402_gateway::clock::instant() + Duration::from_millis(1500);
+                        while x402_gateway::clock::instant() < until && !in_settle {
                             in_settle = settling(&journal_path) > 0;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -558,7 +570,7 @@ price = "free"
                 (kills, during)
             })
         };
-        while Instant::now() < end {
+        while x402_gateway::clock::instant() < end {
             tokio::time::sleep(Duration::from_millis(rng.range(200, 1500))).await;
             let fault = rng.range(0, if phase == 1 { 6 } else { 8 });
             match fault {
@@ -666,7 +678,7 @@ price = "free"
     // payment never sent may stay `unknown` until its authorization expires (nothing can
     // prove it will not be mined before): only the ones on chain are waited for. Recovery
     // backs off (1, 2, 4, 8 s) and each RPC may take its timeout: up to a minute.
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     loop {
         let used = authorizations_used(&provider, &payers).await;
         let recorded: HashMap<(Address, B256), JournalState> =
@@ -712,11 +724,19 @@ price = "free"
             .iter()
             .filter(|l| l.served.is_some() && l.retried)
             .count(),
+        answers_lost: requests.iter().filter(|l| l.answer_lost).count(),
         lost: 0,
         double: 0,
         served_unpaid: 0,
     };
     let mut problems = Vec::new();
+    // An answer is cut only by a gateway killed between its durable delivery and the client.
+    if c.answers_lost > c.kills {
+        problems.push(format!(
+            "{} answers lost to {} kills",
+            c.answers_lost, c.kills
+        ));
+    }
     for l in &requests {
         if let (Some(tx), Some(nonce)) = (&l.served, l.served_nonce) {
             match on_chain.get(&(l.payer, nonce)) {
@@ -758,10 +778,20 @@ price = "free"
         }
     }
     eprintln!(
-        "chaos: seed {seed}: requests {}, kills {} ({} during a settlement), settled {}, delivered {}, redeemed {}, lost {}, double {}, served unpaid {}",
-        c.requests, c.kills, c.kills_during_settle, c.settled, c.delivered, c.redeemed, c.lost, c.double, c.served_unpaid
+        "chaos: seed {seed}: requests {}, kills {} ({} during a settlement), settled {}, delivered {}, redeemed {}, answers cut by a kill {}, lost {}, double {}, served unpaid {}",
+        c.requests, c.kills, c.kills_during_settle, c.settled, c.delivered, c.redeemed, c.answers_lost, c.lost, c.double, c.served_unpaid
     );
     eprintln!("chaos: faults {faults:?}");
+    if !problems.is_empty() {
+        // The journal's tmpfs goes away with the test: keep a copy beside the logs.
+        let keep = dir.join("journal-copy");
+        let _ = std::fs::create_dir_all(&keep);
+        for f in std::fs::read_dir(&disk.dir).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().starts_with("journal.db") {
+                let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
+            }
+        }
+    }
     eprintln!("chaos: logs in {}", dir.display());
     assert!(
         problems.is_empty(),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use x402_gateway::journal::JournalState;
@@ -47,7 +47,7 @@ async fn a_deferred_answer_is_released_queued_and_settled_in_the_background() {
     let gw = gateway().await;
     gw.facilitator.set_settle(SettleScript::Slow(HELD));
     let header = pay_v2(&gw, "/paid").await;
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     let resp = gw.send("/paid", &header).await;
     assert_eq!(resp.status(), 200);
     assert!(
@@ -71,11 +71,10 @@ async fn a_deferred_answer_is_released_queued_and_settled_in_the_background() {
     // Settled afterwards, once, from the journal; recorded delivered with the transaction.
     gw.until_journal(JournalState::Delivered, 1).await;
     assert_eq!(gw.facilitator.settle_calls(), 1);
-    assert_eq!(gw.payments.deferred().owed(), 0);
-    assert_eq!(gw.payments.deferred().exposure(), (0, 0));
-    // The same header again is a replay, not a redemption.
-    let again = gw.send("/paid", &header).await;
-    assert_eq!(again.status(), 402);
+    assert_eq!(gw.payments.owed(), 0);
+    assert_eq!(gw.payments.ledger().exposure(), (0, 0));
+    // The same header again is a replay, not a redemption (nor a 402: it was answered).
+    assert_already_redeemed(gw.send("/paid", &header).await).await;
     assert_eq!(gw.facilitator.settle_calls(), 1);
 }
 
@@ -86,8 +85,8 @@ async fn an_upstream_error_charges_nothing_and_gives_the_allowance_back() {
     let resp = gw.send("/status/500", &header).await;
     assert_eq!(resp.status(), 500);
     assert!(resp.headers().get("x-payment-status").is_none());
-    assert_eq!(gw.payments.deferred().exposure(), (0, 0));
-    assert_eq!(gw.payments.deferred().owed(), 0);
+    assert_eq!(gw.payments.ledger().exposure(), (0, 0));
+    assert_eq!(gw.payments.owed(), 0);
     assert_eq!(gw.facilitator.settle_calls(), 0);
 }
 
@@ -127,7 +126,7 @@ async fn over_a_cap_or_a_threshold_the_request_is_settled_first_never_refused() 
         assert!(metrics.contains(&line), "{line} not in {metrics}");
     }
     gw.until_journal(JournalState::Delivered, 3).await;
-    assert_eq!(gw.payments.deferred().exposure(), (0, 0));
+    assert_eq!(gw.payments.ledger().exposure(), (0, 0));
 }
 
 #[tokio::test]
@@ -135,36 +134,32 @@ async fn a_payer_whose_deferred_payment_failed_is_settled_first() {
     let gw = gateway().await;
     gw.facilitator
         .set_settle(SettleScript::Fail("invalid_exact_evm_insufficient_balance"));
-    gw.facilitator.set_verify(VerifyScript::Invalid {
-        status: 200,
-        reason: "invalid_exact_evm_insufficient_balance",
-    });
     let h = pay_v2(&gw, "/paid").await;
-    // Local verification would pass; the facilitator's /verify is asked first by default, so
-    // let this one through and fail only its settlement.
-    gw.facilitator.set_verify(VerifyScript::Valid);
     let resp = gw.send("/paid", &h).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-payment-status"], "queued");
     // The failure verdict is read against the chain (here: the facilitator, which cannot tell):
-    // still open, so the payer is troubled and settled first from now on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.facilitator.settle_calls() == 0 {
-        assert!(Instant::now() < deadline, "never settled");
+    // still open, so the payer is troubled (settled first from now on) while the settlement is
+    // submitted again.
+    let deadline = x402_gateway::clock::instant() + Duration::from_secs(10);
+    while !gw.payments.ledger().flagged().contains(&payer().address()) {
+        assert!(x402_gateway::clock::instant() < deadline, "never flagged");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gw.until_journal(JournalState::Unknown, 1).await;
-    gw.facilitator.set_settle(SettleScript::Success);
     let h = pay_v2(&gw, "/paid").await;
     let resp = gw.send("/paid", &h).await;
-    assert_eq!(resp.status(), 200);
     assert!(
         resp.headers().get("x-payment-status").is_none(),
         "a troubled payer must settle first"
     );
+    assert_eq!(resp.status(), 402, "settled first, and that fails");
     let metrics = gw.payments.metrics().render(0);
     assert!(
         metrics.contains(r#"x402_deferred_fallbacks_total{reason="unpaid",route="/paid"} 1"#),
         "{metrics}"
     );
+    // The payer pays: the owed settlement, submitted again, settles; the payer is clear.
+    gw.facilitator.set_settle(SettleScript::Success);
+    gw.until_journal(JournalState::Delivered, 1).await;
+    assert!(!gw.payments.ledger().flagged().contains(&payer().address()));
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder};
@@ -129,10 +129,10 @@ fn rows(path: &Path, states: &[JournalState]) -> Vec<journal::Entry> {
 
 /// Waits until `done` holds (polling the journal or the chain), or panics with the log.
 async fn until(what: &str, log: &Path, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = x402_gateway::clock::instant() + Duration::from_secs(60);
     while !done() {
         assert!(
-            Instant::now() < deadline,
+            x402_gateway::clock::instant() < deadline,
             "{what} did not happen; log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
@@ -395,9 +395,12 @@ async fn an_unfunded_payer_is_an_unpaid_delivery_settled_first_until_cleared() {
     let first = pay(broke.clone()).await;
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-payment-status"], "queued");
-    // Refused on chain: still open (unused, valid), so read again; the payer is settled first.
+    // Refused on chain: still open (unused, valid), so submitted again (the nonce admits one
+    // transfer) until shortly before validBefore; the payer is settled first meanwhile.
     until("the refusal", &log, || {
-        !rows(&journal_path, &[JournalState::Unknown]).is_empty()
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("its authorization is still open: submitting it again")
     })
     .await;
     let second = pay(broke.clone()).await;
@@ -427,14 +430,17 @@ async fn an_unfunded_payer_is_an_unpaid_delivery_settled_first_until_cleared() {
     let cleared = journal_cmd(&conf, &["clear", "--payer", &broke.address().to_string()]);
     assert!(cleared.contains("cleared 1"), "{cleared}");
     assert!(journal_cmd(&conf, &["unpaid"]).contains("no unpaid deliveries"));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = x402_gateway::clock::instant() + Duration::from_secs(20);
     loop {
         let resp = pay(broke.clone()).await;
         if resp.headers().get("x-payment-status").is_some() {
             assert_eq!(resp.status(), 200);
             break;
         }
-        assert!(Instant::now() < deadline, "still settled first after clear");
+        assert!(
+            x402_gateway::clock::instant() < deadline,
+            "still settled first after clear"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

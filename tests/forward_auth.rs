@@ -111,9 +111,9 @@ async fn caddy_and_traefik_get_the_challenge_then_allow_after_settlement() {
     assert!(verify >= 1);
     assert_eq!(upstream, 0, "the auth service never forwards");
 
-    // The same payment again: a replay, refused.
+    // The same payment again: a replay, refused (and told it was redeemed: not a 402).
     let r = a.forward("GET", "/weather/paris", Some(&payment)).await;
-    assert_eq!(r.status(), 402);
+    assert_eq!(r.status(), 409);
     assert_eq!(a.gw.counts().1, 1, "never settled twice");
 
     // Free and unmatched paths are allowed without payment; a method the route does not list
@@ -159,9 +159,9 @@ async fn a_deferred_payment_is_allowed_queued_and_settled_afterwards() {
         assert_eq!(a.gw.facilitator.settle_calls(), n, "{style}");
         // The same payment again is a replay: never allowed twice.
         let again = a.forward("GET", "/paid", Some(&payment)).await;
-        assert_eq!(again.status(), 402, "{style}");
+        assert_eq!(again.status(), 409, "{style}");
     }
-    assert_eq!(a.gw.payments.deferred().owed(), 0);
+    assert_eq!(a.gw.payments.owed(), 0);
     assert_eq!(a.gw.counts().2, 0, "the auth service never forwards");
 }
 
@@ -353,7 +353,94 @@ async fn a_settlement_past_the_deadline_stays_redeemable() {
     let r = a.forward("GET", "/weather/lima", Some(&payment)).await;
     assert_eq!(
         r.status(),
-        402,
+        409,
         "delivered once: a replay after that is refused"
     );
+}
+
+#[tokio::test]
+async fn a_method_override_the_proxy_forwards_counts_as_a_method_reading() {
+    // GET is free on this path, POST is priced, PATCH and DELETE are listed nowhere.
+    let routes = r#"
+[[route]]
+path = "/items/*"
+methods = ["GET"]
+price = "free"
+[[route]]
+path = "/items/*"
+methods = ["POST"]
+price = "$0.01"
+"#;
+    let gw = TestGateway::start_with(routes, "").await;
+    let a = Auth::serve(gw, Duration::from_secs(25)).await;
+    // The proxy forwards the client's override header and query as they are.
+    let r = http()
+        .get(a.url("/forward"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/items/1")
+        .header("x-http-method-override", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "an unlisted override reading allowed through"
+    );
+    let r = a.forward("GET", "/items/1?_method=DELETE", None).await;
+    assert_eq!(
+        r.status(),
+        405,
+        "an unlisted `_method` reading allowed through"
+    );
+    let r = a.nginx("GET", "/items/1?_method=PATCH", None).await;
+    assert_ne!(
+        r.status(),
+        200,
+        "nginx: an unlisted `_method` reading allowed through"
+    );
+    // An override to the priced method is charged.
+    let r = a.forward("GET", "/items/1?_method=POST", None).await;
+    assert_eq!(r.status(), 402);
+    // The plain free GET still passes.
+    let r = a.forward("GET", "/items/1", None).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_settlement_the_proxy_stopped_waiting_for_stays_redeemable() {
+    let gw = TestGateway::start_with(ROUTES, "settle_timeout = \"10s\"").await;
+    let a = Auth::serve(gw, Duration::from_secs(25)).await;
+    let payment = a.payment("/weather/rome").await;
+    a.gw.facilitator
+        .set_settle(SettleScript::Slow(Duration::from_millis(1500)));
+    // The proxy gives up on the sub-request long before [auth] timeout (its own timeout).
+    let gone = http()
+        .get(a.url("/forward"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/weather/rome")
+        .header("payment-signature", &payment)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        gone.is_err(),
+        "the sub-request was answered before the settlement"
+    );
+    // The settlement finishes after the proxy left: not delivered.
+    let deadline = x402_gateway::clock::instant() + Duration::from_secs(10);
+    while a.gw.facilitator.settle_calls() == 0 {
+        assert!(x402_gateway::clock::instant() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.gw.until_journal(JournalState::Settled, 1).await;
+    // The client retries with the same header: allowed, without a second settlement.
+    a.gw.facilitator.set_settle(SettleScript::Success);
+    let r = a.forward("GET", "/weather/rome", Some(&payment)).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a paid request the client never got is refused"
+    );
+    assert_eq!(a.gw.counts().1, 1, "settled once");
 }

@@ -18,7 +18,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::network::TransactionBuilder;
 use alloy::primitives::{Address, B256, U256};
@@ -69,7 +69,7 @@ fn require_tools() {
 }
 
 async fn wait_http(url: &str) {
-    let start = Instant::now();
+    let start = x402_gateway::clock::instant();
     while start.elapsed() < Duration::from_secs(20) {
         if http().get(url).send().await.is_ok() {
             return;
@@ -306,7 +306,7 @@ async fn pays_exactly(
     deferred: bool,
 ) {
     let (payer0, payee0) = (env.balance(PAYER).await, env.balance(PAYEE).await);
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     let (status, tx, net) = run();
     let took = started.elapsed();
     assert_eq!(status, 200, "{label}: not served");
@@ -315,9 +315,12 @@ async fn pays_exactly(
         // the background: the payee's balance moves by the price, once.
         assert_eq!(tx, "", "{label}: a deferred receipt has no transaction yet");
         assert_eq!(net, network, "{label}: receipt network");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = x402_gateway::clock::instant() + Duration::from_secs(30);
         while env.balance(PAYEE).await == payee0 {
-            assert!(Instant::now() < deadline, "{label}: never settled");
+            assert!(
+                x402_gateway::clock::instant() < deadline,
+                "{label}: never settled"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(
@@ -449,11 +452,18 @@ fn facilitator_body(
     signer: &alloy::signers::local::PrivateKeySigner,
     required: &x402_gateway::protocol::v2::PaymentRequired,
 ) -> String {
-    let p = sign_fresh(signer, required);
-    let payload = x402_gateway::protocol::PaymentPayload::from_header(p.as_bytes()).unwrap();
+    facilitator_request(&sign_fresh(signer, required), required)
+}
+
+/// A payment header and what it pays for, as a facilitator request body.
+fn facilitator_request(
+    payment: &str,
+    required: &x402_gateway::protocol::v2::PaymentRequired,
+) -> String {
+    let payload = x402_gateway::protocol::decode_header(payment.as_bytes()).unwrap();
     format!(
         r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
-        payload.to_canonical_json(),
+        String::from_utf8(payload).unwrap(),
         serde_json::to_string(&required.accepts[0]).unwrap()
     )
 }
@@ -501,8 +511,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 402);
-    assert!(challenge_error(&again).contains("nonce_already_used"));
+    assert_already_redeemed(again).await;
     let embedded = x402_gateway::facilitator::EmbeddedFacilitator::connect(
         &x402_gateway::config::EmbeddedConfig {
             rpc: vec![(
@@ -517,12 +526,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     )
     .await
     .unwrap();
-    let payload = x402_gateway::protocol::PaymentPayload::from_header(payment.as_bytes()).unwrap();
-    let body = format!(
-        r#"{{"x402Version":2,"paymentPayload":{},"paymentRequirements":{}}}"#,
-        payload.to_canonical_json(),
-        serde_json::to_string(&required.accepts[0]).unwrap()
-    );
+    let body = facilitator_request(&payment, &required);
     let chain_says = x402_gateway::verify::Facilitator::verify(&embedded, &body)
         .await
         .unwrap();
@@ -544,7 +548,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     let (mut verify_ms, mut settle_ms) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         let body = facilitator_body(&payer(), &required);
-        let t = Instant::now();
+        let t = x402_gateway::clock::instant();
         assert!(
             x402_gateway::verify::Facilitator::verify(&embedded, &body)
                 .await
@@ -552,7 +556,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
                 .is_valid
         );
         verify_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
+        let t = x402_gateway::clock::instant();
         assert!(x402_gateway::verify::Facilitator::settle(&embedded, &body)
             .await
             .unwrap()
@@ -792,7 +796,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
     assert!(resp.text().await.unwrap().contains("\"upstream\""));
     env.paid_once(balances).await;
     let again = paid_get(&base, "/paid/mempool", &payment).await;
-    assert_eq!(again.status(), 402, "delivered once, then a replay");
+    assert_eq!(again.status(), 409, "delivered once, then a replay");
 
     // SIGTERM while a settlement is in flight: the gateway stops accepting but finishes the
     // request; the client gets its content and receipt, the payment settles once, and the
@@ -805,7 +809,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         tokio::spawn(async move { paid_get(&base, "/paid/drain", &payment).await })
     };
     // The settlement transaction reaches the mempool: the payment is in flight.
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     loop {
         let block: serde_json::Value = p
             .raw_request("eth_getBlockByNumber".into(), ("pending", false))
@@ -831,7 +835,7 @@ async fn official_clients_and_facilitators_pay_on_a_real_chain() {
         .success());
     // It stops accepting new connections while it drains.
     let addr = base.trim_start_matches("http://").to_owned();
-    let stop = Instant::now();
+    let stop = x402_gateway::clock::instant();
     while tokio::net::TcpStream::connect(&addr).await.is_ok() {
         assert!(
             stop.elapsed() < Duration::from_secs(10),
@@ -1022,7 +1026,7 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         );
         assert!(first.headers().get("x-payment-status").is_none(), "{label}");
         let again = paid_get(&base, &path, &payment).await;
-        assert_eq!(again.status(), 402, "{label}: replay");
+        assert_eq!(again.status(), 409, "{label}: replay");
         assert_eq!(
             env.upstream.count_path(&path),
             1,
@@ -1075,14 +1079,17 @@ async fn official_clients_pay_through_nginx_and_caddy_forward_auth() {
         assert_eq!(seen.header("x-payment-status"), Some("queued"), "{label}");
         assert_eq!(seen.header("payment-response"), Some(receipt.as_str()));
         assert_eq!(seen.header("x-payment-response"), None, "{label}");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = x402_gateway::clock::instant() + Duration::from_secs(30);
         while env.balance(PAYEE).await == payee0 {
-            assert!(Instant::now() < deadline, "{label}: never settled");
+            assert!(
+                x402_gateway::clock::instant() < deadline,
+                "{label}: never settled"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         env.paid_once((payer0, payee0)).await;
         let again = paid_get(&base, &path, &payment).await;
-        assert_eq!(again.status(), 402, "{label}: replay");
+        assert_eq!(again.status(), 409, "{label}: replay");
         assert_eq!(env.upstream.count_path(&path), 1, "{label}: served once");
     }
 }

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -16,7 +16,7 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// Every span the collector received, once there are at least `n` (up to 5 s).
 async fn spans(collector: &MockServer, n: usize) -> (Vec<serde_json::Value>, serde_json::Value) {
-    let started = Instant::now();
+    let started = x402_gateway::clock::instant();
     loop {
         let bodies: Vec<serde_json::Value> = collector
             .requests

@@ -159,3 +159,39 @@ async fn watch_config_reloads_an_edited_file_by_itself() {
     gw.wait_reloads("applied", 1).await;
     assert_eq!(gw.asked().await, "12500");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_never_applies_a_half_written_file() {
+    let upstream = mock_upstream().await;
+    let facilitator = MockFacilitator::start().await;
+    let gw = Running::start(&upstream.url(), &facilitator.server.url(), true);
+    assert_eq!(gw.asked().await, "1000");
+    // A writer that is not atomic (no rename): the file up to its free route first, the
+    // priced route a moment later. The prefix is a valid file in which nothing is priced.
+    gw.write(gw.port, &gw.upstream, "$0.0125");
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    let cut = text.find("[[route]]").unwrap();
+    let free = "[[route]]\npath = \"/health\"\nprice = \"free\"\n\n";
+    let prefix = format!("{}{free}", &text[..cut]);
+    let full = format!("{prefix}{}", &text[cut..]);
+    std::fs::write(&gw.config, &prefix).unwrap();
+    // Probe the priced route while the file is half-written (longer than one poll).
+    let until = x402_gateway::clock::instant() + std::time::Duration::from_millis(1200);
+    while x402_gateway::clock::instant() < until {
+        let r = http().get(gw.url("/paid/x")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            402,
+            "a priced route went free while the file was being written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    std::fs::write(&gw.config, &full).unwrap();
+    gw.wait_reloads("applied", 1).await;
+    assert_eq!(gw.asked().await, "12500");
+    assert!(
+        !gw.log().contains("- * /paid/**"),
+        "the route was removed once: {}",
+        gw.log()
+    );
+}

@@ -8,7 +8,6 @@ use common::*;
 use x402_gateway::{client, protocol};
 
 const INSUFFICIENT: &str = "invalid_exact_evm_insufficient_balance";
-const NONCE_USED: &str = "nonce_already_used";
 
 /// Signs a fresh payment for `path` and sends it.
 async fn pay(gw: &TestGateway, path: &str) -> (String, reqwest::Response) {
@@ -191,7 +190,7 @@ async fn sequential_replay_is_refused() {
     let gw = TestGateway::start().await;
     let (payment, resp) = pay(&gw, "/paid/x").await;
     assert_settled(&resp);
-    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
+    assert_already_redeemed(gw.send("/paid/x", &payment).await).await;
     assert_eq!(gw.counts(), (1, 1, 1));
 }
 
@@ -213,14 +212,14 @@ async fn concurrent_replay_serves_once() {
     }
     statuses.sort_unstable();
     // One is served; the others are refused: 503 while the winner is in flight (a retry of it
-    // must not look like "pay again"), 402 once it was used.
+    // must not look like "pay again"), 409 once its answer went out.
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,
         "{statuses:?}"
     );
     assert!(
-        statuses.iter().all(|s| [200, 402, 503].contains(s)),
+        statuses.iter().all(|s| [200, 409, 503].contains(s)),
         "{statuses:?}"
     );
     assert_eq!((gw.facilitator.settle_calls(), gw.upstream.count()), (1, 1));
@@ -240,7 +239,7 @@ async fn local_verification_settles_without_verify_and_still_gates_release() {
     assert_eq!(gw.counts(), (0, 1, 1));
 
     // A replay is refused locally.
-    assert_rejected(&gw.send("/paid/x", &payment).await, NONCE_USED);
+    assert_already_redeemed(gw.send("/paid/x", &payment).await).await;
     assert_eq!(gw.counts(), (0, 1, 1));
 
     // A payment that cannot settle releases nothing, in either settlement mode.

@@ -26,8 +26,7 @@ async fn assert_pending(resp: reqwest::Response) {
 }
 
 fn state(gw: &TestGateway, payment: &str) -> Option<journal::Entry> {
-    let p = x402_gateway::protocol::PaymentPayload::from_header(payment.as_bytes()).unwrap();
-    let a = &p.payload.authorization;
+    let a = &exact_payload(payment.as_bytes()).authorization;
     let r = journal::open_reader(&gw.config.journal.path).unwrap();
     journal::find(&r, &a.from.to_string(), &a.nonce.to_string())
         .unwrap()
@@ -71,10 +70,8 @@ async fn a_settle_timeout_is_503_and_the_same_payment_is_redeemed_once() {
     assert_eq!(e.transaction.as_deref(), Some(TX_HASH));
     assert_eq!(gw.payments.pending_counts(), (0, 0));
 
-    // Delivered once: the next use is the replay refusal.
-    let again = gw.send("/paid/x", &payment).await;
-    assert_eq!(again.status(), 402);
-    assert!(challenge_error(&again).contains("nonce_already_used"));
+    // Delivered once: the next use is told so (not a 402: the client would pay again).
+    assert_already_redeemed(gw.send("/paid/x", &payment).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,10 +166,8 @@ async fn an_unwritable_journal_fails_priced_routes_closed_and_free_routes_keep_w
     assert_eq!(gw.send("/paid/more", &fresh()).await.status(), 503);
     // Unpaid requests to priced routes are refused too (no challenge for a payment that could
     // not be taken).
-    assert_eq!(
-        http().get(gw.url("/paid/x")).send().await.unwrap().status(),
-        503
-    );
+    let unpaid = http().get(gw.url("/paid/x")).send().await.unwrap();
+    assert_eq!(unpaid.status(), 503, "{:?}", unpaid.text().await);
     assert_eq!(
         gw.facilitator.settle_calls(),
         settled,
@@ -199,7 +194,7 @@ async fn a_restart_recovers_open_payments_from_the_journal() {
     let payment = pay_v2(&gw, "/paid/r").await;
     assert_pending(gw.send("/paid/r", &payment).await).await;
     flushed(&gw).await;
-    drop(gw);
+    gw.stop().await;
 
     // A new gateway on the same journal; its facilitator now settles.
     let gw = TestGateway::start_full(common::ROUTES, "", &sections).await;
@@ -216,7 +211,68 @@ async fn a_restart_recovers_open_payments_from_the_journal() {
     // And a payment delivered before the restart is still refused as a replay after it.
     let gw2 = TestGateway::start_full(common::ROUTES, "", &sections).await;
     gw2.payments.recover().await.unwrap();
-    let again = gw2.send("/paid/r", &payment).await;
-    assert_eq!(again.status(), 402);
-    assert!(challenge_error(&again).contains("nonce_already_used"));
+    assert_already_redeemed(gw2.send("/paid/r", &payment).await).await;
+}
+
+/// SIGKILLs the binary right after the status line of a paid answer reached the client: the
+/// payment must never be redeemable again after the restart (the journal already says it was
+/// delivered), or the same header gets the content twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_paid_answer_never_makes_it_redeemable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = mock_upstream().await;
+    let facilitator = MockFacilitator::start().await;
+    let routes = "[[route]]\npath = \"/paid/**\"\nprice = \"$0.001\"\n";
+    for round in 0..3 {
+        let (port, _admin, log, mut process) =
+            start_binary(&upstream.url(), &facilitator.server.url(), routes);
+        let config = log.with_file_name("gateway.toml");
+        let base = format!("http://127.0.0.1:{port}");
+        let challenge = get_when_up(&format!("{base}/paid/{round}")).await;
+        assert_eq!(challenge.status(), 402);
+        let required = decode_required(&challenge);
+        let header = x402_gateway::client::sign_v2(
+            &payer(),
+            &required,
+            0,
+            now(),
+            x402_gateway::client::random_nonce(),
+        )
+        .unwrap();
+        let before = upstream.count();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /paid/{round} HTTP/1.1\r\nhost: gw\r\npayment-signature: {header}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "round {round}");
+        // The status line is here: the process dies now, before anything else it may do.
+        process.0.kill().unwrap();
+        let _ = process.0.wait();
+        drop(process);
+        let log2 = log.with_file_name("gateway-2.log");
+        let _again = spawn_gateway(&config, &[], &log2);
+        assert_eq!(
+            get_when_up(&format!("{base}/paid/probe")).await.status(),
+            402
+        );
+        let resp = http()
+            .get(format!("{base}/paid/{round}"))
+            .header("payment-signature", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            resp.status(),
+            200,
+            "round {round}: the same header got the content again after the crash"
+        );
+        // Nor a 402: the answer may not have reached the client, which must not pay again.
+        assert_already_redeemed(resp).await;
+        assert_eq!(upstream.count(), before + 1, "the upstream ran twice");
+    }
 }

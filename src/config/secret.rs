@@ -69,6 +69,51 @@ pub fn expand_env(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     }
 }
 
+/// What [`lenient`] puts in place of an unset variable: never a usable value (a NUL is in no
+/// key, URL or header), so a configuration read this way can be shown but never run.
+const UNSET: &str = "\u{0}unset\u{0}";
+
+/// A lookup that never fails: unset variables read as a stand-in that only [`is_unset`]
+/// accepts. For commands that read the configuration without using its secrets (`journal
+/// list`): reading the journal must need no secret.
+pub fn lenient(lookup: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Option<String> {
+    move |name| lookup(name).or_else(|| Some(UNSET.to_owned()))
+}
+
+/// Whether `value` holds a stand-in of [`lenient`] (its validation is skipped).
+pub fn is_unset(value: &str) -> bool {
+    value.contains(UNSET)
+}
+
+/// Replaces `url` (and its path and query, where API keys live) in `text`.
+pub fn redact(text: &str, url: &str) -> String {
+    if url.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = text.replace(url, &redacted_url(url));
+    // Error texts may carry the URL re-serialised (with a trailing slash) or its key alone.
+    if let Some((_, path)) = url.split_once("://").and_then(|(_, r)| r.split_once('/')) {
+        if path.len() >= 8 {
+            out = out.replace(path, "[redacted]");
+        }
+    }
+    out
+}
+
+/// `scheme://host[:port]/[redacted]`: enough to tell endpoints apart, nothing secret.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if rest.len() > authority.len() {
+        format!("{scheme}://{authority}/[redacted]")
+    } else {
+        format!("{scheme}://{authority}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

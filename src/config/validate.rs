@@ -26,7 +26,7 @@ use super::{
     ServerConfig, SettlementMode, UnlistedMethods, UpstreamConfig, VerificationConfig,
     VerificationMode,
 };
-use crate::protocol::{self, evm, Network};
+use crate::protocol::{self, Network};
 
 mod facilitator;
 mod operations;

@@ -33,10 +33,16 @@ use alloy::rpc::types::TransactionRequest;
 use alloy::sol_types::SolCall;
 use tokio::sync::oneshot;
 
+mod plan;
+
+pub(super) use plan::{plan, Alone, Estimate, Planner, Simulated};
+
 use super::check::{Invalid, Parsed};
-use super::receipt::{settled_in, Transfer3009};
-use super::{refused, revert_reason, transfer_input, Answer, Chain, Core, RpcFailure, Sent};
+use super::send::Sent;
+use super::{refused, transfer_request, Answer, Chain, Core, RpcFailure};
 use crate::protocol::{ErrorReason, SettleResponse};
+use crate::scheme::exact::onchain::{revert_reason, transfer_input};
+use crate::scheme::exact::proof::{settled_in, Transfer3009};
 use crate::verify::FacilitatorError;
 
 alloy::sol! {
@@ -161,113 +167,6 @@ impl Queue<Parsed, Answer> {
     }
 }
 
-// === plan ===
-
-/// What planning a batch asks of the chain (the seam unit tests script).
-pub(super) trait Planner {
-    /// A payment.
-    type Item: Send;
-    /// Why one payment is refused.
-    type Refusal: Send;
-    /// Simulates the batch (every call allowed to fail).
-    fn simulate(
-        &self,
-        items: &[Self::Item],
-    ) -> impl Future<Output = Simulated<Self::Refusal>> + Send;
-    /// Estimates the batch's gas against the safe share of a block.
-    fn estimate(&self, items: &[Self::Item]) -> impl Future<Output = Estimate> + Send;
-}
-
-/// A batch's simulation.
-pub(super) enum Simulated<V> {
-    /// Per call, in order: passed, or refused (why).
-    Each(Vec<Result<(), V>>),
-    /// The call as a whole failed (out of gas, no batch contract): split it.
-    Whole,
-    /// The chain did not answer: nothing can be decided.
-    Outage(String),
-}
-
-/// A batch's gas estimate.
-pub(super) enum Estimate {
-    /// It fits; the estimated gas.
-    Fits(u64),
-    /// Estimation failed, or the batch is too big for a block: split it.
-    Split,
-    /// The chain did not answer.
-    Outage(String),
-}
-
-/// A batch after [`plan`].
-pub(super) struct Plan<T, V> {
-    /// Batches to send, each with its gas estimate.
-    pub(super) sends: Vec<(Vec<T>, u64)>,
-    /// Payments to settle alone (the single-transfer path).
-    pub(super) singles: Vec<T>,
-    /// Payments whose call failed in simulation.
-    pub(super) refused: Vec<(T, V)>,
-    /// Payments nothing could be decided for (the chain did not answer).
-    pub(super) outage: Vec<(T, String)>,
-}
-
-/// Simulates `items`, drops the refused ones, and splits the rest in halves until each part's
-/// gas fits (a part of one is settled alone).
-pub(super) async fn plan<P: Planner>(p: &P, items: Vec<P::Item>) -> Plan<P::Item, P::Refusal> {
-    let mut out = Plan {
-        sends: Vec::new(),
-        singles: Vec::new(),
-        refused: Vec::new(),
-        outage: Vec::new(),
-    };
-    let mut parts = vec![items];
-    while let Some(part) = parts.pop() {
-        if part.len() <= 1 {
-            out.singles.extend(part);
-            continue;
-        }
-        let passed = match p.simulate(&part).await {
-            Simulated::Outage(e) => {
-                out.outage.extend(part.into_iter().map(|i| (i, e.clone())));
-                continue;
-            }
-            Simulated::Each(verdicts) if verdicts.len() == part.len() => {
-                let mut passed = Vec::with_capacity(part.len());
-                for (item, verdict) in part.into_iter().zip(verdicts) {
-                    match verdict {
-                        Ok(()) => passed.push(item),
-                        Err(v) => out.refused.push((item, v)),
-                    }
-                }
-                passed
-            }
-            // An answer of the wrong length is read as a failure of the whole call.
-            Simulated::Each(_) | Simulated::Whole => {
-                halve(part, &mut parts);
-                continue;
-            }
-        };
-        if passed.len() <= 1 {
-            out.singles.extend(passed);
-            continue;
-        }
-        match p.estimate(&passed).await {
-            Estimate::Fits(gas) => out.sends.push((passed, gas)),
-            Estimate::Split => halve(passed, &mut parts),
-            Estimate::Outage(e) => out
-                .outage
-                .extend(passed.into_iter().map(|i| (i, e.clone()))),
-        }
-    }
-    out
-}
-
-/// Pushes both halves of `part`, the first half on top.
-fn halve<T>(mut part: Vec<T>, parts: &mut Vec<Vec<T>>) {
-    let second = part.split_off(part.len() / 2);
-    parts.push(second);
-    parts.push(part);
-}
-
 // === impl Core: batches on chain ===
 
 /// One payment of a batch: its place in the batch, and the request.
@@ -294,7 +193,7 @@ impl Planner for OnChain<'_> {
             .await
         {
             Ok(out) => out,
-            Err(RpcFailure::Refused(text)) => {
+            Err(RpcFailure::Reverted(text)) => {
                 tracing::warn!(error = %text, payments = items.len(), "batch simulation reverted as a whole; splitting");
                 return Simulated::Whole;
             }
@@ -314,7 +213,7 @@ impl Planner for OnChain<'_> {
                     }
                     let text = alloy::sol_types::decode_revert_reason(&r.returnData)
                         .unwrap_or_else(|| format!("reverted: {}", r.returnData));
-                    let a = &p.payload.payload.authorization;
+                    let a = &p.exact.authorization;
                     Err(Invalid {
                         reason: revert_reason(&text),
                         message: text,
@@ -324,6 +223,30 @@ impl Planner for OnChain<'_> {
                 })
                 .collect(),
         )
+    }
+
+    async fn alone(&self, (_, p): &Item) -> Alone<Invalid> {
+        let tx = transfer_request(self.chain.signers[0].address, p.asset, &p.exact);
+        match self
+            .core
+            .rpc(
+                self.chain,
+                self.chain.reader.call(tx).latest().into_future(),
+            )
+            .await
+        {
+            Ok(_) => Alone::Passes,
+            Err(RpcFailure::Reverted(text)) => {
+                let a = &p.exact.authorization;
+                Alone::Refused(Invalid {
+                    reason: revert_reason(&text),
+                    message: text,
+                    payer: Some(a.from),
+                    network: p.network_name.clone(),
+                })
+            }
+            Err(e) => Alone::Outage(e.to_string()),
+        }
     }
 
     /// The node's estimate for the first batch; then, from the gas per payment of the batches
@@ -359,7 +282,7 @@ impl Planner for OnChain<'_> {
                 );
                 Estimate::Split
             }
-            Err(RpcFailure::Refused(text)) => {
+            Err(RpcFailure::Reverted(text)) => {
                 tracing::info!(error = %text, payments = items.len(), "batch gas estimation failed; splitting");
                 Estimate::Split
             }
@@ -374,7 +297,7 @@ fn answer(p: &Parsed, reason: Option<ErrorReason>, tx: B256) -> SettleResponse {
         success: Some(reason.is_none()),
         error_reason: reason.map(|r| r.as_str().to_owned()),
         error_message: None,
-        payer: Some(p.payload.payload.authorization.from.to_checksum(None)),
+        payer: Some(p.exact.authorization.from.to_checksum(None)),
         transaction: Some(tx.to_string()),
         network: Some(p.network_name.clone()),
     }
@@ -382,7 +305,7 @@ fn answer(p: &Parsed, reason: Option<ErrorReason>, tx: B256) -> SettleResponse {
 
 /// What the payment must leave in the logs.
 fn transfer_of(p: &Parsed) -> Transfer3009 {
-    let a = &p.payload.payload.authorization;
+    let a = &p.exact.authorization;
     Transfer3009 {
         asset: p.asset,
         from: a.from,
@@ -481,11 +404,11 @@ impl Core {
                 })
                 .collect()
         };
-        let hash = match self
+        let (hash, raw) = match self
             .sign_and_send(c, signer, tx, gas.saturating_mul(12) / 10)
             .await
         {
-            Ok(Sent::Sent(hash)) => hash,
+            Ok(Sent::Sent(hash, raw)) => (hash, raw),
             Ok(Sent::Lost(hash)) => return pending(hash),
             Err(e) => {
                 return group
@@ -495,7 +418,7 @@ impl Core {
             }
         };
         tracing::info!(tx = %hash, payments = group.len(), signer = %signer.address, "batch settlement sent");
-        let Some(receipt) = self.wait_receipt(c, hash).await else {
+        let Some(receipt) = self.wait_receipt(c, signer, hash, &raw).await else {
             tracing::warn!(tx = %hash, payments = group.len(), timeout = ?self.receipt_timeout, "no receipt for the batch in time; its payments are pending");
             return pending(hash);
         };
@@ -504,23 +427,39 @@ impl Core {
             c.batch_gas.store(0, Ordering::Relaxed);
             return self.one_by_one(chain, group).await;
         }
-        let n = u64::try_from(group.len()).unwrap_or(u64::MAX).max(1);
-        c.batch_gas
-            .fetch_max(receipt.gas_used / n, Ordering::Relaxed);
         let logs = receipt.inner.logs();
         let mut out = Vec::with_capacity(group.len());
+        let mut again = Vec::new();
         let mut failed = 0usize;
-        for (i, p) in &group {
-            if settled_in(logs, &transfer_of(p)) {
-                out.push((*i, Ok(answer(p, None, hash))));
-            } else {
-                failed += 1;
-                let reason = self.resimulate(c, p).await;
-                tracing::warn!(tx = %hash, payer = %p.payload.payload.authorization.from, reason = reason.as_str(), "payment not settled by its batch transaction");
-                out.push((*i, Ok(answer(p, Some(reason), hash))));
+        for (i, p) in group {
+            if settled_in(logs, &transfer_of(&p)) {
+                out.push((i, Ok(answer(&p, None, hash))));
+                continue;
+            }
+            failed += 1;
+            match self.resimulate(c, &p).await {
+                // It would settle alone: its call was starved in the batch (a payer's smart
+                // wallet may burn the gas every later call needs). Submitted again, alone: the
+                // nonce makes that safe, and no other payer can make it fail there.
+                None => again.push((i, p)),
+                Some(reason) => {
+                    tracing::warn!(tx = %hash, payer = %p.exact.authorization.from, reason = reason.as_str(), "payment not settled by its batch transaction");
+                    out.push((i, Ok(answer(&p, Some(reason), hash))));
+                }
             }
         }
-        tracing::info!(tx = %hash, payments = group.len(), failed, gas_used = receipt.gas_used, "batch settlement mined");
+        if failed == 0 {
+            // Learnt only from batches that settled every payment: a starved batch's gas says
+            // nothing about the next one.
+            let n = u64::try_from(out.len()).unwrap_or(u64::MAX).max(1);
+            c.batch_gas
+                .fetch_max(receipt.gas_used / n, Ordering::Relaxed);
+        }
+        tracing::info!(tx = %hash, payments = out.len() + again.len(), failed, resubmitted = again.len(), gas_used = receipt.gas_used, "batch settlement mined");
+        if !again.is_empty() {
+            tracing::warn!(tx = %hash, payments = again.len(), "payments that would settle alone failed in their batch: submitting each alone");
+            out.extend(Arc::clone(&self).one_by_one(chain, again).await);
+        }
         out
     }
 
@@ -541,19 +480,21 @@ impl Core {
         out
     }
 
-    /// Why a payment's call left no logs in our mined batch: its transfer simulated alone now,
-    /// or `transaction_failed` when that tells nothing more.
-    async fn resimulate(&self, c: &Chain, p: &Parsed) -> ErrorReason {
+    /// Why a payment's call left no logs in our mined batch: its transfer simulated alone now
+    /// (`None`: it passes alone, so the batch starved it), or `transaction_failed` when the
+    /// simulation tells nothing more (the node did not answer: not submitted again blindly).
+    async fn resimulate(&self, c: &Chain, p: &Parsed) -> Option<ErrorReason> {
         let tx = TransactionRequest::default()
             .with_from(self.batch.contract)
             .with_to(p.asset)
-            .with_input(Bytes::from(transfer_input(&p.payload)));
+            .with_input(Bytes::from(transfer_input(&p.exact)));
         match self.rpc(c, c.reader.call(tx).latest().into_future()).await {
-            Err(RpcFailure::Refused(text)) => match revert_reason(&text) {
+            Ok(_) => None,
+            Err(RpcFailure::Reverted(text)) => Some(match revert_reason(&text) {
                 ErrorReason::SimulationFailed => ErrorReason::TransactionFailed,
                 reason => reason,
-            },
-            _ => ErrorReason::TransactionFailed,
+            }),
+            Err(_) => Some(ErrorReason::TransactionFailed),
         }
     }
 
@@ -564,7 +505,7 @@ impl Core {
             .map(|(_, p)| Call3 {
                 target: p.asset,
                 allowFailure: true,
-                callData: Bytes::from(transfer_input(&p.payload)),
+                callData: Bytes::from(transfer_input(&p.exact)),
             })
             .collect();
         let from: Address = c.signers.first().map(|s| s.address).unwrap_or_default();

@@ -10,9 +10,10 @@ use serde_json::value::RawValue;
 
 use crate::config::{Asset, PaymentOption};
 use crate::protocol::{
-    evm, parse_address, parse_uint, v2::Eip712Extra, ErrorReason, Network, PaymentPayload,
+    parse_address, parse_uint, v2::Eip712Extra, ErrorReason, Network, PaymentPayload,
 };
-use crate::verify::local;
+use crate::scheme::exact::{self as exact, eip3009, verify};
+use crate::scheme::{Authorized, PaymentRejection};
 
 /// A verdict of "invalid", with the payer when known. `message` is for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub fn invalid(reason: ErrorReason, message: impl Into<String>) -> Invalid {
 pub struct Parsed {
     /// The payment.
     pub payload: PaymentPayload,
+    /// Its `exact` payload (the authorization and its signature).
+    pub exact: exact::Payload,
     /// The network of the requirements.
     pub network: Network,
     /// The token contract.
@@ -94,6 +97,16 @@ pub fn parse_request(body: &[u8], now: u64) -> Result<Parsed, Invalid> {
     };
     let payload = PaymentPayload::from_json(req.payment_payload.get().as_bytes())
         .map_err(|e| invalid(ErrorReason::InvalidPayload, e.to_string()))?;
+    let exact = match Authorized::decode(&payload) {
+        Ok(Authorized::Exact(e)) => e,
+        Err(PaymentRejection::UnsupportedScheme(_)) => {
+            return Err(invalid(
+                ErrorReason::InvalidScheme,
+                "only the exact scheme is supported",
+            ))
+        }
+        Err(e) => return Err(invalid(ErrorReason::InvalidPayload, e.to_string())),
+    };
     let r = &req.payment_requirements;
     if req.x402_version.as_u64() != Some(u64::from(payload.version.number())) {
         return Err(invalid(
@@ -101,7 +114,7 @@ pub fn parse_request(body: &[u8], now: u64) -> Result<Parsed, Invalid> {
             "x402Version differs from the payload's",
         ));
     }
-    if r.scheme != "exact" || payload.scheme != "exact" {
+    if r.scheme != exact::NAME || payload.scheme != exact::NAME {
         return Err(invalid(
             ErrorReason::InvalidScheme,
             "only the exact scheme is supported",
@@ -140,12 +153,6 @@ pub fn parse_request(body: &[u8], now: u64) -> Result<Parsed, Invalid> {
         ));
     };
     let option = PaymentOption {
-        domain_separator: evm::domain_separator(
-            &extra.name,
-            &extra.version,
-            network.chain_id(),
-            asset,
-        ),
         network: network.clone(),
         asset: Asset {
             symbol: String::new(),
@@ -165,16 +172,23 @@ pub fn parse_request(body: &[u8], now: u64) -> Result<Parsed, Invalid> {
     } else {
         network.caip2().to_owned()
     };
-    if let Err(e) = local::check_payment(&payload, &option, now) {
+    let separator = eip3009::domain_separator(
+        &option.asset.name,
+        &option.asset.version,
+        network.chain_id(),
+        asset,
+    );
+    if let Err(e) = verify::check_payment(&exact, &option, &separator, now) {
         return Err(Invalid {
             reason: e.reason(),
             message: e.to_string(),
-            payer: Some(payload.payload.authorization.from),
+            payer: Some(exact.authorization.from),
             network: network_name,
         });
     }
     Ok(Parsed {
         payload,
+        exact,
         network,
         asset,
         pay_to,

@@ -165,8 +165,8 @@ pub struct FacilitatorApp {
     inner: Arc<dyn Facilitator>,
     policy: ServerPolicy,
     /// The last `/readyz` answer and when it was made: probes share one round of RPC reads a
-    /// second.
-    readiness: tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, String)>>,
+    /// second. Two bodies: signers by their place (anyone), and by their address (the token).
+    readiness: tokio::sync::Mutex<Option<(crate::clock::Instant, StatusCode, [String; 2])>>,
 }
 
 /// How long one `/readyz` answer is reused.
@@ -182,29 +182,42 @@ impl FacilitatorApp {
         }
     }
 
-    /// `/readyz`: every chain's RPC answers and every signer has gas.
-    async fn readiness(&self) -> (StatusCode, String) {
+    /// `/readyz`: every chain's RPC answers and every signer has gas. A probe without the
+    /// token learns which signer (by its place in `signer_keys`) and what is wrong, never its
+    /// address: anyone who reaches the probe could otherwise list the operator's hot wallets.
+    async fn readiness(&self, named: bool) -> (StatusCode, String) {
         let mut last = self.readiness.lock().await;
-        if let Some((at, status, body)) = last.as_ref() {
+        if let Some((at, status, bodies)) = last.as_ref() {
             if at.elapsed() < READINESS_TTL {
-                return (*status, body.clone());
+                return (*status, bodies[usize::from(named)].clone());
             }
         }
-        let mut checks = Vec::new();
+        let (mut anonymous, mut addressed) = (Vec::new(), Vec::new());
+        let mut place: std::collections::HashMap<String, usize> = Default::default();
         for b in self.inner.signer_balances().await {
-            let name = format!("signer {} on {}", b.signer.to_checksum(None), b.network);
+            let n = place.entry(b.network.clone()).or_default();
+            *n += 1;
             let failed = match b.wei {
                 Ok(w) if w.is_zero() => Some("no gas: its settlements would fail".to_owned()),
                 Ok(_) => None,
                 Err(e) => Some(format!("RPC unreachable: {e}")),
             };
-            checks.push((name, failed));
+            anonymous.push((format!("signer {n} on {}", b.network), failed.clone()));
+            addressed.push((
+                format!("signer {} on {}", b.signer.to_checksum(None), b.network),
+                failed,
+            ));
         }
-        if checks.is_empty() {
-            checks.push(("signers".to_owned(), Some("none configured".to_owned())));
+        if anonymous.is_empty() {
+            let none = ("signers".to_owned(), Some("none configured".to_owned()));
+            anonymous.push(none.clone());
+            addressed.push(none);
         }
-        let (status, body) = crate::admin::readiness(&checks);
-        *last = Some((std::time::Instant::now(), status, body.clone()));
+        let (status, anonymous) = crate::probe::readiness(&anonymous);
+        let (_, addressed) = crate::probe::readiness(&addressed);
+        let bodies = [anonymous, addressed];
+        let body = bodies[usize::from(named)].clone();
+        *last = Some((crate::clock::instant(), status, bodies));
         (status, body)
     }
 }
@@ -226,21 +239,23 @@ impl ServeHttp for FacilitatorApp {
                 return r;
             }
         }
-        // Probes carry no token; the answers hold no secrets (RPC errors are redacted).
-        let plain = "text/plain; charset=utf-8";
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/livez") => return crate::admin::text(StatusCode::OK, plain, "ok\n".into()),
-            ("GET", "/readyz") => {
-                let (status, body) = self.readiness().await;
-                return crate::admin::text(status, plain, body);
-            }
-            _ => {}
-        }
+        // Probes need no token; their answers hold no secrets (RPC errors are redacted, signer
+        // addresses only for the token).
         let auth = s
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
+        let plain = "text/plain; charset=utf-8";
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/livez") => return crate::probe::text(StatusCode::OK, plain, "ok\n".into()),
+            ("GET", "/readyz") => {
+                let named = self.policy.authorized(auth);
+                let (status, body) = self.readiness(named).await;
+                return crate::probe::text(status, plain, body);
+            }
+            _ => {}
+        }
         if !self.policy.authorized(auth) {
             let mut r = error(StatusCode::UNAUTHORIZED, &ErrorReason::Unauthorized);
             r.headers_mut().insert(

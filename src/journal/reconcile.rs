@@ -2,15 +2,11 @@
 //! still open? Used to resolve unknown settlement outcomes, to redeem retried payments and to
 //! recover after a restart.
 //!
-//! Owns: [`Reconciler`] and its [`Outcome`]s. How an outcome is read, always at a mined block:
-//! - **Settled** means the token's `AuthorizationUsed(authorizer, nonce)` event, with the
-//!   `Transfer(from, payTo, value)` of that payment in the same transaction (whoever submitted
-//!   it; a batch transaction of many payments included: see `facilitator::receipt`). `authorizationState` alone is never enough: it is also true after the payer's
-//!   `cancelAuthorization`, or when the authorization paid someone else.
-//! - **Failed** means: the authorization was cancelled (`AuthorizationCanceled`), or used in a
-//!   transaction that did not pay us, or it is still unused at a block whose timestamp is at or
-//!   past `validBefore` (the contract refuses it from then on, so it can never settle).
-//! - Anything else is **open**: still unknown.
+//! Owns: [`Reconciler`] and its [`Outcome`]s: which reader a network has (its chain RPC, or
+//! the facilitator), their timeouts, and the chain heads log searches start near. How a fate is
+//! read from the chain is the scheme's (`scheme::exact::proof::read_fate`): settled only with
+//! the payment's own transfer in a mined transaction; failed when it can never settle to us;
+//! open otherwise.
 //!
 //! With no chain RPC for the network (a remote facilitator and no `[chain] rpc`), the only
 //! reading is the facilitator's `/verify`: an authorization it calls valid is unused, and is
@@ -19,45 +15,19 @@
 //! cancellation). Configure `[chain] rpc` for automatic resolution.
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::network::TransactionBuilder;
-use alloy::primitives::{Bytes, B256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{Filter, TransactionRequest};
-use alloy::sol_types::{SolCall, SolEvent};
 
 use super::Entry;
+use crate::config::secret::redact;
 use crate::config::Secret;
-use crate::facilitator::receipt::{settled_in, Transfer3009};
-use crate::facilitator::redact;
 use crate::protocol::Network;
+use crate::scheme::exact::proof::{self, Transfer3009};
 use crate::verify::Facilitator;
 
-alloy::sol! {
-    event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
-    event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
-    function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
-}
-
-/// An authorization's fate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Settled to us in this transaction.
-    Settled {
-        /// The transaction hash.
-        transaction: String,
-    },
-    /// It will never settle to us.
-    Failed {
-        /// Why (snake_case).
-        reason: String,
-    },
-    /// Not known yet.
-    Open,
-}
+pub use crate::flow::Outcome;
 
 /// A chain endpoint for readings.
 struct ChainReader {
@@ -182,17 +152,17 @@ impl Reconciler {
     /// Reads until the outcome is known or `budget` has passed (first after 250 ms, then
     /// backing off to 2 s).
     pub async fn resolve(&self, e: &Entry, budget: Duration) -> Outcome {
-        let deadline = tokio::time::Instant::now() + budget;
+        let deadline = crate::clock::instant() + budget;
         let mut delay = Duration::from_millis(250);
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = deadline.saturating_duration_since(crate::clock::instant());
             let o = tokio::time::timeout(left.max(Duration::from_millis(1)), self.read(e))
                 .await
                 .unwrap_or(Outcome::Open);
             if o != Outcome::Open {
                 return o;
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = deadline.saturating_duration_since(crate::clock::instant());
             if left.is_zero() {
                 return Outcome::Open;
             }
@@ -220,116 +190,20 @@ impl Reconciler {
 }
 
 async fn read_chain(c: &ChainReader, e: &Entry) -> Result<Outcome, String> {
-    let p = &c.provider;
-    let (from, nonce, asset) = (e.key.from, e.key.nonce, e.key.asset);
-    // Our own transaction first: its receipt is the cheapest proof.
-    if let Some(hash) = e
-        .transaction
-        .as_deref()
-        .and_then(|t| t.parse::<B256>().ok())
-    {
-        if let Some(r) = p
-            .get_transaction_receipt(hash)
-            .await
-            .map_err(|x| x.to_string())?
-        {
-            if r.status() && pays_us(r.inner.logs(), e) {
-                return Ok(Outcome::Settled {
-                    transaction: hash.to_string(),
-                });
-            }
-        }
-    }
-    let from_block = e.from_block.unwrap_or(0);
-    let topic_from = B256::left_padding_from(from.as_slice());
-    let used = Filter::new()
-        .address(asset)
-        .event_signature(AuthorizationUsed::SIGNATURE_HASH)
-        .topic1(topic_from)
-        .topic2(nonce)
-        .from_block(from_block);
-    for log in p.get_logs(&used).await.map_err(|x| x.to_string())? {
-        let Some(hash) = log.transaction_hash else {
-            continue;
-        };
-        let Some(r) = p
-            .get_transaction_receipt(hash)
-            .await
-            .map_err(|x| x.to_string())?
-        else {
-            continue;
-        };
-        return Ok(if r.status() && pays_us(r.inner.logs(), e) {
-            Outcome::Settled {
-                transaction: hash.to_string(),
-            }
-        } else {
-            Outcome::Failed {
-                reason: "authorization_used_elsewhere".into(),
-            }
-        });
-    }
-    let cancelled = Filter::new()
-        .address(asset)
-        .event_signature(AuthorizationCanceled::SIGNATURE_HASH)
-        .topic1(topic_from)
-        .topic2(nonce)
-        .from_block(from_block);
-    if !p
-        .get_logs(&cancelled)
-        .await
-        .map_err(|x| x.to_string())?
-        .is_empty()
-    {
-        return Ok(Outcome::Failed {
-            reason: "authorization_cancelled".into(),
-        });
-    }
-    // Unused so far: it can still settle until the chain's time passes validBefore.
-    let input = authorizationStateCall {
-        authorizer: from,
-        nonce,
-    }
-    .abi_encode();
-    let tx = TransactionRequest::default()
-        .with_to(asset)
-        .with_input(Bytes::from(input));
-    let state = p
-        .call(tx)
-        .latest()
-        .into_future()
-        .await
-        .map_err(|x| x.to_string())?;
-    let used_state =
-        authorizationStateCall::abi_decode_returns(&state).map_err(|x| x.to_string())?;
-    if used_state {
-        // Used, yet no event found from `from_block`: keep looking (never counted as ours).
-        return Ok(Outcome::Open);
-    }
-    let latest = p
-        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-        .await
-        .map_err(|x| x.to_string())?
-        .ok_or("no latest block")?;
-    if latest.header.timestamp >= e.valid_before {
-        return Ok(Outcome::Failed {
-            reason: "authorization_expired_unused".into(),
-        });
-    }
-    Ok(Outcome::Open)
-}
-
-/// Whether these logs (one transaction's, perhaps a batch of many payments) hold the payment's
-/// `AuthorizationUsed` and its own transfer to `pay_to`.
-fn pays_us(logs: &[alloy::rpc::types::Log], e: &Entry) -> bool {
-    settled_in(
-        logs,
-        &Transfer3009 {
-            asset: e.key.asset,
-            from: e.key.from,
-            nonce: e.key.nonce,
-            to: e.pay_to,
-            value: e.amount,
+    proof::read_fate(
+        &c.provider,
+        &proof::Settlement {
+            payment: Transfer3009 {
+                asset: e.key.asset,
+                from: e.key.from,
+                nonce: e.key.nonce,
+                to: e.pay_to,
+                value: e.amount,
+            },
+            transaction: e.transaction.as_deref(),
+            from_block: e.from_block.unwrap_or(0),
+            valid_before: e.valid_before,
         },
     )
+    .await
 }

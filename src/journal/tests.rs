@@ -1,5 +1,8 @@
 use super::*;
+use crate::clock::now_ms;
+use crate::config::JournalSync;
 use alloy::primitives::B256;
+use std::time::Duration;
 
 fn entry(n: u8, state: JournalState) -> Entry {
     Entry {
@@ -54,7 +57,7 @@ async fn the_life_cycle_is_recorded_and_read_back() {
     let e = entry(1, JournalState::Verified);
     j.record(e.clone());
     j.transition(e.id, JournalState::Forwarded, None, None);
-    j.transition_durable(e.id, JournalState::Settling, Some(77))
+    j.transition_state_durable(e.id, &crate::flow::State::Settling, Some(77))
         .await
         .unwrap();
     let r = open_reader(&dir.join("journal.db")).unwrap();
@@ -140,7 +143,7 @@ async fn a_full_journal_refuses_durable_writes_and_says_so() {
     for n in 2..200u8 {
         let mut e = entry(n, JournalState::Verified);
         e.request = "x".repeat(4000);
-        if j.record_durable(e.clone()).await.is_err() {
+        if j.record_durable(e.clone(), false).await.is_err() {
             failed = Some(e);
             break;
         }
@@ -150,7 +153,7 @@ async fn a_full_journal_refuses_durable_writes_and_says_so() {
     let _ = e.id;
     let mut settling = e.clone();
     settling.state = JournalState::Settling;
-    assert!(j.record_durable(settling).await.is_err());
+    assert!(j.record_durable(settling, false).await.is_err());
     // Room again: the next commit succeeds and the journal is healthy.
     j.limit_pages(1 << 20).await;
     j.flush().await.unwrap();
@@ -189,7 +192,7 @@ async fn a_process_taking_over_never_picks_the_running_ones_ids() {
     let old = Journal::open(&c).unwrap();
     let mut e = entry(1, JournalState::Settling);
     e.id = old.next_id();
-    old.record_durable(e).await.unwrap();
+    old.record_durable(e, false).await.unwrap();
     // The new process opens the same file while the old one still writes.
     let new = Journal::open(&c).unwrap();
     assert_eq!(new.tag, (old.tag + 1) & 0xFF);

@@ -11,6 +11,7 @@ use http::HeaderValue;
 
 use crate::config::{PaymentOption, RouteRule};
 use crate::protocol::{self, json_string, v1, v2};
+use crate::scheme::exact::{self as exact, eip3009};
 
 /// The v2 `error` when no payment was sent (as the reference servers write it).
 pub const V2_PAYMENT_REQUIRED: &str = "Payment required";
@@ -86,6 +87,8 @@ impl Template {
 /// One option with its facilitator requirement objects ready.
 #[derive(Debug)]
 pub struct PreparedOption {
+    /// The EIP-712 domain separator of the option's token, computed once.
+    pub domain_separator: alloy::primitives::B256,
     /// v2 `PaymentRequirements` JSON (no URL in it).
     pub v2_requirements: String,
     /// v1 `PaymentRequirements` JSON with a URL slot; `None` when the option is not offered
@@ -127,7 +130,7 @@ const MAX_CACHED_URL: usize = 1024;
 
 fn v2_requirements(o: &PaymentOption) -> v2::PaymentRequirements {
     v2::PaymentRequirements {
-        scheme: "exact".into(),
+        scheme: exact::NAME.into(),
         network: o.network.caip2().into(),
         amount: o.amount.to_string(),
         asset: o.asset.address.to_checksum(None),
@@ -142,7 +145,7 @@ fn v2_requirements(o: &PaymentOption) -> v2::PaymentRequirements {
 
 fn v1_requirements(o: &PaymentOption, route: &RouteRule, v1_name: &str) -> v1::PaymentRequirements {
     v1::PaymentRequirements {
-        scheme: "exact".into(),
+        scheme: exact::NAME.into(),
         network: v1_name.into(),
         max_amount_required: o.amount.to_string(),
         resource: URL_SENTINEL.into(),
@@ -198,7 +201,14 @@ impl Challenge {
         let options = v2_reqs
             .iter()
             .zip(&v1_reqs)
-            .map(|(r2, r1)| PreparedOption {
+            .zip(&route.options)
+            .map(|((r2, r1), o)| PreparedOption {
+                domain_separator: eip3009::domain_separator(
+                    &o.asset.name,
+                    &o.asset.version,
+                    o.network.chain_id(),
+                    o.asset.address,
+                ),
                 v2_requirements: to_json(r2),
                 v1_requirements: r1.as_ref().map(|r| Template::from_json(&to_json(r))),
             })

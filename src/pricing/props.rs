@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn table() -> PriceTable {
-    crate::fuzzing::test_table(
+    crate::pricing::test_table(
         r#"
 [[route]]
 path = "/health"

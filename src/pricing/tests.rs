@@ -2,7 +2,7 @@ use super::*;
 use crate::protocol::{decode_header, v1, v2};
 
 fn table(routes: &str) -> PriceTable {
-    crate::fuzzing::test_table(routes)
+    crate::pricing::test_table(routes)
 }
 
 const ROUTES: &str = r#"

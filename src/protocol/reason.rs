@@ -88,6 +88,8 @@ reasons! {
     InvalidSignature = "invalid_exact_evm_signature", "the signature does not match the authorization";
     /// Another request is processing the same authorization now.
     PaymentInProgress = "payment_in_progress", "this authorization is being processed by another request; retry shortly";
+    /// The payment paid for an answer that went out already.
+    PaymentAlreadyRedeemed = "payment_already_redeemed", "this payment paid for an answer the gateway already gave; it is neither served nor charged again";
     /// The authorization was used already (served, settled, or on chain).
     NonceAlreadyUsed = "invalid_exact_evm_nonce_already_used", "this authorization has already been used";
 
@@ -136,6 +138,20 @@ reasons! {
     RequestTooLarge = "request_too_large", "the request body is too large";
     /// The request headers are over `[limits] max_header_bytes`.
     HeadersTooLarge = "headers_too_large", "the request headers are too large";
+    // --- Forward-auth ---
+    /// No forward-auth endpoint at the sub-request's path.
+    NoSuchEndpoint = "no_such_endpoint", "there is no forward-auth endpoint at this path";
+    /// The proxy's sub-request does not say what the original request was.
+    ProxyMisconfigured = "forward_auth_misconfigured", "the proxy did not send the original request; see the forward-auth examples";
+    /// An upgrade (h2c, or a websocket on a route without `websocket = true`).
+    UpgradeNotAllowed = "upgrade_not_allowed", "upgrades are not allowed on this route";
+    /// A CORS preflight on a priced path, which only the proxy may answer.
+    PreflightAtProxy = "preflight_at_proxy", "CORS preflights on priced paths are answered by the proxy";
+    /// The verdict on a payment was lost (another instance, a restart): ask again with it.
+    RetrySamePayment = "retry_same_payment", "retry the request with the same payment header (do not sign a new payment)";
+    /// The route changed between the proxy's two sub-requests.
+    RouteChanged = "route_changed", "the route changed; retry the request";
+
     /// The payment journal cannot be written; nothing is settled.
     JournalUnavailable = "journal_unavailable", "the gateway cannot record payments right now; nothing was charged; retry later";
     /// The standalone facilitator's bearer token is missing or wrong.

@@ -1,11 +1,8 @@
 use super::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+pub(crate) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-/// The signature of the spec's shared EIP-3009 example (x402-protocol.md §8.1).
-pub(super) const SPEC_SIGNATURE: &str = "2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd15092f9ecab05ded3d6293af148b571c";
-
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
 }
 
@@ -20,18 +17,8 @@ fn v2_payment_signature_example_decodes() {
         p.asset.as_deref(),
         Some("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
     );
-    let a = &p.payload.authorization;
-    assert_eq!(
-        a.from.to_checksum(None),
-        "0x857b06519E91e3A54538791bDbb0E22373e36b66"
-    );
-    assert_eq!(a.value, U256::from(10000u64));
-    assert_eq!((a.valid_after, a.valid_before), (1740672089, 1740672154));
-    assert_eq!(p.payload.signature.len(), 65);
-    assert_eq!(
-        alloy::primitives::hex::encode(&p.payload.signature),
-        SPEC_SIGNATURE
-    );
+    // The scheme payload stays raw here; `scheme` decodes it (scheme/exact/wire.rs tests).
+    assert!(p.payload.get().contains("\"authorization\""));
 }
 
 #[test]
@@ -40,21 +27,21 @@ fn v1_x_payment_example_decodes() {
     assert_eq!(p.version, X402Version::V1);
     assert_eq!(p.network, "base-sepolia");
     assert!(p.accepted.is_none() && p.asset.is_none());
-    assert_eq!(p.payload.authorization.value, U256::from(10000u64));
 }
 
 #[test]
-fn canonical_json_round_trips_to_the_same_payload() {
+fn canonical_envelope_round_trips_to_the_spec_json() {
     for name in ["v1_x_payment.b64", "v2_payment_signature.b64"] {
         let p = PaymentPayload::from_header(&fixture(name)).unwrap();
-        let again = PaymentPayload::from_json(p.to_canonical_json().as_bytes()).unwrap();
-        assert_eq!(again.payload, p.payload, "{name}");
+        let json = p.to_canonical_json(p.payload.get());
+        let again = PaymentPayload::from_json(json.as_bytes()).unwrap();
+        assert_eq!(again.payload.get(), p.payload.get(), "{name}");
         assert_eq!(again.version, p.version);
         assert_eq!(again.network, p.network);
-        // And the canonical JSON equals the spec's JSON, field for field.
+        // And the envelope equals the spec's JSON, field for field.
         let spec: serde_json::Value =
             serde_json::from_slice(&decode_header(&fixture(name)).unwrap()).unwrap();
-        let ours: serde_json::Value = serde_json::from_str(&p.to_canonical_json()).unwrap();
+        let ours: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(ours, spec, "{name}");
     }
 }
@@ -138,18 +125,6 @@ fn malformed_headers_are_errors_not_panics() {
             "version",
         ),
         (b64(&spec.replace("\"x402Version\":2,", "")), "version"),
-        (
-            b64(&spec.replace("0x857b06519E91e3A54538791bDbb0E22373e36b66", "0x857b")),
-            "field",
-        ),
-        (
-            b64(&spec.replace("\"10000\",\"validAfter\"", "\"-1\",\"validAfter\"")),
-            "field",
-        ),
-        (b64(&spec.replace("\"1740672154\"", "\"1e9\"")), "field"),
-        (b64(&spec.replace("0xf3746613", "0xzz746613")), "field"),
-        (b64(&spec.replace("0x2d6a7588", "2d6a7588")), "field"),
-        (b64(&spec.replace(SPEC_SIGNATURE, "abcd")), "field"),
         ("A".repeat(MAX_PAYMENT_HEADER_BYTES + 1), "large"),
     ];
     for (value, kind) in cases {
@@ -160,32 +135,10 @@ fn malformed_headers_are_errors_not_panics() {
             "base64" => matches!(err, CodecError::Base64(_)),
             "json" => matches!(err, CodecError::Json(_)),
             "version" => matches!(err, CodecError::Version(_)),
-            "field" => matches!(err, CodecError::Field { .. }),
             "large" => matches!(err, CodecError::TooLarge(_)),
             _ => false,
         };
         assert!(ok, "{kind}: got {err:?}");
-    }
-}
-
-#[test]
-fn lenient_integer_spellings_read_the_same_value() {
-    let spec =
-        String::from_utf8(decode_header(&fixture("v2_payment_signature.b64")).unwrap()).unwrap();
-    let hex = spec.replace("\"value\":\"10000\"", "\"value\":\"0x2710\"");
-    let num = spec.replace(
-        "\"validBefore\":\"1740672154\"",
-        "\"validBefore\":1740672154",
-    );
-    for s in [hex, num] {
-        let p = PaymentPayload::from_json(s.as_bytes()).unwrap();
-        assert_eq!(p.payload.authorization.value, U256::from(10000u64));
-        assert_eq!(p.payload.authorization.valid_before, 1740672154);
-        // The canonical form written to the facilitator uses decimal strings.
-        assert!(p.to_canonical_json().contains("\"value\":\"10000\""));
-        assert!(p
-            .to_canonical_json()
-            .contains("\"validBefore\":\"1740672154\""));
     }
 }
 

@@ -13,88 +13,32 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::WrappedX509;
 use pingora::{Error, ErrorType, Result};
 
+mod discovery;
+
+use super::peer::{prepared_ca, prepared_peer, upstream_host};
 use super::upstream::{Resolver, UpstreamTarget};
-use crate::config::{
-    BackendConfig, HashKey, HealthCheckConfig, HostHeader, Selection, UpstreamConfig,
-};
+use crate::config::{HashKey, HealthCheckConfig, HostHeader, Selection, UpstreamConfig};
+use discovery::PoolDiscovery;
 
 /// How many backends a selection looks at before giving up (all of them, in practice).
 const MAX_SELECT: usize = 256;
 
-/// Requests one HTTP/2 connection to a backend carries at once.
-const H2_STREAMS: usize = 100;
-
 /// Which configured backend an address came from.
 #[derive(Clone, Copy, Debug)]
 struct BackendIndex(usize);
-
-// === Discovery ===
-
-/// Resolves every backend's host; a name that does not resolve keeps its last addresses.
-struct PoolDiscovery {
-    name: String,
-    backends: Vec<BackendConfig>,
-    last: Mutex<Vec<Vec<SocketAddr>>>,
-}
-
-#[async_trait]
-impl ServiceDiscovery for PoolDiscovery {
-    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
-        let mut resolved = Vec::with_capacity(self.backends.len());
-        for (i, b) in self.backends.iter().enumerate() {
-            let addrs = match b.host.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, b.port)],
-                Err(_) => match tokio::net::lookup_host((b.host.as_str(), b.port)).await {
-                    Ok(a) => {
-                        let mut a: Vec<SocketAddr> = a.collect();
-                        a.sort();
-                        a.dedup();
-                        a
-                    }
-                    Err(e) => {
-                        let last = self
-                            .last
-                            .lock()
-                            .map(|l| l.get(i).cloned().unwrap_or_default())
-                            .unwrap_or_default();
-                        tracing::warn!(upstream = %self.name, backend = %b.url, error = %e, "backend host did not resolve; keeping its last addresses");
-                        last
-                    }
-                },
-            };
-            resolved.push(addrs);
-        }
-        let mut set = BTreeSet::new();
-        for (i, addrs) in resolved.iter().enumerate() {
-            for a in addrs {
-                let mut backend =
-                    Backend::new_with_weight(&a.to_string(), self.backends[i].weight)?;
-                backend.ext.insert(BackendIndex(i));
-                set.insert(backend);
-            }
-        }
-        if let Ok(mut last) = self.last.lock() {
-            *last = resolved;
-        }
-        Ok((set, HashMap::new()))
-    }
-}
 
 // === Health check ===
 
@@ -199,59 +143,6 @@ impl Peers {
     fn host(&self, i: usize) -> Option<&HeaderValue> {
         self.hosts.get(i).and_then(Option::as_ref)
     }
-}
-
-/// The `Host` an upstream (or a backend) is sent with `host_header = "upstream"`.
-pub(super) fn upstream_host(host: &str, port: u16, tls: bool) -> Option<HeaderValue> {
-    let default_port = if tls { 443 } else { 80 };
-    let authority = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    let v = if port == default_port {
-        authority
-    } else {
-        format!("{authority}:{port}")
-    };
-    HeaderValue::from_str(&v).ok()
-}
-
-/// A peer with the upstream's timeouts, TLS and HTTP version settings.
-pub(super) fn prepared_peer(
-    c: &UpstreamConfig,
-    addr: SocketAddr,
-    tls: bool,
-    sni: String,
-    ca: Option<&Arc<[WrappedX509]>>,
-) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, tls, sni);
-    peer.options.connection_timeout = Some(c.connect_timeout);
-    peer.options.total_connection_timeout = Some(c.connect_timeout);
-    peer.options.read_timeout = Some(c.read_timeout);
-    peer.options.write_timeout = Some(c.write_timeout);
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-    peer.options.ca = ca.cloned();
-    if tls {
-        // HTTP/2 when the upstream offers it (ALPN), HTTP/1.1 otherwise.
-        peer.options.set_http_version(2, 1);
-        peer.options.max_h2_streams = H2_STREAMS;
-    } else if c.h2c {
-        peer.options.set_http_version(2, 2);
-        peer.options.max_h2_streams = H2_STREAMS;
-    }
-    peer
-}
-
-/// The private CA of `c`, prepared once.
-pub(super) fn prepared_ca(c: &UpstreamConfig) -> Option<Arc<[WrappedX509]>> {
-    c.tls_ca.as_ref().map(|certs| {
-        certs
-            .iter()
-            .map(|der| WrappedX509::new(der.clone(), pingora::utils::tls::parse_x509))
-            .collect::<Vec<_>>()
-            .into()
-    })
 }
 
 // === Pool ===

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
@@ -58,11 +58,11 @@ impl UpstreamTarget {
     /// runs at start) and again by [`Resolver`]. A name that does not resolve is logged and
     /// retried; until it resolves, requests get `502`.
     pub fn new(c: &UpstreamConfig) -> Self {
-        let ca = super::pool::prepared_ca(c);
+        let ca = super::peer::prepared_ca(c);
         let host = match &c.host_header {
             HostHeader::Client => None,
             HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
-            HostHeader::Upstream => super::pool::upstream_host(&c.host, c.port, c.tls),
+            HostHeader::Upstream => super::peer::upstream_host(&c.host, c.port, c.tls),
         };
         let t = UpstreamTarget {
             config: c.clone(),
@@ -82,7 +82,7 @@ impl UpstreamTarget {
 
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let c = &self.config;
-        super::pool::prepared_peer(c, addr, c.tls, c.sni.clone(), self.ca.as_ref())
+        super::peer::prepared_peer(c, addr, c.tls, c.sni.clone(), self.ca.as_ref())
     }
 
     /// Replaces the peers when the addresses changed.
@@ -295,6 +295,7 @@ pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()>
         for h in &METHOD_OVERRIDE_HEADERS {
             req.remove_header(h);
         }
+        strip_query_overrides(req)?;
     }
     strip_upgrade(req, f.websocket)?;
     if f.upgrade_held {
@@ -341,6 +342,53 @@ pub fn prepare_request(req: &mut RequestHeader, f: Forwarding<'_>) -> Result<()>
     }
     req.insert_header(X_FORWARDED_PROTO, f.proto)?;
     Ok(())
+}
+
+/// Removes `_method` parameters (any case) from the query: on a priced path the method the
+/// request was charged as is the one the upstream sees.
+///
+/// # Errors
+/// A target that no longer parses (never: only whole parameters are removed).
+fn strip_query_overrides(req: &mut RequestHeader) -> Result<()> {
+    let Some(pq) = req.uri.path_and_query() else {
+        return Ok(());
+    };
+    let Some((path, query)) = pq.as_str().split_once('?') else {
+        return Ok(());
+    };
+    let is_override = |p: &&str| {
+        p.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("_method"))
+    };
+    if !query.split('&').any(|p| is_override(&p)) {
+        return Ok(());
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_override(p)).collect();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(target)
+        .build()
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting the target", e))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+/// Notes what a response head means for the downstream connection: a refused websocket
+/// handshake (any final status but `101`) leaves the held request body unended, so the
+/// connection must close after it (the client's close ends the exchange).
+pub fn note_response(
+    session: &mut pingora::proxy::Session,
+    r: &ResponseHeader,
+    upgrade_held: bool,
+) {
+    if upgrade_held && r.status.as_u16() != 101 && !r.status.is_informational() {
+        session.set_keepalive(None);
+    }
 }
 
 /// The request-body length a held websocket handshake reads as (never reached: the body turns

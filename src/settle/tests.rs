@@ -1,25 +1,10 @@
-use std::sync::Mutex;
-
-use alloy::primitives::{Address, B256, U256};
-use async_trait::async_trait;
-
 use super::*;
-use crate::protocol::{self, SettleResponse, SupportedResponse, VerifyResponse, X402Version};
-use crate::verify::{unix_now, Held, ReplayGuard, ReplayKey};
+use crate::ledger::ReplayKey;
+use crate::protocol::{self, X402Version};
+use alloy::primitives::{Address, B256, U256};
 
-struct Scripted(Mutex<Option<Result<SettleResponse, FacilitatorError>>>);
-
-#[async_trait]
-impl Facilitator for Scripted {
-    async fn verify(&self, _: &str) -> Result<VerifyResponse, FacilitatorError> {
-        unreachable!("settlement never verifies")
-    }
-    async fn settle(&self, _: &str) -> Result<SettleResponse, FacilitatorError> {
-        self.0.lock().unwrap().take().expect("settle called twice")
-    }
-    async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
-        Ok(SupportedResponse::default())
-    }
+fn answer(json: &str) -> Result<SettleResponse, FacilitatorError> {
+    Ok(serde_json::from_str(json).unwrap())
 }
 
 fn verified() -> Verified {
@@ -36,186 +21,140 @@ fn verified() -> Verified {
             from: Address::repeat_byte(2),
             nonce: B256::ZERO,
         },
-        valid_before: unix_now() + 300,
+        valid_before: 2_000_000_000,
         pay_to: Address::repeat_byte(3),
         caip2: "eip155:84532".into(),
     }
 }
 
-fn settle_response(json: &str) -> Result<SettleResponse, FacilitatorError> {
-    Ok(serde_json::from_str(json).unwrap())
+fn decoded(r: Option<(http::HeaderName, String)>) -> SettleResponse {
+    let (_, value) = r.expect("a receipt");
+    serde_json::from_slice(&protocol::decode_header(value.as_bytes()).unwrap()).unwrap()
 }
 
-/// A verified payment holding its authorization in `replay`.
-fn held(replay: &Arc<ReplayGuard>) -> Payment {
-    let v = verified();
-    replay
-        .acquire(v.key.clone(), v.valid_before, unix_now())
-        .unwrap();
-    let hold = Hold::new(replay.clone(), v.key.clone(), v.valid_before);
-    Payment::new(
-        v,
-        SettlementMode::AfterResponse,
-        hold,
-        "/paid/**".into(),
-        "http://gw/paid/x".into(),
-    )
-}
-
-async fn run(answer: Result<SettleResponse, FacilitatorError>) -> (Payment, Arc<ReplayGuard>) {
-    let replay = Arc::new(ReplayGuard::new(100));
-    let mut p = held(&replay);
-    p.forwarded();
-    Settler::new(Arc::new(Scripted(Mutex::new(Some(answer)))))
-        .settle(&mut p)
-        .await;
-    (p, replay)
-}
-
-#[tokio::test]
-async fn success_settles_with_a_receipt() {
-    let (p, replay) = run(settle_response(
-        r#"{"success":true,"transaction":"0xabc","network":"eip155:84532"}"#,
-    ))
-    .await;
+#[test]
+fn only_success_with_a_transaction_is_settled() {
     assert_eq!(
-        p.state(),
-        &PaymentState::Settled {
-            transaction: "0xabc".into()
+        classify(answer(
+            r#"{"success":true,"transaction":"0x1","network":"x"}"#
+        )),
+        Settled::Yes {
+            transaction: "0x1".into()
         }
     );
-    let (name, value) = p.receipt().unwrap();
-    assert_eq!(name, protocol::PAYMENT_RESPONSE);
-    let r: SettleResponse =
-        serde_json::from_slice(&protocol::decode_header(value.as_bytes()).unwrap()).unwrap();
-    assert!(r.is_success());
-    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
-}
-
-#[tokio::test]
-async fn failures_never_count_as_settled() {
-    for (answer, held) in [
-        (
-            settle_response(
-                r#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"eip155:84532"}"#,
-            ),
-            None,
-        ),
-        // No `success`, but a transaction: it may have been mined, so it stays used.
-        (
-            settle_response(r#"{"transaction":"0xabc","network":"eip155:84532"}"#),
-            Some(Held::Used),
-        ),
-        (
-            settle_response(r#"{"success":true,"transaction":""}"#),
-            None,
-        ),
+    // A success without a transaction, or an answer without `success`: it may have happened.
+    for json in [
+        r#"{"success":true,"transaction":""}"#,
+        r#"{"transaction":"0xabc","network":"eip155:84532"}"#,
     ] {
-        let (p, replay) = run(answer).await;
         assert!(
-            matches!(p.state(), PaymentState::Failed { .. }),
-            "{:?}",
-            p.state()
+            matches!(classify(answer(json)), Settled::Unknown { .. }),
+            "{json}"
         );
-        let (_, value) = p.receipt().unwrap();
-        let r: SettleResponse =
-            serde_json::from_slice(&protocol::decode_header(value.as_bytes()).unwrap()).unwrap();
-        assert!(!r.is_success());
-        // Refused without a transaction: the chain refuses it again, so nothing is held.
-        assert_eq!(replay.state(&p.verified.key), held);
     }
-    // A failure with a transaction (mined and reverted) stays used.
-    let (p, replay) = run(settle_response(
-        r#"{"success":false,"errorReason":"invalid_exact_evm_transaction_failed","transaction":"0xdead","network":"eip155:84532"}"#,
-    ))
-    .await;
-    assert_eq!(
-        p.state(),
-        &PaymentState::Failed {
-            reason: ErrorReason::TransactionFailed
-        }
-    );
-    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
 }
 
-#[tokio::test]
-async fn a_facilitator_never_reached_releases_the_payment() {
-    let e = FacilitatorError::Unreachable {
-        url: "u".into(),
-        source: "refused".into(),
-        connect: true,
-    };
-    let (p, replay) = run(Err(e)).await;
+#[test]
+fn refusals_keep_their_transaction_and_reason() {
     assert_eq!(
-        p.state(),
-        &PaymentState::Released {
-            reason: ErrorReason::FacilitatorUnreachable
+        classify(answer(
+            r#"{"success":false,"errorReason":"insufficient_funds","transaction":"","network":"x"}"#
+        )),
+        Settled::No {
+            reason: ErrorReason::Other("insufficient_funds".into()),
+            transaction: None
         }
     );
-    assert_eq!(replay.state(&p.verified.key), None);
-    let (p, _) = run(Err(FacilitatorError::Busy)).await;
-    assert_eq!(p.failure_reason(), Some(&ErrorReason::FacilitatorBusy));
+    let reverted = classify(answer(
+        r#"{"success":false,"errorReason":"invalid_exact_evm_transaction_failed","transaction":"0xdead"}"#,
+    ));
+    assert_eq!(
+        reverted,
+        Settled::No {
+            reason: ErrorReason::TransactionFailed,
+            transaction: Some("0xdead".into())
+        }
+    );
+    assert!(
+        !reverted.is_final_refusal(),
+        "a transaction was sent: the chain decides"
+    );
+    let used = classify(answer(
+        r#"{"success":false,"errorReason":"invalid_exact_evm_nonce_already_used","transaction":""}"#,
+    ));
+    assert!(
+        !used.is_final_refusal(),
+        "a used nonce may be our own transfer"
+    );
 }
 
-#[tokio::test]
-async fn a_pending_settlement_is_unknown_with_its_transaction() {
-    let (p, replay) = run(settle_response(
-        r#"{"success":false,"errorReason":"settlement_pending","transaction":"0xbeef","network":"eip155:84532"}"#,
-    ))
-    .await;
+#[test]
+fn pending_timeouts_and_outages_are_told_apart() {
     assert_eq!(
-        p.state(),
-        &PaymentState::Unknown {
+        classify(answer(
+            r#"{"success":false,"errorReason":"settlement_pending","transaction":"0xbeef"}"#
+        )),
+        Settled::Unknown {
             reason: ErrorReason::SettlementPending,
             transaction: Some("0xbeef".into())
         }
     );
-    assert_eq!(p.transaction(), Some("0xbeef"));
-    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
-}
-
-#[tokio::test]
-async fn a_timeout_is_unknown_not_failed() {
-    let e = FacilitatorError::Timeout {
+    let timeout = FacilitatorError::Timeout {
         url: "u".into(),
         timeout: std::time::Duration::from_secs(1),
     };
-    let (p, replay) = run(Err(e)).await;
     assert_eq!(
-        p.state(),
-        &PaymentState::Unknown {
+        classify(Err(timeout)),
+        Settled::Unknown {
             reason: ErrorReason::SettlementTimeout,
             transaction: None
         }
     );
-    assert_eq!(replay.state(&p.verified.key), Some(Held::Used));
-}
-
-#[tokio::test]
-async fn release_gives_back_only_unsettled_payments() {
-    let replay = Arc::new(ReplayGuard::new(100));
-    let mut p = held(&replay);
-    assert_eq!(replay.state(&p.verified.key), Some(Held::InFlight));
-    p.release(ErrorReason::UpstreamError);
-    assert_eq!(p.state().name(), "released");
-    assert_eq!(replay.state(&p.verified.key), None);
-    assert!(p.receipt().is_none());
-    // A settled payment cannot be released.
-    let (mut settled, replay) = run(settle_response(
-        r#"{"success":true,"transaction":"0x1","network":"x"}"#,
-    ))
-    .await;
-    settled.release(ErrorReason::NotServed);
-    assert_eq!(settled.state().name(), "settled");
-    assert_eq!(replay.state(&settled.verified.key), Some(Held::Used));
+    let refused = FacilitatorError::Unreachable {
+        url: "u".into(),
+        source: "refused".into(),
+        connect: true,
+    };
+    assert_eq!(
+        classify(Err(refused)),
+        Settled::NotSent {
+            reason: ErrorReason::FacilitatorUnreachable
+        }
+    );
+    assert_eq!(
+        classify(Err(FacilitatorError::Busy)),
+        Settled::NotSent {
+            reason: ErrorReason::FacilitatorBusy
+        }
+    );
 }
 
 #[test]
-fn dropping_a_payment_gives_its_authorization_back() {
-    let replay = Arc::new(ReplayGuard::new(100));
-    let p = held(&replay);
-    let key = p.verified.key.clone();
-    assert_eq!(replay.state(&key), Some(Held::InFlight));
-    drop(p);
-    assert_eq!(replay.state(&key), None);
+fn receipts_say_what_became_of_the_payment() {
+    let v = verified();
+    let ok = decoded(receipt(
+        &v,
+        &State::Delivered {
+            transaction: "0x1".into(),
+        },
+    ));
+    assert!(ok.is_success());
+    let pending = decoded(receipt(
+        &v,
+        &State::Unknown {
+            reason: ErrorReason::SettlementTimeout,
+            transaction: Some("0xbeef".into()),
+        },
+    ));
+    assert_eq!(pending.error_reason.as_deref(), Some("settlement_pending"));
+    assert_eq!(pending.transaction.as_deref(), Some("0xbeef"));
+    let queued = decoded(receipt(&v, &State::Queued));
+    assert_eq!(queued.success, Some(true));
+    assert!(receipt(
+        &v,
+        &State::Released {
+            reason: ErrorReason::UpstreamError
+        }
+    )
+    .is_none());
 }

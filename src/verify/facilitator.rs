@@ -112,7 +112,7 @@ impl Bounded {
         endpoint: &str,
         call: impl std::future::Future<Output = Result<T, FacilitatorError>>,
     ) -> Result<T, FacilitatorError> {
-        let start = std::time::Instant::now();
+        let start = crate::clock::instant();
         let Ok(Ok(_permit)) = tokio::time::timeout(self.wait, self.permits.acquire()).await else {
             self.metrics
                 .facilitator_call(endpoint, "busy", start.elapsed());
@@ -139,7 +139,7 @@ impl Facilitator for Bounded {
     /// Not bounded here: the deferred queue bounds its own settlements (`[payment.deferred]
     /// concurrency`, or its batch budget), so they never take the places of paying requests.
     async fn settle_deferred(&self, body: &str) -> Result<SettleResponse, FacilitatorError> {
-        let start = std::time::Instant::now();
+        let start = crate::clock::instant();
         let r = self.inner.settle_deferred(body).await;
         let outcome = if r.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -152,7 +152,7 @@ impl Facilitator for Bounded {
     }
 
     async fn supported(&self) -> Result<SupportedResponse, FacilitatorError> {
-        let start = std::time::Instant::now();
+        let start = crate::clock::instant();
         let r = self.inner.supported().await;
         let outcome = if r.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -375,11 +375,7 @@ impl Facilitator for FacilitatorClient {
     }
 }
 
-/// Installs ring as the process-wide rustls crypto provider (rustls needs exactly one; ring is
-/// the one compiled in). Call before building any `reqwest::Client`; later calls do nothing.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::edge::install_crypto_provider;
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,9 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -208,7 +210,7 @@ impl Http1Client {
     }
 
     fn checkin(&self, mut conn: Conn) {
-        conn.idle_since = Instant::now();
+        conn.idle_since = crate::clock::instant();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -235,7 +237,7 @@ impl Http1Client {
         Ok(Conn {
             io,
             buf: Vec::with_capacity(4096),
-            idle_since: Instant::now(),
+            idle_since: crate::clock::instant(),
             max_idle: DEFAULT_MAX_IDLE,
         })
     }

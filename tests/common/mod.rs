@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::B256;
 use alloy::signers::local::PrivateKeySigner;
@@ -357,6 +357,8 @@ pub enum SettleScript {
     MissingSuccess,
     Garbage,
     Slow(Duration),
+    /// `success: false`, `settlement_pending`, with this transaction hash.
+    Pending(&'static str),
 }
 
 pub struct MockFacilitator {
@@ -408,6 +410,10 @@ impl MockFacilitator {
                     SettleScript::MissingSuccess => Response::json(200, &serde_json::json!({"transaction": TX_HASH, "network": network}).to_string()),
                     SettleScript::Garbage => Response::json(502, "upstream connect error"),
                     SettleScript::Slow(d) => Response::json(200, r#"{"success":true,"transaction":"0x22","network":"eip155:84532"}"#).delayed(d),
+                    SettleScript::Pending(tx) => Response::json(
+                        200,
+                        &serde_json::json!({"success": false, "errorReason": "settlement_pending", "transaction": tx, "network": network}).to_string(),
+                    ),
                 }
             }
             _ => Response::json(404, "{}"),
@@ -498,10 +504,19 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
+    /// Stops the gateway as a process ends: its journal is closed (its payments are anyone's
+    /// to take over from then on), and the listener stops.
+    pub async fn stop(self) {
+        if let Some(j) = self.payments.journal() {
+            let _ = j.close().await;
+        }
+        drop(self);
+    }
+
     /// Waits (on the journal's state, not a fixed time) until `n` payments are in `state`.
     pub async fn until_journal(&self, state: JournalState, n: usize) {
         let path = self.payments.journal().unwrap().path().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = x402_gateway::clock::instant() + Duration::from_secs(20);
         loop {
             self.payments.journal().unwrap().flush().await.unwrap();
             let conn = journal::open_reader(&path).unwrap();
@@ -518,7 +533,10 @@ impl TestGateway {
                 assert_eq!(got, n, "more {state:?} payments than expected");
                 return;
             }
-            assert!(Instant::now() < deadline, "{got} of {n} payments {state:?}");
+            assert!(
+                x402_gateway::clock::instant() < deadline,
+                "{got} of {n} payments {state:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -550,6 +568,49 @@ impl TestGateway {
         routes: &str,
         facilitator_extra: &str,
         sections: &str,
+    ) -> TestGateway {
+        Self::start_recovered(
+            upstream,
+            upstream_url,
+            upstream_extra,
+            routes,
+            facilitator_extra,
+            sections,
+            false,
+        )
+        .await
+    }
+
+    /// As [`TestGateway::start_full`], for a process started with `run --upgrade` while this
+    /// test process (the "old" gateway) keeps running on the same journal.
+    pub async fn start_taking_over(
+        routes: &str,
+        facilitator_extra: &str,
+        sections: &str,
+    ) -> TestGateway {
+        let upstream = mock_upstream().await;
+        let url = upstream.url();
+        Self::start_recovered(
+            upstream,
+            &url,
+            "",
+            routes,
+            facilitator_extra,
+            sections,
+            true,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_recovered(
+        upstream: MockServer,
+        upstream_url: &str,
+        upstream_extra: &str,
+        routes: &str,
+        facilitator_extra: &str,
+        sections: &str,
+        taking_over: bool,
     ) -> TestGateway {
         let facilitator = MockFacilitator::start().await;
         // Defaults a test may set itself in `facilitator_extra`.
@@ -608,7 +669,14 @@ network = "base-sepolia"
         let supported = fetch_supported(client.as_ref(), 3).await.unwrap();
         let gateway = build_gateway(&config, client, &supported).unwrap();
         let payments = gateway.payments().clone();
-        payments.recover().await.unwrap();
+        if taking_over {
+            payments
+                .recover_for_handover(Some(std::process::id()), Duration::from_secs(120))
+                .await
+                .unwrap();
+        } else {
+            payments.recover().await.unwrap();
+        }
         tokio::spawn(payments.clone().run_deferred());
 
         let conf = Arc::new(ServerConf::default());
@@ -640,6 +708,18 @@ network = "base-sepolia"
             self.facilitator.settle_calls(),
             self.upstream.count(),
         )
+    }
+
+    /// Replaces the running price table with `routes` (as a reload does).
+    pub async fn set_routes(&self, routes: Vec<x402_gateway::config::RouteRule>) {
+        let client =
+            FacilitatorClient::new(&self.facilitator.server.url(), &self.config.facilitator)
+                .unwrap();
+        let supported = fetch_supported(&client, 3).await.unwrap();
+        let kinds = x402_gateway::kinds(&supported);
+        self.payments
+            .table()
+            .store(Arc::new(x402_gateway::price_table(routes, &kinds)));
     }
 
     /// GETs `path` with `payment` as `PAYMENT-SIGNATURE`, giving up after 5 s.
@@ -734,7 +814,7 @@ pub fn http() -> reqwest::Client {
 }
 
 pub fn now() -> u64 {
-    x402_gateway::verify::unix_now()
+    x402_gateway::clock::unix_now()
 }
 
 pub fn decode_required(resp: &reqwest::Response) -> v2::PaymentRequired {
@@ -981,13 +1061,13 @@ pub async fn reload_count(admin: u16, result: &str) -> usize {
 /// Sends SIGHUP to process `pid` once its `log` says reloading is armed (before that, SIGHUP's
 /// default action would end the process).
 pub async fn sighup(pid: u32, log: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = x402_gateway::clock::instant() + Duration::from_secs(30);
     while !std::fs::read_to_string(log)
         .unwrap_or_default()
         .contains("config reload armed")
     {
         assert!(
-            Instant::now() < deadline,
+            x402_gateway::clock::instant() < deadline,
             "reload never armed; log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
@@ -1212,4 +1292,23 @@ path = "/x"
 price = "1000"
 "#
     )
+}
+
+/// The `exact` payload a payment header carries (its EIP-3009 authorization and signature).
+#[allow(dead_code)]
+pub fn exact_payload(header: &[u8]) -> x402_gateway::scheme::exact::Payload {
+    let p = x402_gateway::protocol::PaymentPayload::from_header(header).unwrap();
+    match x402_gateway::scheme::Authorized::decode(&p).unwrap() {
+        x402_gateway::scheme::Authorized::Exact(e) => e,
+    }
+}
+
+/// Asserts the answer to a payment whose paid answer went out already: `409`
+/// `payment_already_redeemed` (never a `402`, which makes clients pay again), no content.
+#[allow(dead_code)]
+pub async fn assert_already_redeemed(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 409, "a spent payment's retry");
+    assert!(resp.headers().get("payment-required").is_none());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("payment_already_redeemed"), "{body}");
 }

@@ -2,6 +2,7 @@
 //! its batching keys) and the standalone facilitator server's policy.
 
 use super::*;
+use crate::config::secret::is_unset;
 
 // === [facilitator] ===
 
@@ -31,7 +32,7 @@ pub(super) fn facilitator(s: &Section<'_>, env: Env<'_>) -> Option<FacilitatorCo
             continue;
         };
         match crate::config::secret::expand_env(value, env) {
-            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => {
+            Ok(v) if http::HeaderValue::from_str(&v).is_ok() || is_unset(&v) => {
                 headers.push((hname, Secret::new(v)))
             }
             Ok(_) => s.issue(&key, "the expanded value is not a valid header value"),
@@ -110,7 +111,7 @@ pub(super) fn facilitator_server(s: &Section<'_>, env: Env<'_>) -> FacilitatorSe
             return None;
         }
         match crate::config::secret::expand_env(t, env) {
-            Ok(v) if v.len() >= 16 && http::HeaderValue::from_str(&v).is_ok() => {
+            Ok(v) if (v.len() >= 16 && http::HeaderValue::from_str(&v).is_ok()) || is_unset(&v) => {
                 Some(Secret::new(v))
             }
             Ok(_) => {
@@ -217,7 +218,7 @@ pub(super) fn embedded(s: &Section<'_>, env: Env<'_>) -> Option<EmbeddedConfig> 
                     continue;
                 }
                 match crate::config::secret::expand_env(k, env) {
-                    Ok(v) if is_private_key(&v) => signer_keys.push(Secret::new(v)),
+                    Ok(v) if is_private_key(&v) || is_unset(&v) => signer_keys.push(Secret::new(v)),
                     Ok(_) => s.issue(
                         &key,
                         "the variable does not hold a private key (0x + 64 hex digits)",

@@ -58,6 +58,7 @@ pub(super) fn rpc_map(s: &Section<'_>, env: Env<'_>) -> Option<Vec<(Network, Sec
         };
         // The expanded URL may hold an API key: errors name the key, never the URL.
         match crate::config::secret::expand_env(url, env) {
+            Ok(u) if crate::config::secret::is_unset(&u) => rpc.push((network, Secret::new(u))),
             Ok(u) => match parse_http_url(&u) {
                 Ok(_) => rpc.push((network, Secret::new(u))),
                 Err(_) => s.issue(&key, "is not an http(s) URL"),

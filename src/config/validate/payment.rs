@@ -416,7 +416,6 @@ pub(super) fn option(s: &Section<'_>, level: &Level) -> Option<PaymentOption> {
         }
     };
     Some(PaymentOption {
-        domain_separator: evm::domain_separator(&asset.name, &asset.version, chain, asset.address),
         network,
         asset,
         amount,

@@ -285,7 +285,12 @@ pub(super) fn upstream_headers(s: &Section<'_>, env: Env<'_>) -> Vec<(HeaderName
         }
         // Errors name the key, never the expanded value.
         match crate::config::secret::expand_env(value, env) {
-            Ok(v) if http::HeaderValue::from_str(&v).is_ok() => out.push((hname, Secret::new(v))),
+            Ok(v)
+                if http::HeaderValue::from_str(&v).is_ok()
+                    || crate::config::secret::is_unset(&v) =>
+            {
+                out.push((hname, Secret::new(v)))
+            }
             Ok(_) => s.issue(&key, "the expanded value is not a valid header value"),
             Err(e) => s.issue(&key, e),
         }

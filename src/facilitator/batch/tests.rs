@@ -1,3 +1,4 @@
+use super::plan::Plan;
 use super::*;
 
 use tokio::time::Instant;
@@ -32,7 +33,7 @@ fn submit_all(
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_flushes_as_soon_as_max_items_wait() {
-    let start = Instant::now();
+    let start = crate::clock::instant();
     let (flush, log) = recording(start);
     let window = Duration::from_secs(3600);
     let q = Queue::new(3, window, flush);
@@ -55,7 +56,7 @@ async fn a_batch_flushes_as_soon_as_max_items_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_partial_batch_flushes_when_its_oldest_item_has_waited_the_window() {
-    let start = Instant::now();
+    let start = crate::clock::instant();
     let (flush, log) = recording(start);
     let window = Duration::from_millis(200);
     let q = Queue::new(100, window, flush);
@@ -81,7 +82,7 @@ async fn a_partial_batch_flushes_when_its_oldest_item_has_waited_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_of_one_goes_at_once() {
-    let start = Instant::now();
+    let start = crate::clock::instant();
     let (flush, log) = recording(start);
     let q = Queue::new(1, Duration::from_secs(3600), flush);
     for h in submit_all(&q, 0..3) {
@@ -115,6 +116,8 @@ async fn a_batch_that_ends_without_answers_is_lost_not_hung() {
 #[derive(Default)]
 struct Script {
     refuse: Vec<u32>,
+    /// Refused in a batch of more than one, passing alone (starved by another call).
+    starved: Vec<u32>,
     /// Largest batch whose gas fits.
     fits: usize,
     /// An item whose presence makes estimation fail.
@@ -142,7 +145,7 @@ impl Planner for Script {
             items
                 .iter()
                 .map(|i| {
-                    if self.refuse.contains(i) {
+                    if self.refuse.contains(i) || (items.len() > 1 && self.starved.contains(i)) {
                         Err("used")
                     } else {
                         Ok(())
@@ -150,6 +153,14 @@ impl Planner for Script {
                 })
                 .collect(),
         )
+    }
+
+    async fn alone(&self, item: &u32) -> Alone<&'static str> {
+        if self.refuse.contains(item) {
+            Alone::Refused("used")
+        } else {
+            Alone::Passes
+        }
     }
 
     async fn estimate(&self, items: &[u32]) -> Estimate {
@@ -256,4 +267,24 @@ async fn one_payment_left_after_simulation_takes_the_single_path() {
     let p = plan(&s, vec![9]).await;
     assert_eq!(p.singles, [9]);
     assert!(s.simulated.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_payment_another_one_starves_is_settled_alone_never_refused() {
+    // 3 and 6 fail in any batch because another call burns the gas; alone they pass. 5 is
+    // refused on its own.
+    let s = Script {
+        refuse: vec![5],
+        starved: vec![3, 6],
+        fits: 100,
+        ..Script::default()
+    };
+    let p = plan(&s, (0..8).collect()).await;
+    let mut singles = p.singles.clone();
+    singles.sort_unstable();
+    assert_eq!(singles, [3, 6], "settled alone, not refused");
+    assert_eq!(p.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5]);
+    let batched: Vec<u32> = p.sends.iter().flat_map(|(b, _)| b.clone()).collect();
+    assert_eq!(batched.len(), 5);
+    assert!(!batched.contains(&3) && !batched.contains(&6) && !batched.contains(&5));
 }

@@ -1,8 +1,10 @@
 use super::*;
-use crate::client;
 use crate::pricing::PriceTable;
-use crate::protocol::{self, v2};
-use alloy::primitives::{B256, U256};
+use crate::protocol::{self, v2, ErrorReason};
+use crate::scheme::exact::client;
+use crate::scheme::exact::verify::{check_payment, check_signature, check_time};
+use crate::scheme::exact::Payload;
+use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 
 const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
@@ -28,10 +30,29 @@ fn required(t: &PriceTable) -> v2::PaymentRequired {
     serde_json::from_slice(&protocol::decode_header(h.as_bytes()).unwrap()).unwrap()
 }
 
-fn payload(req: &v2::PaymentRequired, index: usize, at: u64) -> PaymentPayload {
+fn sep(t: &PriceTable, i: usize) -> B256 {
+    t.routes()[0].challenge.as_ref().unwrap().options[i].domain_separator
+}
+
+fn payload(req: &v2::PaymentRequired, index: usize, at: u64) -> (PaymentPayload, Payload) {
     let signer: PrivateKeySigner = KEY.parse().unwrap();
     let h = client::sign_v2(&signer, req, index, at, B256::repeat_byte(1)).unwrap();
-    PaymentPayload::from_header(h.as_bytes()).unwrap()
+    let p = PaymentPayload::from_header(h.as_bytes()).unwrap();
+    let Authorized::Exact(e) = Authorized::decode(&p).unwrap();
+    (p, e)
+}
+
+fn select(
+    r: &crate::pricing::PricedRoute,
+    p: &(PaymentPayload, Payload),
+) -> Result<usize, PaymentRejection> {
+    let prepared = &r.challenge.as_ref().unwrap().options;
+    select_option(
+        &r.rule.options,
+        prepared,
+        &p.0,
+        &Authorized::Exact(p.1.clone()),
+    )
 }
 
 #[test]
@@ -40,9 +61,9 @@ fn a_correct_payment_passes_every_check() {
     let r = &t.routes()[0];
     let req = required(&t);
     let p = payload(&req, 0, NOW);
-    let i = select_option(&r.rule.options, &r.challenge.as_ref().unwrap().options, &p).unwrap();
+    let i = select(r, &p).unwrap();
     assert_eq!(i, 0);
-    let (payer, sig) = check_payment(&p, &r.rule.options[i], NOW).unwrap();
+    let (payer, sig) = check_payment(&p.1, &r.rule.options[i], &sep(&t, i), NOW).unwrap();
     assert_eq!(
         payer,
         "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -52,17 +73,17 @@ fn a_correct_payment_passes_every_check() {
     assert_eq!(sig, SignatureCheck::Recovered);
     // The second option is selected by its network.
     let p = payload(&req, 1, NOW);
-    let i = select_option(&r.rule.options, &r.challenge.as_ref().unwrap().options, &p).unwrap();
+    let i = select(r, &p).unwrap();
     assert_eq!(i, 1);
-    assert!(check_payment(&p, &r.rule.options[i], NOW).is_ok());
+    assert!(check_payment(&p.1, &r.rule.options[i], &sep(&t, i), NOW).is_ok());
 }
 
 #[test]
 fn time_window_edges() {
     let t = table();
     let o = &t.routes()[0].rule.options[0];
-    let p = payload(&required(&t), 0, NOW);
-    let a = &p.payload.authorization;
+    let (_, p) = payload(&required(&t), 0, NOW);
+    let a = &p.authorization;
     // validAfter = NOW - 600, validBefore = NOW + 300.
     // (A long maxTimeoutSeconds here: the upper bound has its own test.)
     assert_eq!(check_time(a, a.valid_after, 3000), Ok(()));
@@ -75,14 +96,14 @@ fn time_window_edges() {
         check_time(a, a.valid_before - 5, 3000),
         Err(PaymentRejection::Expired)
     );
-    assert!(check_payment(&p, o, a.valid_before).is_err());
+    assert!(check_payment(&p, o, &sep(&t, 0), a.valid_before).is_err());
 }
 
 #[test]
 fn valid_before_is_bounded_by_max_timeout_plus_a_minute() {
     let t = table();
-    let p = payload(&required(&t), 0, NOW);
-    let mut a = p.payload.authorization;
+    let (_, p) = payload(&required(&t), 0, NOW);
+    let mut a = p.authorization;
     a.valid_after = NOW - 600;
     // maxTimeoutSeconds 300: up to NOW + 360 is accepted, one second more is not.
     a.valid_before = NOW + 360;
@@ -105,29 +126,28 @@ fn valid_before_is_bounded_by_max_timeout_plus_a_minute() {
 fn amount_recipient_and_signature_mismatches() {
     let t = table();
     let o = t.routes()[0].rule.options[0].clone();
-    let p = payload(&required(&t), 0, NOW);
+    let (_, p) = payload(&required(&t), 0, NOW);
+    let s = sep(&t, 0);
     let mut dearer = o.clone();
     dearer.amount = U256::from(1001);
     assert!(matches!(
-        check_payment(&p, &dearer, NOW),
+        check_payment(&p, &dearer, &s, NOW),
         Err(PaymentRejection::AmountMismatch { .. })
     ));
     let mut other = o.clone();
     other.pay_to = Address::repeat_byte(9);
     assert_eq!(
-        check_payment(&p, &other, NOW),
+        check_payment(&p, &other, &s, NOW),
         Err(PaymentRejection::RecipientMismatch)
     );
-    let mut wrong_domain = o.clone();
-    wrong_domain.domain_separator = B256::repeat_byte(3);
     assert_eq!(
-        check_payment(&p, &wrong_domain, NOW),
+        check_payment(&p, &o, &B256::repeat_byte(3), NOW),
         Err(PaymentRejection::InvalidSignature)
     );
     let mut long = p;
-    long.payload.signature = vec![0u8; 100].into();
+    long.signature = vec![0u8; 100].into();
     assert_eq!(
-        check_signature(&long.payload.authorization, &long.payload.signature, &o),
+        check_signature(&long.authorization, &long.signature, &s),
         Ok(SignatureCheck::Deferred)
     );
 }
@@ -136,22 +156,21 @@ fn amount_recipient_and_signature_mismatches() {
 fn option_selection_failures() {
     let t = table();
     let r = &t.routes()[0];
-    let prepared = &r.challenge.as_ref().unwrap().options;
-    let mut p = payload(&required(&t), 0, NOW);
+    let (mut p, _) = payload(&required(&t), 0, NOW);
     p.scheme = "upto".into();
     assert_eq!(
-        select_option(&r.rule.options, prepared, &p),
+        Authorized::decode(&p),
         Err(PaymentRejection::UnsupportedScheme("upto".into()))
     );
     let mut p = payload(&required(&t), 0, NOW);
-    p.network = "eip155:1".into();
+    p.0.network = "eip155:1".into();
     assert!(matches!(
-        select_option(&r.rule.options, prepared, &p),
+        select(r, &p),
         Err(PaymentRejection::NoMatchingRequirements(_))
     ));
     let mut p = payload(&required(&t), 0, NOW);
-    p.asset = Some("0x0000000000000000000000000000000000000001".into());
-    assert!(select_option(&r.rule.options, prepared, &p).is_err());
+    p.0.asset = Some("0x0000000000000000000000000000000000000001".into());
+    assert!(select(r, &p).is_err());
 }
 
 #[test]

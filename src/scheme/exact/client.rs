@@ -9,7 +9,9 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::SignerSync;
 
-use crate::protocol::{self, evm, parse_address, v1, v2, Authorization, Network};
+use super::eip3009 as evm;
+use super::wire::Authorization;
+use crate::protocol::{self, parse_address, v1, v2, Network};
 
 /// How far back `validAfter` is set, as the reference clients do, to absorb clock skew.
 pub const VALID_AFTER_SLACK_SECONDS: u64 = 600;

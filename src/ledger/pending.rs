@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use alloy::primitives::{Address, B256};
+
+use super::ReplayKey;
 use crate::journal::Entry;
-use crate::verify::ReplayKey;
 
 /// What a pending payment is waiting for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ struct Slot {
 pub enum Claim {
     /// Not pending: a replay (or delivered already).
     No,
+    /// Pending for another resource: it pays for that one, not this.
+    Elsewhere,
     /// Another request is delivering it right now.
     Busy,
     /// Its outcome must be read again before anything else.
@@ -48,6 +52,9 @@ pub enum Claim {
 #[derive(Debug, Default)]
 pub struct Pending {
     slots: Mutex<HashMap<ReplayKey, Slot>>,
+    /// The same payments by payer and nonce: a retry is looked up before the scheme names its
+    /// chain and token (v1 payloads carry neither).
+    by_nonce: Mutex<HashMap<(Address, B256), ReplayKey>>,
 }
 
 impl Pending {
@@ -57,8 +64,21 @@ impl Pending {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<(Address, B256), ReplayKey>> {
+        self.by_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key of a pending payment of `from` with `nonce`, if any.
+    pub fn find(&self, from: Address, nonce: B256) -> Option<ReplayKey> {
+        self.index().get(&(from, nonce)).cloned()
+    }
+
     /// Adds (or updates) a pending payment.
     pub fn put(&self, entry: Entry, open: Open, now_ms: u64) {
+        self.index()
+            .insert((entry.key.from, entry.key.nonce), entry.key.clone());
         let mut slots = self.lock();
         let key = entry.key.clone();
         match slots.get_mut(&key) {
@@ -82,17 +102,21 @@ impl Pending {
         }
     }
 
-    /// Takes a pending payment for a retry of `key` on `route`: settled ones are claimed for
-    /// delivery (one request at a time).
-    pub fn claim(&self, key: &ReplayKey, route: &str) -> Claim {
+    /// Takes a pending payment for a retry of `key` for the request target `target`
+    /// (`/path?query`): settled ones are claimed for delivery (one request at a time). A payment
+    /// redeems the resource it was journaled for, whatever today's price table says of it.
+    pub fn claim(&self, key: &ReplayKey, target: &str) -> Claim {
         let mut slots = self.lock();
         let Some(s) = slots.get_mut(key) else {
             return Claim::No;
         };
-        if s.entry.route != route || s.entry.released {
+        if s.entry.released {
             // Deferred payments were delivered already: a retry is a replay.
-            // A payment redeems the resource it paid for, not another route's.
             return Claim::No;
+        }
+        if !same_resource(&s.entry.resource, target) {
+            // A payment redeems the resource it paid for, not another one.
+            return Claim::Elsewhere;
         }
         if s.claimed {
             return Claim::Busy;
@@ -115,7 +139,9 @@ impl Pending {
 
     /// Removes a payment (delivered, or definitively failed).
     pub fn remove(&self, key: &ReplayKey) {
-        self.lock().remove(key);
+        if self.lock().remove(key).is_some() {
+            self.index().remove(&(key.from, key.nonce));
+        }
     }
 
     /// Unknown payments due for a background reading at `now_ms`, each then scheduled again
@@ -141,8 +167,22 @@ impl Pending {
     }
 }
 
+/// Whether the resource URL a payment was journaled for names the request target `target`
+/// (its path and query; the scheme and host may be spelt differently by a retry).
+pub fn same_resource(resource: &str, target: &str) -> bool {
+    resource_target(resource) == target
+}
+
+/// The request target (path and query) of a resource URL.
+pub fn resource_target(resource: &str) -> &str {
+    let rest = resource
+        .split_once("://")
+        .map_or(resource, |(_, rest)| rest);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::journal::JournalState;
     use alloy::primitives::{Address, B256, U256};
@@ -162,7 +202,7 @@ pub(super) mod tests {
             network: "eip155:1".into(),
             version: 2,
             route: route.into(),
-            resource: "r".into(),
+            resource: format!("http://gw{}", route.trim_end_matches("/**")),
             request: "{}".into(),
             valid_before: 10,
             state: JournalState::Unknown,
@@ -180,17 +220,35 @@ pub(super) mod tests {
         let p = Pending::default();
         let e = entry("/paid/**");
         let k = e.key.clone();
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::No));
+        assert!(matches!(p.claim(&k, "/paid"), Claim::No));
         p.put(e.clone(), Open::Unknown, 0);
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Unknown(_)));
+        assert!(matches!(p.claim(&k, "/paid"), Claim::Unknown(_)));
         p.put(e, Open::Settled("0xab".into()), 0);
-        assert!(matches!(p.claim(&k, "/other"), Claim::No), "another route");
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Deliver(_, _)));
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Busy));
+        assert!(
+            matches!(p.claim(&k, "/other"), Claim::Elsewhere),
+            "another resource"
+        );
+        assert!(
+            matches!(p.claim(&k, "/paid?x=1"), Claim::Elsewhere),
+            "another query"
+        );
+        assert!(matches!(p.claim(&k, "/paid"), Claim::Deliver(_, _)));
+        assert!(matches!(p.claim(&k, "/paid"), Claim::Busy));
         p.unclaim(&k);
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::Deliver(_, _)));
+        assert!(matches!(p.claim(&k, "/paid"), Claim::Deliver(_, _)));
         p.remove(&k);
-        assert!(matches!(p.claim(&k, "/paid/**"), Claim::No));
+        assert!(matches!(p.claim(&k, "/paid"), Claim::No));
+    }
+
+    #[test]
+    fn a_resource_is_its_path_and_query_whatever_the_host() {
+        assert!(same_resource(
+            "https://api.example/w/paris?u=c",
+            "/w/paris?u=c"
+        ));
+        assert!(same_resource("http://127.0.0.1:8402/", "/"));
+        assert!(same_resource("http://h", "/"));
+        assert!(!same_resource("https://api.example/w/paris", "/w/rome"));
     }
 
     #[test]

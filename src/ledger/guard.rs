@@ -1,15 +1,16 @@
-//! The replay guard: one authorization serves at most one request, concurrently or in
+//! The replay guard (in memory): one authorization serves at most one request, concurrently or in
 //! sequence.
 //!
-//! Owns: [`ReplayGuard`], a concurrent map keyed by (chain, asset, payer, nonce), the identity
-//! of an EIP-3009 authorization on chain. An entry is taken *in flight* before the facilitator
-//! is asked, becomes *used* once the request is served or settlement was attempted, and is
-//! released only when nothing was served and nothing was settled (facilitator said invalid,
-//! facilitator down, upstream failed), so the client may retry.
+//! Owns: [`ReplayGuard`], a concurrent map keyed by [`ReplayKey`] (chain, asset, payer, nonce:
+//! the identity of an authorization on chain). An entry is taken *in flight* before the facilitator
+//! is asked, becomes *spent* once settlement was attempted (and says how: still settling,
+//! answered, or refused for good, which decides what a retry of it is told), and is released
+//! only when nothing was served and nothing was settled (facilitator said invalid, facilitator
+//! down, upstream failed), so the client may retry.
 //!
 //! Memory is bounded twice over: an entry lives until the authorization's `validBefore` (after
 //! which the chain itself refuses it), and `validBefore` is at most `maxTimeoutSeconds + 60 s`
-//! away (`verify::local::check_time`); and the guard holds at most `capacity` entries. A full
+//! away (the scheme's time check); and the guard holds at most `capacity` entries. A full
 //! guard refuses new authorizations ([`Held::Full`], answered `503` + `Retry-After`) and never
 //! evicts an entry that is still valid, since that would let a replay through. Time is passed
 //! in (unix seconds), so expiry is tested without waiting.
@@ -18,30 +19,17 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use alloy::primitives::{Address, B256};
-
-/// The on-chain identity of an authorization.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplayKey {
-    /// Chain id.
-    pub chain_id: u64,
-    /// Token contract.
-    pub asset: Address,
-    /// Payer.
-    pub from: Address,
-    /// EIP-3009 nonce.
-    pub nonce: B256,
-}
+use super::{ReplayKey, Spent};
 
 /// Why an authorization cannot be taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Held {
     /// Another request holds it now.
     InFlight,
-    /// It was served (or its settlement attempted) already.
-    Used,
+    /// Its settlement was attempted already; how it stands.
+    Spent(Spent),
     /// The guard holds `capacity` live authorizations: nothing new is taken until some expire
     /// or are released.
     Full,
@@ -49,8 +37,15 @@ pub enum Held {
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    used: bool,
+    /// `None`: in flight.
+    spent: Option<Spent>,
     expires: u64,
+}
+
+impl Entry {
+    fn held(self) -> Held {
+        self.spent.map_or(Held::InFlight, Held::Spent)
+    }
 }
 
 #[derive(Default, Debug)]
@@ -139,21 +134,21 @@ impl ReplayGuard {
         let purged = shard.purge(now);
         self.len.fetch_sub(purged, Ordering::Relaxed);
         if let Some(e) = shard.entries.get(&key) {
-            return Err(if e.used { Held::Used } else { Held::InFlight });
+            return Err(e.held());
         }
         if self.len.load(Ordering::Relaxed) >= self.capacity {
             drop(shard);
             self.purge_all(now);
             shard = self.shard(&key);
             if let Some(e) = shard.entries.get(&key) {
-                return Err(if e.used { Held::Used } else { Held::InFlight });
+                return Err(e.held());
             }
             if self.len.load(Ordering::Relaxed) >= self.capacity {
                 return Err(Held::Full);
             }
         }
         let entry = Entry {
-            used: false,
+            spent: None,
             expires: Self::expires(valid_before, now),
         };
         if shard.insert(key, entry) {
@@ -172,12 +167,12 @@ impl ReplayGuard {
         }
     }
 
-    /// Marks `key` used until its expiry: it will never serve again. Always recorded, even in
-    /// a full guard (it is the record that stops a replay).
-    pub fn mark_used(&self, key: &ReplayKey, valid_before: u64, now: u64) {
+    /// Marks `key` spent (`how`) until its expiry: it will never serve again. Always recorded,
+    /// even in a full guard (it is the record that stops a replay).
+    pub fn mark_spent(&self, key: &ReplayKey, valid_before: u64, now: u64, how: Spent) {
         let mut shard = self.shard(key);
         let entry = Entry {
-            used: true,
+            spent: Some(how),
             expires: Self::expires(valid_before, now),
         };
         if shard.insert(key.clone(), entry) {
@@ -186,10 +181,10 @@ impl ReplayGuard {
     }
 
     /// Releases an in-flight `key` so that the client can retry the same authorization.
-    /// A used key stays used.
+    /// A spent key stays spent.
     pub fn release(&self, key: &ReplayKey) {
         let mut shard = self.shard(key);
-        if shard.entries.get(key).is_some_and(|e| !e.used) {
+        if shard.entries.get(key).is_some_and(|e| e.spent.is_none()) {
             shard.entries.remove(key);
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
@@ -205,10 +200,7 @@ impl ReplayGuard {
 
     /// The state of `key`, if held.
     pub fn state(&self, key: &ReplayKey) -> Option<Held> {
-        self.shard(key)
-            .entries
-            .get(key)
-            .map(|e| if e.used { Held::Used } else { Held::InFlight })
+        self.shard(key).entries.get(key).map(|e| e.held())
     }
 
     /// Entries held now (live ones, and expired ones not yet purged).
@@ -227,50 +219,11 @@ impl ReplayGuard {
     }
 }
 
-/// A payment's in-flight entry in the replay guard. Dropping it gives the authorization back
-/// (nothing was served, nothing settled), so every early exit, error path and disconnect
-/// releases it without a call on each path; [`Hold::consume`] keeps the entry (it is then
-/// marked used).
-#[derive(Debug)]
-pub struct Hold {
-    guard: Arc<ReplayGuard>,
-    key: ReplayKey,
-    valid_before: u64,
-    armed: bool,
-}
-
-impl Hold {
-    /// Holds `key`, already acquired in `guard`.
-    pub fn new(guard: Arc<ReplayGuard>, key: ReplayKey, valid_before: u64) -> Self {
-        Hold {
-            guard,
-            key,
-            valid_before,
-            armed: true,
-        }
-    }
-
-    /// Marks the authorization used: it never serves again. Consumes the hold and returns the
-    /// guard.
-    pub fn consume(mut self) -> Arc<ReplayGuard> {
-        self.armed = false;
-        self.guard
-            .mark_used(&self.key, self.valid_before, super::unix_now());
-        self.guard.clone()
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if self.armed {
-            self.guard.release(&self.key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy::primitives::{Address, B256};
+    use std::sync::Arc;
 
     fn key(n: u8) -> ReplayKey {
         ReplayKey {
@@ -288,9 +241,12 @@ mod tests {
         assert_eq!(g.acquire(key(1), 1000, 0), Err(Held::InFlight));
         g.release(&key(1));
         assert_eq!(g.acquire(key(1), 1000, 0), Ok(()));
-        g.mark_used(&key(1), 1000, 0);
+        g.mark_spent(&key(1), 1000, 0, Spent::Settling);
         g.release(&key(1));
-        assert_eq!(g.acquire(key(1), 1000, 0), Err(Held::Used));
+        assert_eq!(
+            g.acquire(key(1), 1000, 0),
+            Err(Held::Spent(Spent::Settling))
+        );
         assert_eq!(
             g.acquire(key(2), 1000, 0),
             Ok(()),
@@ -320,8 +276,8 @@ mod tests {
     fn entries_expire_at_valid_before() {
         let g = ReplayGuard::new(100);
         g.acquire(key(3), 10, 0).unwrap();
-        g.mark_used(&key(3), 10, 0);
-        assert_eq!(g.acquire(key(3), 10, 9), Err(Held::Used));
+        g.mark_spent(&key(3), 10, 0, Spent::Answered);
+        assert_eq!(g.acquire(key(3), 10, 9), Err(Held::Spent(Spent::Answered)));
         // At validBefore the chain refuses the authorization itself: the entry may go.
         assert_eq!(g.acquire(key(3), 20, 10), Ok(()));
         assert_eq!(g.len(), 1);
@@ -333,10 +289,10 @@ mod tests {
         for n in 0..3 {
             g.acquire(key(n), 100, 0).unwrap();
         }
-        g.mark_used(&key(0), 100, 0);
+        g.mark_spent(&key(0), 100, 0, Spent::Refused);
         assert_eq!(g.acquire(key(10), 100, 1), Err(Held::Full));
         // Every live entry is still there: replays are still refused.
-        assert_eq!(g.acquire(key(0), 100, 1), Err(Held::Used));
+        assert_eq!(g.acquire(key(0), 100, 1), Err(Held::Spent(Spent::Refused)));
         assert_eq!(g.acquire(key(1), 100, 1), Err(Held::InFlight));
         // A release frees a place.
         g.release(&key(1));
@@ -353,8 +309,8 @@ mod tests {
     fn used_marks_are_kept_even_when_full() {
         let g = ReplayGuard::new(1);
         g.acquire(key(1), 100, 0).unwrap();
-        g.mark_used(&key(2), 100, 0);
-        assert_eq!(g.state(&key(2)), Some(Held::Used));
+        g.mark_spent(&key(2), 100, 0, Spent::Settling);
+        assert_eq!(g.state(&key(2)), Some(Held::Spent(Spent::Settling)));
     }
 
     #[test]

@@ -146,3 +146,114 @@ mod tests {
         assert!(!settled_in(&logs, &payment(1, 10)));
     }
 }
+
+/// What is read of one payment's fate on chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Settlement<'a> {
+    /// The payment.
+    pub payment: Transfer3009,
+    /// Our own transaction for it, if one was sent (its receipt is the cheapest proof).
+    pub transaction: Option<&'a str>,
+    /// A block at or before which nothing of it was sent (where log searches start).
+    pub from_block: u64,
+    /// Its authorization's `validBefore`.
+    pub valid_before: u64,
+}
+
+alloy::sol! {
+    event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
+}
+
+/// Reads an authorization's fate, always at a mined block:
+/// - **settled** means the token's `AuthorizationUsed(authorizer, nonce)` event, with the
+///   payment's own `Transfer(from, payTo, value)` in the same transaction ([`settled_in`]),
+///   whoever submitted it. `authorizationState` alone is never enough: it is also true after
+///   the payer's `cancelAuthorization`, or when the authorization paid someone else;
+/// - **failed** means: cancelled (`AuthorizationCanceled`), used in a transaction that did not
+///   pay us, or still unused at a block whose timestamp is at or past `validBefore` (the token
+///   refuses it from then on);
+/// - anything else is **open**.
+///
+/// # Errors
+/// The RPC failed (the caller reads that as open).
+pub async fn read_fate(
+    p: &alloy::providers::DynProvider,
+    s: &Settlement<'_>,
+) -> Result<crate::flow::Outcome, String> {
+    use crate::flow::Outcome;
+    use alloy::network::TransactionBuilder;
+    use alloy::providers::Provider;
+    use alloy::rpc::types::{Filter, TransactionRequest};
+    use alloy::sol_types::SolEvent;
+    use std::future::IntoFuture;
+    let e = &s.payment;
+    let err = |x: alloy::transports::TransportError| x.to_string();
+    // Our own transaction first.
+    if let Some(hash) = s.transaction.and_then(|t| t.parse::<B256>().ok()) {
+        if let Some(r) = p.get_transaction_receipt(hash).await.map_err(err)? {
+            if r.status() && settled_in(r.inner.logs(), e) {
+                return Ok(Outcome::Settled {
+                    transaction: hash.to_string(),
+                });
+            }
+        }
+    }
+    let topic_from = B256::left_padding_from(e.from.as_slice());
+    let used = Filter::new()
+        .address(e.asset)
+        .event_signature(AuthorizationUsed::SIGNATURE_HASH)
+        .topic1(topic_from)
+        .topic2(e.nonce)
+        .from_block(s.from_block);
+    for log in p.get_logs(&used).await.map_err(err)? {
+        let Some(hash) = log.transaction_hash else {
+            continue;
+        };
+        let Some(r) = p.get_transaction_receipt(hash).await.map_err(err)? else {
+            continue;
+        };
+        return Ok(if r.status() && settled_in(r.inner.logs(), e) {
+            Outcome::Settled {
+                transaction: hash.to_string(),
+            }
+        } else {
+            Outcome::Failed {
+                reason: "authorization_used_elsewhere".into(),
+            }
+        });
+    }
+    let cancelled = Filter::new()
+        .address(e.asset)
+        .event_signature(AuthorizationCanceled::SIGNATURE_HASH)
+        .topic1(topic_from)
+        .topic2(e.nonce)
+        .from_block(s.from_block);
+    if !p.get_logs(&cancelled).await.map_err(err)?.is_empty() {
+        return Ok(Outcome::Failed {
+            reason: "authorization_cancelled".into(),
+        });
+    }
+    // Unused so far: it can still settle until the chain's time passes validBefore.
+    let tx =
+        TransactionRequest::default()
+            .with_to(e.asset)
+            .with_input(alloy::primitives::Bytes::from(
+                super::onchain::authorization_state_input(e.from, e.nonce),
+            ));
+    let state = p.call(tx).latest().into_future().await.map_err(err)?;
+    if super::onchain::decode_authorization_state(&state)? {
+        // Used, yet no event found from `from_block`: keep looking (never counted as ours).
+        return Ok(Outcome::Open);
+    }
+    let latest = p
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+        .await
+        .map_err(err)?
+        .ok_or("no latest block")?;
+    if latest.header.timestamp >= s.valid_before {
+        return Ok(Outcome::Failed {
+            reason: "authorization_expired_unused".into(),
+        });
+    }
+    Ok(Outcome::Open)
+}

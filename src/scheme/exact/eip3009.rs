@@ -7,7 +7,7 @@
 use alloy::primitives::{keccak256, Address, Signature, B256, U256};
 use alloy::sol_types::{Eip712Domain, SolStruct};
 
-use super::Authorization;
+use super::wire::Authorization;
 
 alloy::sol! {
     /// EIP-3009 typed data, field order and types exactly as the standard.
@@ -171,7 +171,7 @@ mod tests {
             digest,
             b256!("f256992871671abcb27ff92885a7afa46218724e5fc0bac35d050115aa1d22e6")
         );
-        let sig = hex::decode(super::super::tests::SPEC_SIGNATURE).unwrap();
+        let sig = hex::decode(crate::scheme::tests::SPEC_SIGNATURE).unwrap();
         assert_eq!(recover_signer(&digest, &sig), Some(from));
     }
 
