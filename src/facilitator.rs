@@ -259,6 +259,15 @@ impl EmbeddedFacilitator {
     }
 
     /// Settles through one of `queues` (the request's chain's): the call waits for its batch.
+    /// Settlements waiting for their batch to be flushed, on every chain.
+    pub fn waiting_in_batches(&self) -> usize {
+        self.deferred
+            .iter()
+            .chain(&self.sync)
+            .map(|q| q.waiting())
+            .sum()
+    }
+
     async fn settle_batched(
         &self,
         queues: &[Arc<batch::Queue<Parsed, Answer>>],

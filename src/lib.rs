@@ -41,7 +41,7 @@
 //! | 0 foundation | clock, traceparent, probe |
 //! | 1 wire | protocol |
 //! | 2 configuration | config |
-//! | 3 infrastructure | limiter, metrics, telemetry, otlp, notify, edge |
+//! | 3 infrastructure | limiter, metrics, telemetry, otlp, notify, edge, conn |
 //! | 4 rules | scheme, pricing, flow |
 //! | 5 verification and settlement | verify, settle, journal, facilitator |
 //! | 6 shared state | ledger, error |
@@ -53,6 +53,7 @@ pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod edge;
 pub mod error;
 pub mod facilitator;

@@ -46,6 +46,10 @@ pub struct Metrics {
     deferred_lag: prometheus::Histogram,
     deferred_owed: IntGauge,
     deferred_exposure: prometheus::Gauge,
+    connections: std::sync::Arc<crate::conn::Counters>,
+    conn_open: IntGauge,
+    conn_refused: IntCounter,
+    conn_head_timeouts: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -195,8 +199,23 @@ impl Metrics {
             "x402_deferred_exposure_dollars",
             "Unsettled value of deferred payments, in US dollars.",
         )?;
+        let conn_open = IntGauge::new(
+            "x402_connections_open",
+            "Connections open on the paying listener.",
+        )?;
+        let conn_refused = IntCounter::new(
+            "x402_connections_refused_total",
+            "Connections closed on arrival: [limits] max_connections were open.",
+        )?;
+        let conn_head_timeouts = IntCounter::new(
+            "x402_request_head_timeouts_total",
+            "Connections closed because a request head took longer than [limits] header_timeout.",
+        )?;
         for m in [
             Box::new(deferred_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(conn_open.clone()),
+            Box::new(conn_refused.clone()),
+            Box::new(conn_head_timeouts.clone()),
             Box::new(deferred_owed.clone()),
             Box::new(deferred_exposure.clone()),
             Box::new(cache_hits.clone()),
@@ -224,7 +243,16 @@ impl Metrics {
             deferred_lag,
             deferred_owed,
             deferred_exposure,
+            connections: std::sync::Arc::default(),
+            conn_open,
+            conn_refused,
+            conn_head_timeouts,
         })
+    }
+
+    /// The paying listener's connection counters (kept by `conn::Guarded`).
+    pub fn connections(&self) -> &std::sync::Arc<crate::conn::Counters> {
+        &self.connections
     }
 
     /// A request answered with `status` (0: no answer was written).
@@ -313,6 +341,17 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, with the replay guard's size now.
     pub fn render(&self, pending: usize) -> String {
         self.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        let c = &self.connections;
+        let open = c.open.load(std::sync::atomic::Ordering::Relaxed);
+        self.conn_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        // The counters live in `conn` (no metrics there): brought up to date here.
+        for (counter, now) in [
+            (&self.conn_refused, &c.refused),
+            (&self.conn_head_timeouts, &c.head_timeouts),
+        ] {
+            let now = now.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

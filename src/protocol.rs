@@ -282,31 +282,68 @@ impl PaymentPayload {
     /// with the scheme's payload object in its canonical form (`payload_json`, from the
     /// scheme: every integer a decimal string, whatever spelling the client used).
     pub fn to_canonical_json(&self, payload_json: &str) -> String {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(512 + payload_json.len());
-        let _ = write!(out, r#"{{"x402Version":{}"#, self.version.number());
-        match self.version {
-            X402Version::V1 => {
-                out.push_str(r#","scheme":"#);
-                out.push_str(&json_string(&self.scheme));
-                out.push_str(r#","network":"#);
-                out.push_str(&json_string(&self.network));
-            }
-            X402Version::V2 => {
-                for (key, raw) in [
-                    ("resource", &self.resource),
-                    ("accepted", &self.accepted),
-                    ("extensions", &self.extensions),
-                ] {
-                    // Raw values were checked to be JSON when the header was parsed.
-                    if let Some(raw) = raw {
-                        let _ = write!(out, r#","{key}":{}"#, raw.get());
-                    }
-                }
-            }
-        }
-        let _ = write!(out, r#","payload":{payload_json}}}"#);
-        out
+        // The scheme's canonical payload is JSON it wrote itself; a failure here is a bug.
+        let payload = RawValue::from_string(payload_json.to_owned()).unwrap_or_default();
+        let written = match self.version {
+            X402Version::V1 => serde_json::to_string(&CanonicalV1 {
+                x402_version: 1,
+                scheme: &self.scheme,
+                network: &self.network,
+                payload: &payload,
+            }),
+            X402Version::V2 => serde_json::to_string(&CanonicalV2 {
+                x402_version: 2,
+                resource: self.resource.as_deref(),
+                accepted: self.accepted.as_deref(),
+                extensions: self.extensions.as_deref(),
+                payload: &payload,
+            }),
+        };
+        written.unwrap_or_default()
+    }
+}
+
+/// A v1 payment payload as sent to facilitators.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalV1<'a> {
+    x402_version: u8,
+    scheme: &'a str,
+    network: &'a str,
+    payload: &'a RawValue,
+}
+
+/// A v2 payment payload as sent to facilitators: the client's own objects, verbatim.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalV2<'a> {
+    x402_version: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extensions: Option<&'a RawValue>,
+    payload: &'a RawValue,
+}
+
+/// A facilitator's `/verify` and `/settle` request body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorRequest<'a> {
+    /// The protocol version of the payment.
+    pub x402_version: u8,
+    /// The payment payload, canonical ([`PaymentPayload::to_canonical_json`]).
+    pub payment_payload: &'a RawValue,
+    /// The requirements it was accepted against (prepared once per route option).
+    pub payment_requirements: &'a RawValue,
+}
+
+impl FacilitatorRequest<'_> {
+    /// The body as JSON.
+    pub fn to_json(&self) -> String {
+        // Two JSON values and a number: cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 

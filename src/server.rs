@@ -19,6 +19,7 @@ use pingora::services::background::background_service;
 use crate::admin;
 use crate::auth;
 use crate::config::Config;
+use crate::conn;
 use crate::edge;
 use crate::facilitator;
 use crate::journal;
@@ -225,10 +226,18 @@ fn add_gateway(
     certs: Option<&Arc<edge::CertStore>>,
 ) -> Result<(), StartupError> {
     let s = &config.server;
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "x402-gateway",
+    let counters = gateway.payments().metrics().connections().clone();
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = s.h2c;
+    proxy.server_options = Some(options);
+    let limits = conn::Limits {
+        max_connections: config.limits.max_connections,
+        header_timeout: config.limits.header_timeout,
+    };
+    let mut service = pingora::services::listening::Service::new(
+        "x402-gateway".to_owned(),
+        conn::Guarded::new(proxy, limits, counters),
     );
     match certs {
         Some(store) => {
@@ -240,11 +249,6 @@ fn add_gateway(
             service.add_tls_with_settings(&s.listen, None, tls);
         }
         None => service.add_tcp(&s.listen),
-    }
-    if let Some(proxy) = service.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = s.h2c;
-        proxy.server_options = Some(options);
     }
     server.add_service(service);
     Ok(())

@@ -22,11 +22,14 @@ use crate::config::{PaymentOption, VerificationConfig, VerificationMode};
 use crate::flow::ReplayKey;
 use crate::metrics::Metrics;
 use crate::pricing::PricedRoute;
-use crate::protocol::{ErrorReason, PaymentPayload, SupportedResponse, X402Version};
+use crate::protocol::{
+    ErrorReason, FacilitatorRequest, PaymentPayload, SupportedResponse, X402Version,
+};
 use crate::scheme::Authorized;
 pub use cache::VerdictCache;
 pub use facilitator::{Facilitator, FacilitatorClient, FacilitatorError, SignerBalance};
 pub use local::{PaymentRejection, SignatureCheck};
+use serde_json::value::RawValue;
 
 /// Why a payment did not verify.
 #[derive(Debug, thiserror::Error)]
@@ -129,25 +132,30 @@ impl Verifier {
         let option: &PaymentOption = &route.rule.options[index];
         let domain = &challenge.options[index].domain_separator;
         let signature = authorized.check(option, domain, now)?;
-        let canonical = payload.to_canonical_json(&authorized.canonical_json());
-        let requirements = match payload.version {
-            X402Version::V2 => challenge.options[index].v2_requirements.clone(),
-            X402Version::V1 => challenge.options[index]
-                .v1_requirements
-                .as_ref()
-                .map(|t| t.render(resource_url, ""))
-                .unwrap_or_default(),
+        let canonical =
+            RawValue::from_string(payload.to_canonical_json(&authorized.canonical_json()))
+                .unwrap_or_default();
+        let prepared = &challenge.options[index];
+        let v1;
+        let requirements: &RawValue = match (payload.version, &prepared.v1_requirements) {
+            (X402Version::V1, Some(t)) => {
+                v1 = RawValue::from_string(t.render(resource_url, "")).unwrap_or_default();
+                &v1
+            }
+            _ => &prepared.v2_requirements,
         };
-        let facilitator_body: Arc<str> = format!(
-            r#"{{"x402Version":{},"paymentPayload":{canonical},"paymentRequirements":{requirements}}}"#,
-            payload.version.number()
-        )
+        let facilitator_body: Arc<str> = FacilitatorRequest {
+            x402_version: payload.version.number(),
+            payment_payload: &canonical,
+            payment_requirements: requirements,
+        }
+        .to_json()
         .into();
         let verified = Verified {
             version: payload.version,
             option: index,
             payer: authorized.payer(),
-            amount: authorized.pays().1,
+            amount: authorized.settle_amount(option.amount),
             network: match payload.version {
                 X402Version::V1 => option.network.v1_name().unwrap_or_default().to_owned(),
                 X402Version::V2 => option.network.caip2().to_owned(),

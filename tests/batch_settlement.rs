@@ -63,21 +63,9 @@ struct Env {
 async fn env(payers: &[&PrivateKeySigner], signers: &[&PrivateKeySigner]) -> Env {
     let chain = Chain::start("1");
     let rpc = chain.rpc.clone();
-    let mint: Vec<String> = payers
-        .iter()
-        .map(|p| format!("{}=10", p.address()))
-        .collect();
-    let out = std::process::Command::new("node")
-        .current_dir(format!("{ROOT}/tools/node"))
-        .args(["devchain.mjs", "mint", "--rpc", &rpc])
-        .args(&mint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut mint = vec!["mint".to_owned()];
+    mint.extend(payers.iter().map(|p| format!("{}=10", p.address())));
+    devchain(&rpc, &mint.iter().map(String::as_str).collect::<Vec<_>>());
     http(); // installs the TLS crypto provider
     let provider = ProviderBuilder::new()
         .connect_http(rpc.parse().unwrap())
@@ -625,4 +613,175 @@ async fn the_reconciler_reads_each_payment_of_a_batch_transaction() {
             }
         );
     }
+}
+
+/// Runs `node devchain.mjs ARGS… --rpc RPC`; returns its stdout.
+fn devchain(rpc: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("node")
+        .current_dir(format!("{ROOT}/tools/node"))
+        .arg("devchain.mjs")
+        .args(args)
+        .args(["--rpc", rpc])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// One hostile payer cannot fail the others: a smart-contract wallet whose EIP-1271
+/// `isValidSignature` burns all but a little of the gas it gets (`contracts/GasBurningWallet.sol`)
+/// pays in one batch with 20 honest payments, through Multicall3 itself (its published
+/// bytecode, at the canonical address, in place of the project's stand-in), after a batch that
+/// taught the facilitator the gas per payment. `aggregate3` gives each call what the calls
+/// before it left, so the calls after the burner's starve (or the whole batch runs out of gas);
+/// every honest payment must still end settled, none answered as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gas_burning_payer_contract_cannot_fail_the_honest_payments_of_its_batch() {
+    let payers = [key(0x31), key(0x32), key(0x33), key(0x34)];
+    let signer = key(0x5a);
+    let env = env(&payers.iter().collect::<Vec<_>>(), &[&signer]).await;
+    let placed = devchain(&env.rpc, &["multicall3"]);
+    assert!(placed.starts_with("Multicall3 at"), "{placed}");
+    let burner: Address = devchain(&env.rpc, &["burner"]).parse().unwrap();
+    devchain(&env.rpc, &["mint", &format!("{burner}=10")]);
+    let f = facilitator(&env, &[&signer], batching(21, Duration::from_secs(3))).await;
+    let p = &env.provider;
+    // A batch that settles every payment first: later batches' gas comes from what it used per
+    // payment (not from the node's estimate, which runs the burner too).
+    let warm: Vec<String> = (0..5).map(|i| request(&payers[i % 4]).0).collect();
+    for a in settle_all(&f, &warm).await {
+        assert_eq!(a.success, Some(true), "{a:?}");
+    }
+    let paid_before = balance(p, pay_to()).await;
+    let start = p.get_block_number().await.unwrap();
+
+    // The burner's payment first in the batch: every honest call comes after it.
+    let (body, burner_nonce) = request(&key(0x35));
+    let mut hostile: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let payload = &mut hostile["paymentPayload"]["payload"];
+    payload["authorization"]["from"] = serde_json::json!(burner.to_checksum(None));
+    // Any signature longer than 65 bytes goes to the wallet's isValidSignature.
+    payload["signature"] = serde_json::json!(format!("0x{}", "11".repeat(96)));
+    let hostile = {
+        let (f, body) = (Arc::clone(&f), hostile.to_string());
+        tokio::spawn(async move { f.settle_deferred(&body).await.unwrap() })
+    };
+    let mut polls = 0;
+    while f.waiting_in_batches() < 1 {
+        polls += 1;
+        assert!(polls < 100_000, "the hostile payment was never queued");
+        tokio::task::yield_now().await;
+    }
+    let mut bodies = Vec::new();
+    let mut honest = Vec::new();
+    for i in 0..20 {
+        let (b, n) = request(&payers[i % payers.len()]);
+        bodies.push(b);
+        honest.push((payers[i % payers.len()].address(), n));
+    }
+    let answers = settle_all(&f, &bodies).await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.success, Some(true), "honest payment {i}: {a:?}");
+    }
+    let hostile = hostile.await.unwrap();
+    for (from, nonce) in &honest {
+        assert!(used(p, *from, *nonce).await, "{from}/{nonce} not settled");
+    }
+    assert!(balance(p, pay_to()).await >= paid_before + U256::from(20 * PRICE));
+    let txs = transactions_since(p, start).await;
+    let mut shape = Vec::new();
+    for h in &txs {
+        let r = p.get_transaction_receipt(*h).await.unwrap().unwrap();
+        let payments = r
+            .inner
+            .logs()
+            .iter()
+            .filter(|l| {
+                use alloy::sol_types::SolEvent;
+                l.topic0()
+                    == Some(&x402_gateway::scheme::exact::proof::AuthorizationUsed::SIGNATURE_HASH)
+            })
+            .count();
+        shape.push(format!(
+            "{} (status {}, gas {}, {payments} payments)",
+            if r.to == Some(BatchConfig::MULTICALL3) {
+                "batch"
+            } else {
+                "single"
+            },
+            r.status(),
+            r.gas_used
+        ));
+    }
+    eprintln!(
+        "gas-burning payer: its own answer {:?} (used on chain: {}); transactions: {}",
+        hostile.success,
+        used(p, burner, burner_nonce).await,
+        shape.join("; ")
+    );
+}
+
+/// A node that silently drops a settlement transaction (a mempool eviction, a restarted node)
+/// must not wedge the signer: the dropped transaction is sent again (same bytes, same hash), and
+/// the next payment's transaction, with the next nonce, is not stuck behind a gap forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_settlement_transaction_is_sent_again_and_wedges_nothing() {
+    let payer = key(0x71);
+    let signer = key(0x58);
+    let env = env(&[&payer], &[&signer]).await;
+    // Single transfers (no batching), waiting up to 60 s for a receipt.
+    let f = facilitator(&env, &[&signer], BatchConfig::default()).await;
+    let p = &env.provider;
+    let _: serde_json::Value = p
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    let base = p.get_transaction_count(signer.address()).await.unwrap();
+    let (first, first_nonce) = request(&payer);
+    let settling = {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move { f.settle(&first).await.unwrap() })
+    };
+    until_pending(p, signer.address(), base, 1).await;
+    let pending: serde_json::Value = p
+        .raw_request("eth_getBlockByNumber".into(), ("pending", false))
+        .await
+        .unwrap();
+    let hash = pending["transactions"][0].as_str().unwrap().to_owned();
+    // The node forgets it; the signer's pending count goes back.
+    let _: serde_json::Value = p
+        .raw_request("anvil_dropTransaction".into(), (hash.clone(),))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.get_transaction_count(signer.address())
+            .pending()
+            .await
+            .unwrap(),
+        base,
+        "the transaction was not dropped"
+    );
+    // Blocks again, every second: only what the facilitator sends again can be mined.
+    let _: serde_json::Value = p
+        .raw_request("evm_setIntervalMining".into(), (1u64,))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(45), settling)
+        .await
+        .expect("the dropped settlement never settled")
+        .unwrap();
+    assert_eq!(answer.success, Some(true), "{answer:?}");
+    assert!(used(p, payer.address(), first_nonce).await);
+    // The next payment is not behind a nonce gap.
+    let (second, second_nonce) = request(&payer);
+    let answer = tokio::time::timeout(Duration::from_secs(30), f.settle(&second))
+        .await
+        .expect("the next settlement was wedged behind the dropped one")
+        .unwrap();
+    assert_eq!(answer.success, Some(true), "{answer:?}");
+    assert!(used(p, payer.address(), second_nonce).await);
 }

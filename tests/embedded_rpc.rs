@@ -22,6 +22,8 @@ const SIGNER: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7b
 #[derive(Default, Clone)]
 struct Faults {
     stall: Vec<&'static str>,
+    /// Methods answered with a JSON-RPC error that is an outage (not a revert).
+    error: Vec<&'static str>,
     authorization_used: bool,
 }
 
@@ -61,7 +63,13 @@ async fn mock_rpc(faults: Arc<Mutex<Faults>>) -> MockServer {
             serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})
         };
         let method = body["method"].as_str().unwrap_or("");
-        let out = answer(&body["id"], method, &body["params"]);
+        let out = if f.error.contains(&method) {
+            // What a rate-limited or lagging node answers: no verdict on the call.
+            serde_json::json!({"jsonrpc": "2.0", "id": body["id"],
+                "error": {"code": -32000, "message": "header not found"}})
+        } else {
+            answer(&body["id"], method, &body["params"])
+        };
         let resp = Response::json(200, &out.to_string());
         if f.stall.contains(&method) {
             resp.delayed(Duration::from_secs(60))
@@ -206,4 +214,33 @@ async fn no_receipt_is_pending_even_when_the_authorization_reads_used() {
             assert_eq!(b["params"][1], "latest", "{b}");
         }
     }
+}
+
+/// A node's JSON-RPC error answer to `eth_estimateGas` or to the simulation (`eth_call`) is an
+/// outage, not a revert: the payment is not refused (which would end it, and, deferred, make an
+/// unpaid delivery of an honest payer); nothing is sent, and it can be settled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_error_answer_is_an_outage_not_a_refusal() {
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let rpc = mock_rpc(faults.clone()).await;
+    let f = facilitator(&rpc, Duration::from_secs(2)).await;
+    faults.lock().unwrap().error = vec!["eth_estimateGas"];
+    match bounded(Duration::from_secs(5), f.settle(&request())).await {
+        Err(e) => assert!(
+            matches!(e, FacilitatorError::ChainNotSent(_)),
+            "nothing was sent: {e:?}"
+        ),
+        Ok(r) => panic!("an estimateGas outage answered as a settlement: {r:?}"),
+    }
+    faults.lock().unwrap().error = vec!["eth_call"];
+    let e = bounded(Duration::from_secs(5), f.verify(&request()))
+        .await
+        .expect_err("an eth_call outage answered as a verdict");
+    assert!(!e.may_have_happened(), "{e:?}");
+    // The node answers again: the same kind of payment settles as usual up to the send.
+    faults.lock().unwrap().error.clear();
+    let v = bounded(Duration::from_secs(5), f.verify(&request()))
+        .await
+        .unwrap();
+    assert!(v.is_valid, "{v:?}");
 }

@@ -190,7 +190,7 @@ JOURNAL_DONE = ("settled", "delivered", "failed")
 
 # Rows that --baseline runs with an older binary as well.
 BASELINE_KEYS = ("gw_free", "gw_402", "gw_paid_after", "gw_paid_before", "gw_paid_after_local",
-                 "gw_paid_before_local")
+                 "gw_paid_before_local", "gw_paid_after_nojournal", "gw_paid_deferred_local")
 
 
 def log(msg: str) -> None:

@@ -21,6 +21,10 @@ pub struct LimitsConfig {
     pub failed_payment_rate: Option<Rate>,
     /// Most facilitator calls (`/verify` + `/settle`) in flight at once.
     pub max_concurrent_facilitator_calls: usize,
+    /// Connections open at once on the paying listener; more are closed as they arrive.
+    pub max_connections: usize,
+    /// From a request head's first byte to its end, at most (slowloris).
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for LimitsConfig {
@@ -38,6 +42,8 @@ impl Default for LimitsConfig {
                 period_ms: 60_000,
             }),
             max_concurrent_facilitator_calls: 1024,
+            max_connections: 10_000,
+            header_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

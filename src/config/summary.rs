@@ -85,9 +85,11 @@ pub fn summary(c: &Config) -> String {
     );
     let l = &c.limits;
     outln!(out,
-        "  limits       body {} B on priced routes; headers {} B; {} pending payments; challenges {}/client; failed payments {}/client; {} facilitator calls in flight",
+        "  limits       body {} B on priced routes; headers {} B within {:?}; {} connections; {} pending payments; challenges {}/client; failed payments {}/client; {} facilitator calls in flight",
         l.max_request_body,
         l.max_header_bytes,
+        l.header_timeout,
+        l.max_connections,
         l.max_pending_payments,
         l.challenge_rate.map_or("off".to_owned(), |r| r.to_string()),
         l.failed_payment_rate.map_or("off".to_owned(), |r| r.to_string()),

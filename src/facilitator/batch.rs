@@ -126,6 +126,15 @@ impl<T: Send + 'static, R: Send + 'static> Queue<T, R> {
         rx.await.map_err(|_| Lost)
     }
 
+    /// Items waiting for their batch to be flushed.
+    pub(super) fn waiting(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+            .len()
+    }
+
     /// The window of batch `id` passed: flush it unless it was flushed already (full).
     fn flush_if(&self, id: u64) {
         let batch = {

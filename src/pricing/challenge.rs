@@ -89,8 +89,8 @@ impl Template {
 pub struct PreparedOption {
     /// The EIP-712 domain separator of the option's token, computed once.
     pub domain_separator: alloy::primitives::B256,
-    /// v2 `PaymentRequirements` JSON (no URL in it).
-    pub v2_requirements: String,
+    /// v2 `PaymentRequirements` JSON (no URL in it), prepared once.
+    pub v2_requirements: Box<serde_json::value::RawValue>,
     /// v1 `PaymentRequirements` JSON with a URL slot; `None` when the option is not offered
     /// to v1 clients.
     pub v1_requirements: Option<Template>,
@@ -209,7 +209,7 @@ impl Challenge {
                     o.network.chain_id(),
                     o.asset.address,
                 ),
-                v2_requirements: to_json(r2),
+                v2_requirements: serde_json::value::to_raw_value(r2).unwrap_or_default(),
                 v1_requirements: r1.as_ref().map(|r| Template::from_json(&to_json(r))),
             })
             .collect();

@@ -111,7 +111,7 @@ fn challenge_renders_valid_v1_and_v2() {
     assert_eq!(b.accepts[0].mime_type, "application/json");
     // Prepared requirement objects for the facilitator.
     let o = &c.options[0];
-    let r2: v2::PaymentRequirements = serde_json::from_str(&o.v2_requirements).unwrap();
+    let r2: v2::PaymentRequirements = serde_json::from_str(o.v2_requirements.get()).unwrap();
     assert_eq!(r2, pr.accepts[0]);
     let r1: v1::PaymentRequirements =
         serde_json::from_str(&o.v1_requirements.as_ref().unwrap().render(url, "")).unwrap();

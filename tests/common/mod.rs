@@ -685,7 +685,14 @@ network = "base-sepolia"
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2c = config.server.h2c;
         proxy.server_options = Some(options);
-        let (addr, shutdown) = serve_app(Arc::new(proxy)).await;
+        // Behind the listener's connection limits, as the binary does.
+        let limits = x402_gateway::conn::Limits {
+            max_connections: config.limits.max_connections,
+            header_timeout: config.limits.header_timeout,
+        };
+        let counters = payments.metrics().connections().clone();
+        let guarded = x402_gateway::conn::Guarded::new(proxy, limits, counters);
+        let (addr, shutdown) = serve_app(Arc::new(guarded)).await;
         TestGateway {
             addr,
             upstream,

@@ -7,6 +7,8 @@
 //   node devchain.mjs balance --rpc URL ADDR [ADDR...]      (prints "ADDR USDC_ATOMIC")
 //   node devchain.mjs mint    --rpc URL ADDR=USDC
 //   node devchain.mjs drain   --rpc URL --key HEX --to ADDR (moves all USDC of KEY's account away)
+//   node devchain.mjs multicall3 --rpc URL                  (Multicall3 itself at its address)
+//   node devchain.mjs burner  --rpc URL                     (prints the gas-burning wallet's address)
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -101,35 +103,54 @@ async function deploy(c) {
   await send(c, "configureMinter", [o, 2n ** 255n]);
 }
 
-// The runtime code of contracts/Aggregate3.sol. Compiling takes about 1.5 s (loading solc-js
-// most of it), so the output is cached in .local/, keyed by the source, compiler and settings.
-async function aggregate3Code() {
-  const source = readFileSync(ROOT + "contracts/Aggregate3.sol", "utf8");
+// The runtime code of contract NAME in contracts/NAME.sol. Compiling takes about 1.5 s
+// (loading solc-js most of it), so the output is cached in .local/, keyed by the source,
+// compiler and settings.
+async function runtimeCode(name) {
+  const source = readFileSync(`${ROOT}contracts/${name}.sol`, "utf8");
   const solcVersion = JSON.parse(readFileSync(require.resolve("solc/package.json"), "utf8")).version;
   const settings = {
     optimizer: { enabled: true, runs: 200 },
     evmVersion: "cancun",
-    outputSelection: { "*": { Aggregate3: ["evm.deployedBytecode.object"] } },
+    outputSelection: { "*": { [name]: ["evm.deployedBytecode.object"] } },
   };
   const key = createHash("sha256").update(JSON.stringify([source, solcVersion, settings])).digest("hex").slice(0, 16);
-  const cache = `${ROOT}.local/aggregate3-${key}.hex`;
+  const cache = `${ROOT}.local/${name.toLowerCase()}-${key}.hex`;
   if (existsSync(cache)) return readFileSync(cache, "utf8").trim();
   const { default: solc } = await import("solc");
-  const input = { language: "Solidity", sources: { "Aggregate3.sol": { content: source } }, settings };
+  const input = { language: "Solidity", sources: { [`${name}.sol`]: { content: source } }, settings };
   const out = JSON.parse(solc.compile(JSON.stringify(input)));
   const errors = (out.errors ?? []).filter((e) => e.severity === "error");
-  if (errors.length) throw new Error(`Aggregate3.sol: ${errors.map((e) => e.formattedMessage).join("\n")}`);
-  const code = `0x${out.contracts["Aggregate3.sol"].Aggregate3.evm.deployedBytecode.object}`;
+  if (errors.length) throw new Error(`${name}.sol: ${errors.map((e) => e.formattedMessage).join("\n")}`);
+  const code = `0x${out.contracts[`${name}.sol`][name].evm.deployedBytecode.object}`;
   mkdirSync(`${ROOT}.local`, { recursive: true });
   writeFileSync(cache, code);
   return code;
 }
 
+// Multicall3 itself in place of the stand-in: its creation bytecode as viem ships it (the
+// bytecode of the canonical deployment on every chain), deployed, and its runtime code placed
+// at the canonical address.
+async function placeMulticall3(c) {
+  const file = require.resolve("viem/package.json").replace(/package\.json$/, "_esm/constants/contracts.js");
+  const found = /multicall3Bytecode\s*=\s*'(0x[0-9a-fA-F]+)'/.exec(readFileSync(file, "utf8"));
+  if (!found) throw new Error(`no multicall3Bytecode in ${file}`);
+  const hash = await c.wallet.deployContract({ abi: [], bytecode: found[1] });
+  const r = await c.pub.waitForTransactionReceipt({ hash });
+  if (r.status !== "success" || !r.contractAddress) throw new Error("Multicall3 deployment failed");
+  const code = await c.pub.getCode({ address: r.contractAddress });
+  await c.test.setCode({ address: MULTICALL3, bytecode: code });
+  return code;
+}
+
+// Where the gas-burning wallet (contracts/GasBurningWallet.sol) is placed.
+export const BURNER = getAddress("0x1271000000000000000000000000000000001271");
+
 // Places the batch contract at the Multicall3 address unless something is there already.
 async function deployBatchContract(c) {
   const code = await c.pub.getCode({ address: MULTICALL3 });
   if (code && code !== "0x") return false;
-  await c.test.setCode({ address: MULTICALL3, bytecode: await aggregate3Code() });
+  await c.test.setCode({ address: MULTICALL3, bytecode: await runtimeCode("Aggregate3") });
   return true;
 }
 
@@ -168,8 +189,17 @@ async function main() {
       if (all > 0n) await send(c, "transfer", [getAddress(opts.to), all], account);
       break;
     }
+    case "multicall3": {
+      const code = await placeMulticall3(c);
+      console.log(`Multicall3 at ${MULTICALL3} (${(code.length - 2) / 2} bytes of runtime code)`);
+      break;
+    }
+    case "burner":
+      await c.test.setCode({ address: BURNER, bytecode: await runtimeCode("GasBurningWallet") });
+      console.log(BURNER);
+      break;
     default:
-      console.error("usage: devchain.mjs setup|mint|balance|drain --rpc URL ...");
+      console.error("usage: devchain.mjs setup|mint|balance|drain|multicall3|burner --rpc URL ...");
       process.exit(2);
   }
 }

@@ -113,6 +113,15 @@ pub(super) fn limits(s: &Section<'_>) -> LimitsConfig {
             "max_concurrent_facilitator_calls",
             d.max_concurrent_facilitator_calls,
         ),
+        max_connections: positive("max_connections", d.max_connections),
+        header_timeout: match s.duration("header_timeout") {
+            Some(t) if t.is_zero() => {
+                s.issue("header_timeout", "must be longer than zero");
+                d.header_timeout
+            }
+            Some(t) => t,
+            None => d.header_timeout,
+        },
     };
     s.finish();
     l

@@ -7,7 +7,7 @@
 //! binds the numeric value, so the spelling cannot change what is paid.
 
 use alloy::primitives::{Address, Bytes, B256, U256};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::protocol::{parse_address, parse_uint, CodecError};
@@ -108,6 +108,25 @@ fn parse_hex_bytes(s: &str) -> Option<Bytes> {
     s.parse().ok()
 }
 
+/// The payload as sent to facilitators: the spec's spelling (decimal strings, checksummed
+/// addresses, 0x-hex bytes).
+#[derive(Serialize)]
+struct CanonicalPayload {
+    signature: String,
+    authorization: CanonicalAuthorization,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CanonicalAuthorization {
+    from: String,
+    to: String,
+    value: String,
+    valid_after: String,
+    valid_before: String,
+    nonce: String,
+}
+
 impl Payload {
     /// Reads the `payload` object of a payment payload.
     ///
@@ -156,15 +175,18 @@ impl Payload {
     /// written as a decimal string (the spec's form), whatever spelling the client used.
     pub fn canonical_json(&self) -> String {
         let a = &self.authorization;
-        format!(
-            r#"{{"signature":"{}","authorization":{{"from":"{}","to":"{}","value":"{}","validAfter":"{}","validBefore":"{}","nonce":"{}"}}}}"#,
-            self.signature,
-            a.from.to_checksum(None),
-            a.to.to_checksum(None),
-            a.value,
-            a.valid_after,
-            a.valid_before,
-            a.nonce,
-        )
+        let out = CanonicalPayload {
+            signature: self.signature.to_string(),
+            authorization: CanonicalAuthorization {
+                from: a.from.to_checksum(None),
+                to: a.to.to_checksum(None),
+                value: a.value.to_string(),
+                valid_after: a.valid_after.to_string(),
+                valid_before: a.valid_before.to_string(),
+                nonce: a.nonce.to_string(),
+            },
+        };
+        // Strings only: cannot fail.
+        serde_json::to_string(&out).unwrap_or_default()
     }
 }
